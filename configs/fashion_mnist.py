@@ -1,0 +1,42 @@
+"""Fashion-MNIST, a small CIFAR-style ResNet with SAOL + SS + SD: the default recipe.
+
+Command (data prepared offline from Debian's dataset-fashion-mnist package):
+  python -m saol_jax.data.prepare
+  python -m saol_jax.train --config configs/fashion_mnist.py --workdir workdirs/fashion_mnist
+
+Sized for: a 2-core CPU laptop/VM, split into 8 CPU devices (`num_cpu_devices`)
+that run the same sharded step as a multi-GPU host; XLA's CPU convolutions
+are faster per image on small per-device batches.
+Expected: MEASURED_TIME_AND_ACCURACY
+Options (after a colon): `head=gap|saol|saol_ss|saol_ss_sd`, `smoke`, `hw=...`.
+"""
+
+from configs import common
+
+
+def get_config(arg: str | None = None):
+    options = common.parse_options(arg)
+    c = common.base_config()
+    c.dataset.name = "fashion_mnist"
+    c.dataset.augment = "cifar"
+    c.dataset.mean = (0.286,)
+    c.dataset.std = (0.353,)
+    c.model.backbone = "resnet_cifar"
+    c.model.backbone_kwargs.depth = 8
+    c.model.backbone_kwargs.widths = (32, 64, 128)
+    c.model.saol.update({"att_width": 64, "mid_width": 64})
+    c.cutmix.prob = 0.5
+    c.batch_size = 128
+    c.eval_batch_size = 1000
+    c.num_epochs = 4.0
+    c.optim.lr = 0.1
+    c.optim.schedule = "cosine"
+    c.optim.warmup_epochs = 0.2
+    c.optim.weight_decay = 5e-4
+    c.eval_every_epochs = 1.0
+    c.log_every_steps = 50
+    c.checkpoint_every_steps = 200
+    c.num_cpu_devices = 8
+    if options["smoke"] == "true":
+        common.apply_smoke(c, "resnet_cifar", depth=8, widths=(8, 16, 32))
+    return common.finalise(c, options)

@@ -1,0 +1,48 @@
+"""A backbone with its output layer(s): the module the trainer optimises."""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from saol_jax.models.heads import GapFcHead, SaolHead
+
+HEADS = ("gap", "saol")
+
+
+class Classifier(nnx.Module):
+    """Backbone + GAP-FC head, plus the SAOL head when `head == 'saol'`.
+
+    With SAOL the GAP-FC head stays as the auxiliary branch trained by
+    self-distillation (SPEC 3.4); it costs nothing extra at test time.
+    """
+
+    def __init__(
+        self,
+        backbone: nnx.Module,
+        num_classes: int,
+        *,
+        head: str = "saol",
+        saol_head: SaolHead | None = None,
+        rngs: nnx.Rngs,
+    ):
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if (head == "saol") != (saol_head is not None):
+            raise ValueError("pass a SaolHead exactly when head == 'saol'")
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.gap_fc = GapFcHead(backbone.stage_channels[-1], num_classes, rngs=rngs)
+        self.saol = saol_head
+
+    def __call__(self, images: jax.Array, *, rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
+        """images: [B, H, W, C] normalised float.
+
+        Returns `gap_logits` [B, K] and, with SAOL, `log_attention`
+        [B, Ho, Wo], `log_spatial` [B, Ho, Wo, K] and `log_probs` [B, K].
+        """
+        features = self.backbone(images, rngs=rngs)
+        outputs = {"gap_logits": self.gap_fc(features[-1])}
+        if self.saol is not None:
+            outputs.update(self.saol(features))
+        return outputs

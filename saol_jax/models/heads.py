@@ -1,0 +1,149 @@
+"""Output layers: the GAP-FC baseline and the Spatially Attentive Output Layer.
+
+Both heads take the list of backbone stage features (NHWC) and return float32
+results whatever the activation dtype. SPEC section 3 fixes the structure;
+widths, kernel sizes and the number of fused stages are arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from saol_jax.models.norm import BatchNorm
+
+
+class GapFcHead(nnx.Module):
+    """Global average pooling followed by a linear classifier (SPEC 2)."""
+
+    def __init__(self, in_features: int, num_classes: int, *, rngs: nnx.Rngs):
+        self.fc = nnx.Linear(in_features, num_classes, param_dtype=jnp.float32, rngs=rngs)
+
+    def __call__(self, last: jax.Array) -> jax.Array:
+        """last: [B, H, W, C] -> logits [B, K] (float32)."""
+        pooled = last.astype(jnp.float32).mean(axis=(1, 2))
+        return self.fc(pooled)
+
+
+def resize_to_grid(x: jax.Array, grid_hw: tuple[int, int]) -> jax.Array:
+    """Resize [B, H, W, C] to [B, Ho, Wo, C].
+
+    Average pooling when H and W are integer multiples of the grid, otherwise
+    bilinear interpolation without antialiasing (SPEC 3.2).
+    """
+    batch, h, w, c = x.shape
+    ho, wo = grid_hw
+    if (h, w) == (ho, wo):
+        return x
+    if h % ho == 0 and w % wo == 0:
+        pooled = x.astype(jnp.float32).reshape(batch, ho, h // ho, wo, w // wo, c).mean((2, 4))
+        return pooled.astype(x.dtype)
+    return jax.image.resize(x, (batch, ho, wo, c), method="bilinear", antialias=False)
+
+
+class ConvBnRelu(nnx.Module):
+    """conv(k) without bias, BatchNorm, ReLU."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        kernel_size: int = 1,
+        dtype: jnp.dtype = jnp.float32,
+        ghost_size: int = 0,
+        rngs: nnx.Rngs,
+    ):
+        self.conv = nnx.Conv(
+            in_features,
+            out_features,
+            kernel_size=(kernel_size, kernel_size),
+            padding="SAME",
+            use_bias=False,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
+            rngs=rngs,
+        )
+        self.bn = BatchNorm(out_features, ghost_size=ghost_size, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jax.nn.relu(self.bn(self.conv(x)))
+
+
+class SaolHead(nnx.Module):
+    """Spatially Attentive Output Layer (SPEC 3).
+
+    Attention branch on the last stage: ConvBnRelu(k_att, C_att) then a
+    zero-initialised 1x1 conv to one channel, softmax over all positions.
+    Spatial-logit branch: each of the last `num_stages` stages is resized to
+    the output grid, projected by a 1x1 ConvBnRelu to `mid_width`,
+    concatenated and classified per position by a 1x1 conv, softmax over
+    classes. The output is y_hat_k = sum_ij A_ij Y_kij, computed in log space.
+    """
+
+    def __init__(
+        self,
+        stage_channels: Sequence[int],
+        num_classes: int,
+        *,
+        num_stages: int = 3,
+        att_kernel: int = 1,
+        att_width: int = 256,
+        mid_width: int = 256,
+        dtype: jnp.dtype = jnp.float32,
+        ghost_size: int = 0,
+        rngs: nnx.Rngs,
+    ):
+        if not 1 <= num_stages <= len(stage_channels):
+            raise ValueError(
+                f"num_stages={num_stages} must be between 1 and the backbone's "
+                f"{len(stage_channels)} stages"
+            )
+        self.num_stages = num_stages
+        self.att_hidden = ConvBnRelu(
+            stage_channels[-1], att_width, kernel_size=att_kernel, dtype=dtype,
+            ghost_size=ghost_size, rngs=rngs,
+        )
+        self.att_out = nnx.Conv(
+            att_width, 1, kernel_size=(1, 1), use_bias=True, dtype=dtype,
+            param_dtype=jnp.float32, kernel_init=nnx.initializers.zeros, rngs=rngs,
+        )
+        self.projections = nnx.List([
+            ConvBnRelu(c, mid_width, dtype=dtype, ghost_size=ghost_size, rngs=rngs)
+            for c in stage_channels[-num_stages:]
+        ])
+        self.classifier = nnx.Conv(
+            num_stages * mid_width, num_classes, kernel_size=(1, 1), use_bias=True,
+            dtype=dtype, param_dtype=jnp.float32, rngs=rngs,
+        )
+
+    def __call__(self, features: Sequence[jax.Array]) -> dict[str, jax.Array]:
+        """features: stage maps [B, H_s, W_s, C_s], the last on the output grid.
+
+        Returns float32 `log_attention` [B, Ho, Wo], `log_spatial`
+        [B, Ho, Wo, K] and `log_probs` [B, K] (log y_hat).
+        """
+        last = features[-1]
+        batch, ho, wo, _ = last.shape
+        scores = self.att_out(self.att_hidden(last))[..., 0].astype(jnp.float32)
+        log_attention = jax.nn.log_softmax(scores.reshape(batch, ho * wo), axis=-1)
+        log_attention = log_attention.reshape(batch, ho, wo)
+
+        fused = jnp.concatenate(
+            [
+                project(resize_to_grid(f, (ho, wo)))
+                for f, project in zip(features[-self.num_stages:], self.projections)
+            ],
+            axis=-1,
+        )
+        log_spatial = jax.nn.log_softmax(self.classifier(fused).astype(jnp.float32), axis=-1)
+        log_probs = jax.nn.logsumexp(log_attention[..., None] + log_spatial, axis=(1, 2))
+        return {
+            "log_attention": log_attention,
+            "log_spatial": log_spatial,
+            "log_probs": log_probs,
+        }

@@ -1,0 +1,49 @@
+"""Command line: `python -m saol_jax.train --config configs/<recipe>.py[:options] --workdir DIR`.
+
+Fields are overridden with `--config.<field>=<value>`; a misspelt field is
+an error. Re-running the same command resumes from the workdir.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from saol_jax import distributed, sharding  # noqa: E402
+from saol_jax.data import DatasetNotFoundError  # noqa: E402
+from saol_jax.trainer import NonFiniteLossError, train_and_evaluate  # noqa: E402
+
+config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/fashion_mnist.py[:options].", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the config; resumed if it exists.")
+flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"], "Multi-process initialisation (see saol_jax.distributed).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for bare multi-process clusters.")
+flags.DEFINE_integer("num_processes", None, "Number of processes, for bare multi-process clusters.")
+flags.DEFINE_integer("process_id", None, "This process's index, for bare multi-process clusters.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.getLogger().setLevel(logging.INFO)
+    config = FLAGS.config
+    sharding.configure_cpu_devices(config.num_cpu_devices)
+    distributed.initialize(
+        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, mode=FLAGS.distributed
+    )
+    try:
+        train_and_evaluate(config, FLAGS.workdir)
+    except (DatasetNotFoundError, NonFiniteLossError) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    app.run(main)

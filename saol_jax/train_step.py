@@ -1,0 +1,165 @@
+"""The jitted train and eval steps (the Flax functional training loop).
+
+The model lives as `(graphdef, params, batch_stats)`: the steps are plain
+`jax.jit` functions that merge them inside, so no `nnx.jit` bookkeeping runs
+per step. Everything about one step happens on device: uint8 -> float
+normalisation, CutMix with per-location maps, forward, every loss term,
+gradients and the optimiser update.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+from jax.sharding import Mesh
+
+from saol_jax import cutmix as cutmix_lib
+from saol_jax import losses
+from saol_jax.sharding import replicated
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything a resumed run needs besides the config (the data position is `step`)."""
+
+    step: jax.Array
+    params: nnx.State
+    batch_stats: nnx.State
+    opt_state: optax.OptState
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Static settings of the train step, read from the config once."""
+
+    loss_weights: Mapping[str, float]
+    mean: Sequence[float]
+    std: Sequence[float]
+    grid_hw: tuple[int, int]
+    cutmix_beta: float
+    cutmix_prob: float
+    cutmix_group_size: int
+    dtype: jnp.dtype = jnp.float32
+
+
+def normalise(images: jax.Array, mean: Sequence[float], std: Sequence[float], dtype: jnp.dtype) -> jax.Array:
+    """uint8 [B, H, W, C] -> (x / 255 - mean) / std in `dtype`."""
+    x = images.astype(jnp.float32) / 255.0
+    x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+    return x.astype(dtype)
+
+
+def create_train_state(model: nnx.Module, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState]:
+    """Splits a freshly built model into its graph and a step-0 TrainState."""
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=tx.init(params),
+    )
+    return graphdef, state
+
+
+def _accuracy_metrics(prefix: str, scores: jax.Array, labels: jax.Array, weight: jax.Array) -> dict[str, jax.Array]:
+    return {
+        f"{prefix}_top1": jnp.sum(losses.topk_correct(scores, labels, 1) * weight),
+        f"{prefix}_top5": jnp.sum(losses.topk_correct(scores, labels, min(5, scores.shape[-1])) * weight),
+    }
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    cfg: StepConfig,
+    mesh: Mesh,
+) -> Callable[[TrainState, Mapping[str, jax.Array], jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    """Returns `train_step(state, batch, key) -> (state, metrics)`, jitted, state donated.
+
+    `batch` holds uint8 `image` [B, H, W, C] and int32 `label` [B], sharded
+    on the mesh's data axis; `key` is the run's base PRNG key, folded with the
+    step so that a resumed run draws the same randomness.
+    """
+
+    def train_step(state: TrainState, batch: Mapping[str, jax.Array], key: jax.Array):
+        step_key = jax.random.fold_in(key, state.step)
+        mix_key, model_key = jax.random.split(step_key)
+        images = normalise(batch["image"], cfg.mean, cfg.std, cfg.dtype)
+        labels = batch["label"]
+        mixed = cutmix_lib.cutmix(
+            mix_key,
+            images,
+            grid_hw=cfg.grid_hw,
+            beta=cfg.cutmix_beta,
+            prob=cfg.cutmix_prob,
+            group_size=cfg.cutmix_group_size,
+        )
+        partner_labels = labels[mixed.partner]
+
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, state.batch_stats, copy=True)
+            outputs = model(mixed.images, rngs=nnx.Rngs(dropout=model_key))
+            terms = losses.loss_terms(
+                outputs, labels, partner_labels, mixed.lam, mixed.coverage, cfg.loss_weights
+            )
+            return terms["total"], (terms, outputs, nnx.state(model, nnx.BatchStat))
+
+        grads, (terms, outputs, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = state.replace(
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+        )
+        metrics = {f"loss/{name}": value for name, value in terms.items()}
+        ones = jnp.ones(labels.shape, jnp.float32)
+        for head, scores in _head_scores(outputs).items():
+            metrics.update({
+                f"train/{k}": v / labels.shape[0]
+                for k, v in _accuracy_metrics(head, scores, labels, ones).items()
+            })
+        metrics["train/lr"] = schedule(state.step)
+        metrics["train/grad_norm"] = optax.global_norm(grads)
+        return new_state, metrics
+
+    rep = replicated(mesh)
+    return jax.jit(train_step, donate_argnums=0, out_shardings=(rep, rep))
+
+
+def _head_scores(outputs: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """Scores used for accuracy: SAOL's log y_hat when present, GAP-FC's logits always."""
+    scores = {"gap": outputs["gap_logits"]}
+    if "log_probs" in outputs:
+        scores["saol"] = outputs["log_probs"]
+    return scores
+
+
+def make_eval_step(
+    graphdef: nnx.GraphDef, cfg: StepConfig, mesh: Mesh
+) -> Callable[[nnx.State, nnx.State, Mapping[str, jax.Array]], dict[str, jax.Array]]:
+    """Returns `eval_step(params, batch_stats, batch) -> sums`, jitted.
+
+    `graphdef` must come from the model in eval mode (running BN statistics,
+    no dropout). `batch` adds a bool `mask` [B] for padding; the result holds
+    masked sums (top-1/top-5 correct and cross-entropy of each head, and the
+    example `count`) for the caller to accumulate and divide.
+    """
+
+    def eval_step(params: nnx.State, batch_stats: nnx.State, batch: Mapping[str, jax.Array]):
+        model = nnx.merge(graphdef, params, batch_stats, copy=True)
+        outputs = model(normalise(batch["image"], cfg.mean, cfg.std, cfg.dtype))
+        labels = batch["label"]
+        weight = batch["mask"].astype(jnp.float32)
+        sums = {"count": jnp.sum(weight)}
+        for head, scores in _head_scores(outputs).items():
+            log_probs = jax.nn.log_softmax(scores) if head == "gap" else scores
+            nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+            sums[f"{head}_loss"] = jnp.sum(nll * weight)
+            sums.update(_accuracy_metrics(head, scores, labels, weight))
+        return sums
+
+    return jax.jit(eval_step, out_shardings=replicated(mesh))

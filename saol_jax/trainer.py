@@ -1,0 +1,241 @@
+"""`train_and_evaluate(config, workdir)`: the whole training run, importable.
+
+Re-running with the same workdir resumes from the newest complete
+checkpoint, with the same data order and randomness, so a killed run that
+is restarted ends where an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from saol_jax import checkpoint, data, optim, sharding
+from saol_jax.metrics import MetricWriter, Progress
+from saol_jax.models import DTYPES, build_model
+from saol_jax.train_step import StepConfig, TrainState, create_train_state, make_eval_step, make_train_step
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a logged loss is NaN or Inf; the last good checkpoint is kept."""
+
+
+class Preempted(SystemExit):
+    """Raised after a SIGTERM once the state is saved; the same command resumes."""
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains `config`'s model, evaluating periodically; returns the final eval metrics."""
+    sharding.configure_cpu_devices(config.num_cpu_devices)
+    run = _Run(config, workdir)
+    try:
+        return run.train()
+    finally:
+        run.close()
+
+
+def output_grid(graphdef: nnx.GraphDef, state: TrainState, image_shape: tuple[int, int, int]) -> tuple[int, int]:
+    """H_o x W_o of the last backbone stage for `image_shape` inputs (traced, not run)."""
+
+    def last_stage(params, batch_stats, images):
+        model = nnx.merge(graphdef, params, batch_stats, copy=True)
+        return model.backbone(images)[-1]
+
+    images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    shape = jax.eval_shape(last_stage, state.params, state.batch_stats, images).shape
+    return shape[1], shape[2]
+
+
+class _Run:
+    """The state of one training run; `train()` is the loop."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        self.config = config
+        self.workdir = workdir
+        self.mesh = sharding.make_mesh(config.num_devices or None)
+        self.info = data.load_info(config.dataset)
+        self.batch_size = config.batch_size
+        per_device = sharding.check_batch_size(config.batch_size, self.mesh)
+        sharding.check_batch_size(config.eval_batch_size, self.mesh, "eval_batch_size")
+        self.steps_per_epoch = data.steps_per_epoch(self.info, config.batch_size)
+        self.total_steps = (
+            config.num_train_steps
+            if config.num_train_steps > 0
+            else int(math.ceil(config.num_epochs * self.steps_per_epoch))
+        )
+
+        model = build_model(
+            config.model,
+            num_classes=self.info.num_classes,
+            in_channels=self.info.image_shape[2],
+            rngs=nnx.Rngs(config.seed),
+        )
+        self.schedule = optim.learning_rate_schedule(
+            config.optim,
+            global_batch_size=config.batch_size,
+            steps_per_epoch=self.steps_per_epoch,
+            total_steps=self.total_steps,
+        )
+        tx = optim.sgd(config.optim, self.schedule)
+        graphdef, state = create_train_state(model, tx)
+        model.eval()
+        eval_graphdef = nnx.graphdef(model)
+        self.state = jax.device_put(state, sharding.replicated(self.mesh))
+
+        step_config = StepConfig(
+            loss_weights=dict(config.loss),
+            mean=tuple(config.dataset.mean),
+            std=tuple(config.dataset.std),
+            grid_hw=output_grid(graphdef, state, self.info.image_shape),
+            cutmix_beta=config.cutmix.beta,
+            cutmix_prob=config.cutmix.prob,
+            cutmix_group_size=config.cutmix.group_size or per_device,
+            dtype=DTYPES[config.model.dtype],
+        )
+        self.train_step = make_train_step(graphdef, tx, self.schedule, step_config, self.mesh)
+        self.eval_step = make_eval_step(eval_graphdef, step_config, self.mesh)
+        self.key = jax.device_put(jax.random.key(config.seed), sharding.replicated(self.mesh))
+
+        self.checkpointer = checkpoint.Checkpointer(
+            os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints
+        )
+        self.writer = MetricWriter(workdir)
+        self._preempted = False
+        self._previous_sigterm = None
+
+    # ----------------------------------------------------------------- setup
+    def _restore_or_initialise(self) -> int:
+        restored = self.checkpointer.restore_latest(self.state)
+        if restored is not None:
+            step, self.state = restored
+            logging.info("resumed from checkpoint at step %d in %s", step, self.workdir)
+            return step
+        if self.config.init_from:
+            params, batch_stats = checkpoint.load_weights(
+                os.path.join(self.config.init_from, "checkpoints"),
+                self.state.params,
+                self.state.batch_stats,
+            )
+            self.state = self.state.replace(params=params, batch_stats=batch_stats)
+            logging.info("initialised weights from %s", self.config.init_from)
+        return 0
+
+    def _save_config(self) -> None:
+        if jax.process_index() != 0:
+            return
+        os.makedirs(self.workdir, exist_ok=True)
+        with open(os.path.join(self.workdir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(self.config.to_json_best_effort(indent=2))
+
+    def _install_sigterm_handler(self) -> None:
+        def on_sigterm(signum, frame):
+            logging.warning("SIGTERM received: saving a checkpoint before exiting")
+            self._preempted = True
+
+        try:
+            self._previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+        except ValueError:  # not the main thread (e.g. some notebook kernels)
+            self._previous_sigterm = None
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> dict[str, float]:
+        config = self.config
+        start_step = self._restore_or_initialise()
+        self._save_config()
+        self._install_sigterm_handler()
+        batches = data.train_batches(
+            config.dataset, global_batch_size=self.batch_size, seed=config.seed, start_step=start_step
+        )
+        eval_every = max(1, int(round(config.eval_every_epochs * self.steps_per_epoch)))
+        progress = Progress(self.total_steps, start_step)
+        pending: list[dict[str, jax.Array]] = []
+        window_start, window_step = time.time(), start_step
+        last_eval: dict[str, float] = {}
+        step = start_step
+        try:
+            while step < self.total_steps:
+                batch = sharding.global_batch(next(batches), self.mesh)
+                self.state, metrics = self.train_step(self.state, batch, self.key)
+                pending.append(metrics)
+                step += 1
+                last = step == self.total_steps
+                save_due = step % config.checkpoint_every_steps == 0 or last
+                preempted = self._preemption_requested(step)
+                if pending and (step % config.log_every_steps == 0 or save_due or preempted):
+                    rate = (step - window_step) * self.batch_size / (time.time() - window_start)
+                    values = self._log_train(step, pending, rate)
+                    progress.update(step, epoch=step / self.steps_per_epoch, loss=values["loss/total"], img_s=rate)
+                    pending = []
+                    window_start, window_step = time.time(), step
+                if step % eval_every == 0 or last:
+                    last_eval = self.evaluate(step)
+                if save_due or preempted:
+                    self.checkpointer.save(step, self.state)
+                if preempted:
+                    self.checkpointer.wait()
+                    raise Preempted(f"pre-empted at step {step}; the checkpoint is saved, re-run to resume")
+        finally:
+            progress.close()
+        return last_eval
+
+    def _preemption_requested(self, step: int) -> bool:
+        """True on every host once any host got SIGTERM (checked at log steps when multi-host)."""
+        if jax.process_count() == 1:
+            return self._preempted
+        if step % self.config.log_every_steps:
+            return False
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.asarray(self._preempted))
+        return bool(np.any(flags))
+
+    def _log_train(self, step: int, pending: list[dict[str, jax.Array]], img_per_s: float) -> dict[str, float]:
+        fetched = jax.device_get(pending)
+        values = {name: float(np.mean([m[name] for m in fetched])) for name in fetched[0]}
+        bad = [name for name, value in values.items() if name.startswith("loss/") and not math.isfinite(value)]
+        if bad:
+            steps = self.checkpointer.steps()
+            kept = f"the last good checkpoint is step {steps[-1]}" if steps else "no checkpoint was saved"
+            raise NonFiniteLossError(
+                f"non-finite {', '.join(bad)} between steps {step - len(pending)} and {step}; "
+                f"{kept}. Lower optim.lr or check the data."
+            )
+        values["train/img_per_s"] = img_per_s
+        self.writer.write("train", step, values, epoch=step / self.steps_per_epoch)
+        return values
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Top-1/top-5 and loss of both heads over the whole eval split."""
+        totals: dict[str, float] = {}
+        for host_batch in data.eval_batches(self.config.dataset, global_batch_size=self.config.eval_batch_size):
+            batch = sharding.global_batch(host_batch, self.mesh)
+            sums = jax.device_get(self.eval_step(self.state.params, self.state.batch_stats, batch))
+            for name, value in sums.items():
+                totals[name] = totals.get(name, 0.0) + float(value)
+        count = totals.pop("count")
+        results = {f"eval/{name}": value / max(count, 1.0) for name, value in totals.items()}
+        results["eval/count"] = count
+        self.writer.write("eval", step, results, epoch=step / self.steps_per_epoch)
+        logging.info("eval at step %d: %s", step, _summary(results))
+        return results
+
+    def close(self) -> None:
+        self.checkpointer.close()
+        self.writer.close()
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+
+
+def _summary(results: Mapping[str, float]) -> str:
+    return json.dumps({k: round(v, 4) for k, v in results.items()})

@@ -1,0 +1,95 @@
+"""SAOL and GAP-FC heads: probabilistic invariants, eq. 2, initial attention, cost."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from saol_jax.models.heads import GapFcHead, SaolHead, resize_to_grid
+
+STAGES = (8, 12, 16)
+
+
+def _features(key, batch=3):
+    """Three stage maps at 16x16, 8x8 and 4x4, like a small CIFAR backbone."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    return [
+        jax.random.normal(k1, (batch, 16, 16, STAGES[0])),
+        jax.random.normal(k2, (batch, 8, 8, STAGES[1])),
+        jax.random.normal(k3, (batch, 4, 4, STAGES[2])),
+    ]
+
+
+def _perturbed_head(num_classes=5, **kwargs):
+    """A SAOL head whose attention output conv is no longer zero."""
+    head = SaolHead(STAGES, num_classes, att_width=6, mid_width=4, rngs=nnx.Rngs(0), **kwargs)
+    key = jax.random.key(7)
+    head.att_out.kernel[...] = jax.random.normal(key, head.att_out.kernel[...].shape)
+    return head
+
+
+def test_probabilities_are_normalised():
+    out = _perturbed_head()(_features(jax.random.key(0)))
+    assert out["log_attention"].shape == (3, 4, 4)
+    assert out["log_spatial"].shape == (3, 4, 4, 5)
+    assert out["log_probs"].shape == (3, 5)
+    np.testing.assert_allclose(jnp.exp(out["log_attention"]).sum((1, 2)), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(jnp.exp(out["log_spatial"]).sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(jnp.exp(out["log_probs"]).sum(-1), 1.0, rtol=1e-5)
+    # Non-uniform attention after the perturbation, so the checks above are not trivial.
+    assert float(jnp.exp(out["log_attention"]).std()) > 1e-3
+
+
+def test_output_is_attention_weighted_spatial_distribution():
+    out = _perturbed_head()(_features(jax.random.key(1)))
+    attention = np.exp(np.asarray(out["log_attention"], np.float64))
+    spatial = np.exp(np.asarray(out["log_spatial"], np.float64))
+    naive = np.zeros((3, 5))
+    for b in range(3):
+        for i in range(4):
+            for j in range(4):
+                naive[b] += attention[b, i, j] * spatial[b, i, j]
+    np.testing.assert_allclose(np.exp(out["log_probs"]), naive, rtol=1e-5, atol=1e-7)
+
+
+def test_attention_is_uniform_at_initialisation():
+    head = SaolHead(STAGES, 5, att_width=6, mid_width=4, rngs=nnx.Rngs(0))
+    out = head(_features(jax.random.key(2)))
+    np.testing.assert_array_equal(out["log_attention"], jnp.full((3, 4, 4), -jnp.log(16.0)))
+
+
+def test_num_stages_selects_the_last_maps():
+    head = SaolHead(STAGES, 5, num_stages=2, att_width=6, mid_width=4, rngs=nnx.Rngs(0))
+    assert [p.conv.in_features for p in head.projections] == [12, 16]
+    assert head.classifier.in_features == 8
+    with pytest.raises(ValueError, match="num_stages"):
+        SaolHead(STAGES, 5, num_stages=4, rngs=nnx.Rngs(0))
+
+
+def test_attention_kernel_is_configurable():
+    head = SaolHead(STAGES, 5, att_kernel=3, att_width=6, mid_width=4, rngs=nnx.Rngs(0))
+    assert head.att_hidden.conv.kernel[...].shape == (3, 3, 16, 6)
+
+
+def test_resize_pools_integer_factors_and_interpolates_otherwise():
+    x = jnp.arange(2 * 4 * 4 * 1, dtype=jnp.float32).reshape(2, 4, 4, 1)
+    pooled = resize_to_grid(x, (2, 2))
+    np.testing.assert_allclose(pooled[0, 0, 0, 0], x[0, :2, :2, 0].mean())
+    odd = resize_to_grid(jnp.ones((1, 14, 14, 3)), (4, 4))
+    assert odd.shape == (1, 4, 4, 3)
+    np.testing.assert_allclose(odd, 1.0, rtol=1e-6)
+
+
+def test_bfloat16_activations_give_float32_outputs():
+    head = SaolHead(STAGES, 5, att_width=6, mid_width=4, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    feats = [f.astype(jnp.bfloat16) for f in _features(jax.random.key(3))]
+    out = head(feats)
+    assert all(v.dtype == jnp.float32 for v in out.values())
+
+
+def test_gap_fc_head_averages_then_classifies():
+    head = GapFcHead(4, 3, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(4), (2, 5, 5, 4))
+    expected = x.mean((1, 2)) @ head.fc.kernel[...] + head.fc.bias[...]
+    np.testing.assert_allclose(head(x), expected, rtol=1e-5)
