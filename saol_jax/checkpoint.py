@@ -16,6 +16,8 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
 
 
@@ -54,7 +56,7 @@ class Checkpointer:
             try:
                 state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
             except Exception as error:  # noqa: BLE001 - any failure means "unusable checkpoint"
-                logging.warning("skipping checkpoint %d in %s: %s", step, self.directory, error)
+                log.warning("skipping checkpoint %d in %s: %s", step, self.directory, error)
                 continue
             return step, state
         return None

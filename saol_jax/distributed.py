@@ -16,6 +16,8 @@ from collections.abc import Mapping
 
 import jax
 
+log = logging.getLogger(__name__)
+
 
 def cluster_detected(env: Mapping[str, str] = os.environ) -> str | None:
     """The kind of multi-process cluster this process runs in, or None."""
@@ -68,10 +70,10 @@ def initialize(
         return
     settings = explicit_settings(coordinator_address, num_processes, process_id)
     if settings is not None:
-        logging.info("jax.distributed.initialize(%s)", settings)
+        log.info("jax.distributed.initialize(%s)", settings)
         jax.distributed.initialize(**settings)
         return
     kind = cluster_detected()
     if kind is not None or mode == "on":
-        logging.info("jax.distributed.initialize() for a %s cluster", kind or "detected")
+        log.info("jax.distributed.initialize() for a %s cluster", kind or "detected")
         jax.distributed.initialize()

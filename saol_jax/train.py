@@ -33,7 +33,8 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.getLogger().setLevel(logging.INFO)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("saol_jax").setLevel(logging.INFO)
     config = FLAGS.config
     sharding.configure_cpu_devices(config.num_cpu_devices)
     distributed.initialize(

@@ -26,6 +26,8 @@ from saol_jax.metrics import MetricWriter, Progress
 from saol_jax.models import DTYPES, build_model
 from saol_jax.train_step import StepConfig, TrainState, create_train_state, make_eval_step, make_train_step
 
+log = logging.getLogger(__name__)
+
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when a logged loss is NaN or Inf; the last good checkpoint is kept."""
@@ -119,7 +121,7 @@ class _Run:
         restored = self.checkpointer.restore_latest(self.state)
         if restored is not None:
             step, self.state = restored
-            logging.info("resumed from checkpoint at step %d in %s", step, self.workdir)
+            log.info("resumed from checkpoint at step %d in %s", step, self.workdir)
             return step
         if self.config.init_from:
             params, batch_stats = checkpoint.load_weights(
@@ -128,7 +130,7 @@ class _Run:
                 self.state.batch_stats,
             )
             self.state = self.state.replace(params=params, batch_stats=batch_stats)
-            logging.info("initialised weights from %s", self.config.init_from)
+            log.info("initialised weights from %s", self.config.init_from)
         return 0
 
     def _save_config(self) -> None:
@@ -140,7 +142,7 @@ class _Run:
 
     def _install_sigterm_handler(self) -> None:
         def on_sigterm(signum, frame):
-            logging.warning("SIGTERM received: saving a checkpoint before exiting")
+            log.warning("SIGTERM received: saving a checkpoint before exiting")
             self._preempted = True
 
         try:
@@ -227,7 +229,7 @@ class _Run:
         results = {f"eval/{name}": value / max(count, 1.0) for name, value in totals.items()}
         results["eval/count"] = count
         self.writer.write("eval", step, results, epoch=step / self.steps_per_epoch)
-        logging.info("eval at step %d: %s", step, _summary(results))
+        log.info("eval at step %d: %s", step, _summary(results))
         return results
 
     def close(self) -> None:

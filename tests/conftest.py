@@ -10,3 +10,4 @@ os.environ["XLA_FLAGS"] = (
 import jax  # noqa: E402
 
 jax.config.update("jax_platforms", "cpu")
+pytest_plugins = ["tfds_fixtures"]

@@ -1,0 +1,31 @@
+"""Data: tfds input pipelines, preprocessing, and offline Fashion-MNIST preparation."""
+
+from saol_jax.data.fashion_mnist import prepare_fashion_mnist
+from saol_jax.data.pipeline import (
+    DatasetInfo,
+    DatasetNotFoundError,
+    default_dataset_config,
+    eval_batches,
+    eval_steps,
+    load_info,
+    local_batch_size,
+    open_builder,
+    prepare_command,
+    steps_per_epoch,
+    train_batches,
+)
+
+__all__ = [
+    "DatasetInfo",
+    "DatasetNotFoundError",
+    "default_dataset_config",
+    "eval_batches",
+    "eval_steps",
+    "load_info",
+    "local_batch_size",
+    "open_builder",
+    "prepare_command",
+    "prepare_fashion_mnist",
+    "steps_per_epoch",
+    "train_batches",
+]

@@ -1,0 +1,261 @@
+"""Loss terms of SAOL training as pure functions (SPEC sections 4-6).
+
+Each term function returns a per-example vector [B]; :func:`loss_terms`
+reduces them over the batch (weighted mean) and combines them into ``total``.
+All math is float32 and in log space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "WEIGHT_TO_TERM",
+    "mixed_cross_entropy",
+    "spatial_logit_loss",
+    "attention_loss",
+    "distillation_loss",
+    "loss_terms",
+    "topk_correct",
+]
+
+# Weight key (config) -> term key (loss dict), in the order the terms are logged.
+WEIGHT_TO_TERM: dict[str, str] = {
+    "saol": "saol_ce",
+    "ss1": "ss1",
+    "ss2": "ss2",
+    "sd": "sd",
+    "gap": "gap_ce",
+}
+
+# Model outputs each term needs.
+_REQUIRED_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "saol": ("log_probs",),
+    "ss1": ("log_spatial",),
+    "ss2": ("log_attention", "log_spatial"),
+    "sd": ("log_probs", "gap_logits"),
+    "gap": ("gap_logits",),
+}
+
+
+def _pick(log_probs: jax.Array, labels: jax.Array) -> jax.Array:
+    """log_probs [..., K], labels [B] int -> [...] entries at each example's label.
+
+    Leading dims after the batch (e.g. Ho, Wo) are broadcast over.
+    """
+    idx = labels.astype(jnp.int32).reshape(labels.shape + (1,) * (log_probs.ndim - 1))
+    idx = jnp.broadcast_to(idx, log_probs.shape[:-1] + (1,))
+    return jnp.take_along_axis(log_probs, idx, axis=-1)[..., 0]
+
+
+def _weighted_log(weight: jax.Array, log_value: jax.Array) -> jax.Array:
+    """weight * log_value, with 0 where weight == 0 (even if log_value is -inf)."""
+    safe = jnp.where(weight > 0, log_value, 0.0)
+    return jnp.where(weight > 0, weight * safe, 0.0)
+
+
+def mixed_cross_entropy(
+    log_probs: jax.Array, labels_a: jax.Array, labels_b: jax.Array, lam: jax.Array
+) -> jax.Array:
+    """-(lam log p[y_a] + (1 - lam) log p[y_b]).
+
+    Args:
+      log_probs: [B, K] log class probabilities (SAOL's log y_hat, or
+        log_softmax of GAP-FC logits).
+      labels_a, labels_b: [B] int, own and partner labels.
+      lam: [B] fraction of the image with label y_a.
+    Returns:
+      [B] float32.
+    """
+    log_probs = log_probs.astype(jnp.float32)
+    lam = lam.astype(jnp.float32)
+    own = _weighted_log(lam, _pick(log_probs, labels_a))
+    other = _weighted_log(1.0 - lam, _pick(log_probs, labels_b))
+    return -(own + other)
+
+
+def spatial_logit_loss(
+    log_spatial: jax.Array, labels_a: jax.Array, labels_b: jax.Array, coverage: jax.Array
+) -> jax.Array:
+    """SS-1: mean over cells of CE(t_ij, Y_ij), t_ij = (1 - m_ij) onehot(y_a) + m_ij onehot(y_b).
+
+    Args:
+      log_spatial: [B, Ho, Wo, K] log class distribution at each cell.
+      labels_a, labels_b: [B] int.
+      coverage: [B, Ho, Wo] m_ij, fraction of each cell showing the partner.
+    Returns:
+      [B] float32.
+    """
+    log_spatial = log_spatial.astype(jnp.float32)
+    m = coverage.astype(jnp.float32)
+    own = _weighted_log(1.0 - m, _pick(log_spatial, labels_a))
+    other = _weighted_log(m, _pick(log_spatial, labels_b))
+    return -jnp.mean(own + other, axis=(1, 2))
+
+
+def _region_term(
+    region_w: jax.Array, log_attention: jax.Array, log_label_spatial: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """-log y_hat^R_y for one region; ([B] term, [B] bool valid). Finite value and grads always."""
+    positive = region_w > 0
+    valid = jnp.any(positive, axis=(1, 2))
+    # Cells outside the region get log w = -inf; an empty region uses w = 1
+    # everywhere instead so that nothing on the discarded branch is -inf/NaN.
+    use = positive | ~valid[:, None, None]
+    log_w = jnp.where(
+        use, jnp.log(jnp.where(positive, region_w, 1.0)), -jnp.inf
+    )
+    base = log_w + log_attention
+    num = jax.nn.logsumexp(base + log_label_spatial, axis=(1, 2))
+    den = jax.nn.logsumexp(base, axis=(1, 2))
+    term = jnp.where(valid, den - num, 0.0)
+    return term, valid
+
+
+def attention_loss(
+    log_attention: jax.Array,
+    log_spatial: jax.Array,
+    labels_a: jax.Array,
+    labels_b: jax.Array,
+    coverage: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """SS-2: attention renormalised inside each source region must name its label.
+
+    For region weights w = 1 - m (label y_a) and w = m (label y_b):
+    log y_hat^R_y = LSE_ij(log w + log A + log Y[y]) - LSE_ij(log w + log A),
+    term = -log y_hat^R_y. A region with all weights 0 is skipped (term 0, not
+    counted), with finite values and gradients.
+
+    Args:
+      log_attention: [B, Ho, Wo] log softmax over positions.
+      log_spatial: [B, Ho, Wo, K] log softmax over classes.
+      labels_a, labels_b: [B] int.
+      coverage: [B, Ho, Wo] m_ij.
+    Returns:
+      (loss, count): [B] float32 sum of valid terms and [B] float32 number of them.
+    """
+    log_attention = log_attention.astype(jnp.float32)
+    log_spatial = log_spatial.astype(jnp.float32)
+    m = coverage.astype(jnp.float32)
+    term_a, valid_a = _region_term(1.0 - m, log_attention, _pick(log_spatial, labels_a))
+    term_b, valid_b = _region_term(m, log_attention, _pick(log_spatial, labels_b))
+    count = valid_a.astype(jnp.float32) + valid_b.astype(jnp.float32)
+    return term_a + term_b, count
+
+
+def distillation_loss(teacher_log_probs: jax.Array, student_logits: jax.Array) -> jax.Array:
+    """Self-distillation: -sum_k p_k log q_k, p = stop_gradient(exp(teacher)), q = softmax(student).
+
+    No gradient reaches the teacher.
+
+    Args:
+      teacher_log_probs: [B, K] log probabilities (SAOL's log y_hat).
+      student_logits: [B, K] logits (GAP-FC).
+    Returns:
+      [B] float32.
+    """
+    p = jnp.exp(jax.lax.stop_gradient(teacher_log_probs.astype(jnp.float32)))
+    log_q = jax.nn.log_softmax(student_logits.astype(jnp.float32), axis=-1)
+    return -jnp.sum(jnp.where(p > 0, p * log_q, 0.0), axis=-1)
+
+
+def _weighted_mean(values: jax.Array, weight: jax.Array, denom: jax.Array | None = None) -> jax.Array:
+    """sum(weight * values) / denom (default sum(weight)), 0 if denom is 0.
+
+    Examples with weight 0 contribute exactly 0 even if their value is inf/NaN.
+    """
+    total_w = jnp.sum(weight) if denom is None else denom
+    contrib = jnp.where(weight != 0, weight * jnp.where(weight != 0, values, 0.0), 0.0)
+    return jnp.sum(contrib) / jnp.maximum(total_w, 1e-12)
+
+
+def loss_terms(
+    outputs: Mapping[str, jax.Array],
+    labels_a: jax.Array,
+    labels_b: jax.Array,
+    lam: jax.Array | None,
+    coverage: jax.Array | None,
+    weights: Mapping[str, float],
+    example_weight: jax.Array | None = None,
+) -> dict[str, jax.Array]:
+    """Batch-reduced loss terms and their weighted total (SPEC 6).
+
+    Args:
+      outputs: the model's output dict (``log_attention``, ``log_spatial``,
+        ``log_probs``, ``gap_logits``; a GAP-FC-only model has just the last).
+      labels_a, labels_b: [B] int, own and partner labels.
+      lam: [B] own-label fraction, or None (no CutMix: all ones).
+      coverage: [B, Ho, Wo] partner coverage per cell, or None (all zeros).
+      weights: static Python floats keyed ``saol, ss1, ss2, sd, gap``. A term
+        whose weight is 0 or missing is not computed and absent from the result.
+      example_weight: [B] per-example weights (e.g. a 0/1 padding mask); None =
+        all ones. Each term is a weighted mean over the batch; SS-2 divides the
+        weighted sum of region terms by the weighted number of valid regions.
+    Returns:
+      dict with the computed terms among ``saol_ce, ss1, ss2, sd, gap_ce`` and
+      ``total`` = sum of weight * term, all float32 scalars.
+    Raises:
+      ValueError: unknown weight key, or a non-zero weight whose term needs an
+        output the model did not produce.
+    """
+    unknown = set(weights) - set(WEIGHT_TO_TERM)
+    if unknown:
+        raise ValueError(f"Unknown loss weight keys {sorted(unknown)}; expected {list(WEIGHT_TO_TERM)}")
+    active = {name: float(weights.get(name, 0.0)) for name in WEIGHT_TO_TERM}
+    active = {name: w for name, w in active.items() if w != 0.0}
+    for name in active:
+        missing = [key for key in _REQUIRED_OUTPUTS[name] if key not in outputs]
+        if missing:
+            raise ValueError(
+                f"Loss term '{WEIGHT_TO_TERM[name]}' (weight '{name}'={active[name]}) needs model "
+                f"outputs {missing}, which the model did not produce (has {sorted(outputs)})"
+            )
+
+    batch = labels_a.shape[0]
+    ew = (
+        jnp.ones((batch,), jnp.float32)
+        if example_weight is None
+        else example_weight.astype(jnp.float32)
+    )
+    lam = jnp.ones((batch,), jnp.float32) if lam is None else lam.astype(jnp.float32)
+    if coverage is None and ("ss1" in active or "ss2" in active):
+        coverage = jnp.zeros(outputs["log_spatial"].shape[:3], jnp.float32)
+
+    terms: dict[str, jax.Array] = {}
+    if "saol" in active:
+        per_ex = mixed_cross_entropy(outputs["log_probs"], labels_a, labels_b, lam)
+        terms["saol_ce"] = _weighted_mean(per_ex, ew)
+    if "ss1" in active:
+        per_ex = spatial_logit_loss(outputs["log_spatial"], labels_a, labels_b, coverage)
+        terms["ss1"] = _weighted_mean(per_ex, ew)
+    if "ss2" in active:
+        per_ex, count = attention_loss(
+            outputs["log_attention"], outputs["log_spatial"], labels_a, labels_b, coverage
+        )
+        terms["ss2"] = _weighted_mean(per_ex, ew, denom=jnp.sum(ew * count))
+    if "sd" in active:
+        per_ex = distillation_loss(outputs["log_probs"], outputs["gap_logits"])
+        terms["sd"] = _weighted_mean(per_ex, ew)
+    if "gap" in active:
+        log_q = jax.nn.log_softmax(outputs["gap_logits"].astype(jnp.float32), axis=-1)
+        per_ex = mixed_cross_entropy(log_q, labels_a, labels_b, lam)
+        terms["gap_ce"] = _weighted_mean(per_ex, ew)
+
+    total = jnp.zeros((), jnp.float32)
+    for name, w in active.items():
+        total = total + w * terms[WEIGHT_TO_TERM[name]]
+    terms["total"] = total
+    return terms
+
+
+def topk_correct(scores: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+    """[B] float32, 1 where the label's score is among the k highest of scores [B, K].
+
+    Ties count in the label's favour (rank = number of strictly higher scores).
+    """
+    label_score = _pick(scores.astype(jnp.float32), labels)
+    higher = jnp.sum(scores.astype(jnp.float32) > label_score[:, None], axis=-1)
+    return (higher < k).astype(jnp.float32)

@@ -1,0 +1,131 @@
+"""ImageNet ResNet v1.5 (He et al. 2016 with the stride of bottlenecks in the
+3x3 conv), as torchvision builds it: fan-out He init, projection shortcuts
+conv1x1 + BN, the last BN of every residual branch zero-initialised so each
+block starts as (ReLU of) its shortcut."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from saol_jax.models.layers import conv
+from saol_jax.models.norm import BatchNorm
+
+_INIT = "fan_out"
+_ZEROS = nnx.initializers.zeros
+
+
+class Projection(nnx.Module):
+    """Strided conv1x1 + BN shortcut: [B, H, W, C_in] -> [B, H/s, W/s, C_out]."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, *, dtype: jnp.dtype, ghost_size: int, rngs: nnx.Rngs):
+        self.conv = conv(in_channels, out_channels, 1, stride, dtype=dtype, rngs=rngs, init_mode=_INIT)
+        self.bn = BatchNorm(out_channels, ghost_size=ghost_size, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.bn(self.conv(x))
+
+
+def _shortcut(
+    in_channels: int, out_channels: int, stride: int, *, dtype: jnp.dtype, ghost_size: int, rngs: nnx.Rngs
+) -> Projection | None:
+    """A projection when the shape changes, else None (identity)."""
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return Projection(in_channels, out_channels, stride, dtype=dtype, ghost_size=ghost_size, rngs=rngs)
+
+
+class BasicBlock(nnx.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN(zero-init) + shortcut, then ReLU."""
+
+    expansion = 1
+
+    def __init__(self, in_channels: int, width: int, stride: int, *, dtype: jnp.dtype, ghost_size: int, rngs: nnx.Rngs):
+        self.conv1 = conv(in_channels, width, 3, stride, dtype=dtype, rngs=rngs, init_mode=_INIT)
+        self.bn1 = BatchNorm(width, ghost_size=ghost_size, rngs=rngs)
+        self.conv2 = conv(width, width, 3, dtype=dtype, rngs=rngs, init_mode=_INIT)
+        self.bn2 = BatchNorm(width, ghost_size=ghost_size, scale_init=_ZEROS, rngs=rngs)
+        self.shortcut = _shortcut(in_channels, width, stride, dtype=dtype, ghost_size=ghost_size, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [B, H, W, C_in] -> [B, H/s, W/s, width]."""
+        y = nnx.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        shortcut = x if self.shortcut is None else self.shortcut(x)
+        return nnx.relu(y + shortcut.astype(y.dtype))
+
+
+class Bottleneck(nnx.Module):
+    """conv1x1-BN-ReLU-conv3x3(stride)-BN-ReLU-conv1x1-BN(zero-init) + shortcut, then ReLU."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, width: int, stride: int, *, dtype: jnp.dtype, ghost_size: int, rngs: nnx.Rngs):
+        out_channels = width * self.expansion
+        self.conv1 = conv(in_channels, width, 1, dtype=dtype, rngs=rngs, init_mode=_INIT)
+        self.bn1 = BatchNorm(width, ghost_size=ghost_size, rngs=rngs)
+        self.conv2 = conv(width, width, 3, stride, dtype=dtype, rngs=rngs, init_mode=_INIT)
+        self.bn2 = BatchNorm(width, ghost_size=ghost_size, rngs=rngs)
+        self.conv3 = conv(width, out_channels, 1, dtype=dtype, rngs=rngs, init_mode=_INIT)
+        self.bn3 = BatchNorm(out_channels, ghost_size=ghost_size, scale_init=_ZEROS, rngs=rngs)
+        self.shortcut = _shortcut(in_channels, out_channels, stride, dtype=dtype, ghost_size=ghost_size, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [B, H, W, C_in] -> [B, H/s, W/s, 4·width]."""
+        y = nnx.relu(self.bn1(self.conv1(x)))
+        y = nnx.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        shortcut = x if self.shortcut is None else self.shortcut(x)
+        return nnx.relu(y + shortcut.astype(y.dtype))
+
+
+class ResNetImageNet(nnx.Module):
+    """ResNet with four stages of widths 64, 128, 256, 512 (x4 for
+    bottlenecks) and `block_sizes` blocks; stem conv7x7/2 + BN + ReLU +
+    maxpool 3x3/2. (2,2,2,2) basic = ResNet-18, (3,4,6,3) basic = ResNet-34,
+    (3,4,6,3) / (3,4,23,3) / (3,8,36,3) bottleneck = ResNet-50/101/152.
+    """
+
+    def __init__(
+        self,
+        block_sizes: Sequence[int],
+        bottleneck: bool,
+        *,
+        in_channels: int = 3,
+        dtype: jnp.dtype = jnp.float32,
+        ghost_size: int = 0,
+        rngs: nnx.Rngs,
+    ):
+        block_cls = Bottleneck if bottleneck else BasicBlock
+        widths = tuple(64 * 2**s for s in range(len(block_sizes)))
+        self.stage_channels = tuple(w * block_cls.expansion for w in widths)
+        self.stage_reductions = tuple(4 * 2**s for s in range(len(block_sizes)))
+        self.stem_conv = conv(in_channels, 64, 7, 2, dtype=dtype, rngs=rngs, init_mode=_INIT)
+        self.stem_bn = BatchNorm(64, ghost_size=ghost_size, rngs=rngs)
+        stages = []
+        channels = 64
+        for s, (width, size) in enumerate(zip(widths, block_sizes)):
+            blocks = []
+            for b in range(size):
+                stride = 2 if s > 0 and b == 0 else 1
+                blocks.append(block_cls(channels, width, stride, dtype=dtype, ghost_size=ghost_size, rngs=rngs))
+                channels = width * block_cls.expansion
+            stages.append(nnx.List(blocks))
+        self.stages = nnx.List(stages)
+
+    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> list[jax.Array]:
+        """x: [B, H, W, C_in] -> per stage s: [B, H/(4·2^s), W/(4·2^s), stage_channels[s]].
+
+        `rngs` is unused (no stochastic layers); it keeps the common interface.
+        """
+        x = nnx.relu(self.stem_bn(self.stem_conv(x)))
+        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        features = []
+        for stage in self.stages:
+            for block in stage:
+                x = block(x)
+            features.append(x)
+        return features
