@@ -58,10 +58,11 @@ def sample_boxes(
 ) -> tuple[jax.Array, jax.Array]:
     """Draws one CutMix box per sample.
 
-    Per sample: lam0 ~ Beta(beta, beta) (drawn as Uniform(0, 1) when beta == 1); box height int(H * sqrt(1 - lam0)) and
-    width int(W * sqrt(1 - lam0)); centre (cy, cx) uniform over pixel positions;
-    the box ``[cy - h // 2, cy - h // 2 + h)`` (likewise in x) is clipped to the
-    image. With probability ``1 - prob`` the box is empty.
+    Per sample: lam0 ~ Beta(beta, beta) (drawn as Uniform(0, 1) when beta == 1);
+    box height h = int(H * sqrt(1 - lam0)) and width w = int(W * sqrt(1 - lam0));
+    centre (cy, cx) uniform over pixel positions; the box
+    ``[cy - h // 2, cy - h // 2 + h)`` (likewise in x) is clipped to the image.
+    With probability ``1 - prob`` the box is empty.
 
     Returns:
       boxes: [B, 4] int32 (y0, x0, y1, x1).
@@ -91,7 +92,7 @@ def sample_boxes(
     y0 = jnp.clip(y0, 0, height)
     x0 = jnp.clip(x0, 0, width)
     applied = jax.random.uniform(k_apply, (batch_size,)) < prob
-    # An applied box may still be empty (tiny side); only then is lam exactly 1.
+    # lam == 1 where not applied, or where the drawn box is empty (side 0).
     boxes = jnp.where(applied[:, None], jnp.stack([y0, x0, y1, x1], axis=-1), 0)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     # Integer numerator: the float result is then the same eagerly and under jit.
@@ -165,7 +166,7 @@ def group_permutation(key: jax.Array, batch_size: int, group_size: int | None) -
 
 
 def _group_view(images: jax.Array, group: int) -> jax.Array:
-    """[B, ...] -> [B/g, g, ...]; an explicitly sharded batch axis goes to the group axis.
+    """[B, ...] -> [B/g, g, ...], keeping an explicit batch sharding on the new axis 0.
 
     If groups span shards of an explicitly sharded batch (B/g not a multiple of
     the shard count), the batch is gathered first: the cross-device traffic

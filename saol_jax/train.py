@@ -46,5 +46,16 @@ def main(argv: list[str]) -> None:
         sys.exit(f"error: {error}")
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing that reports a bad config override in one line, not a traceback."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        sys.exit(f"error: {error}\nPass --helpfull to see the flags.")
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        message = str(error).strip("'\"").replace("\\n", " ").replace("\\'", "'")
+        sys.exit(f"error: bad --config override: {message}")
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
