@@ -18,7 +18,9 @@ from saol_jax.models.resnet_imagenet import Bottleneck
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _run(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, key: jax.Array | None) -> list[jax.Array]:
+def _run(
+    graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, key: jax.Array | None
+) -> list[jax.Array]:
     rngs = None if key is None else nnx.Rngs(dropout=key)
     return nnx.merge(graphdef, state, copy=True)(x, rngs=rngs)
 
@@ -31,8 +33,8 @@ def _forward(model: nnx.Module, x: jax.Array, key: jax.Array | None = None) -> l
 
 def _build(name: str, **kwargs) -> nnx.Module:
     """A real backbone. Parameter init runs with non-partitionable Threefry:
-    XLA:CPU compiles the partitionable one about 10x slower per new shape,
-    and init values do not matter here."""
+    XLA:CPU compiles the partitionable one several times slower for every
+    new parameter shape, and the init values do not matter here."""
     with jax.threefry_partitionable(False):
         return build_backbone(name, rngs=nnx.Rngs(0), **kwargs)
 
@@ -67,22 +69,27 @@ def test_imagenet_resnet_param_counts_exact(name, expected):
     assert _count_with_head(name, 1000) == expected
 
 
-# PyramidNet-110 a48: the PyramidNet paper's table prints 1.7M (truncated);
-# the authors' PyTorch code, which also gives PyramidNet-200 a240 the 26.8M
-# quoted by CutMix, yields 1.77M for it.
 @pytest.mark.parametrize(
     "name, num_classes, expected",
     [
         ("resnet20", 10, 0.27e6),
         ("resnet56", 10, 0.85e6),
         ("resnet110", 10, 1.7e6),
-        ("pyramidnet110_a48", 10, 1.77e6),
         ("wrn28_10", 100, 36.5e6),
         ("pyramidnet200_a240", 100, 26.8e6),
     ],
 )
 def test_cifar_param_counts(name, num_classes, expected):
     assert _count_with_head(name, num_classes) == pytest.approx(expected, rel=0.02)
+
+
+def test_pyramidnet110_a48_param_count_matches_the_truncated_table_figure():
+    # The PyramidNet paper's table prints 1.7M for this network and truncates its
+    # figures (alpha=270 prints 28.3M for a count of 28.49M). The construction
+    # that gives PyramidNet-200 alpha=240 the 26.8M above gives 1.77M here, which
+    # the table prints as 1.7M; a round-to-nearest reading would need 1.7M +- 2%.
+    count = _count_with_head("pyramidnet110_a48", 10)
+    assert 1.70e6 <= count < 1.80e6
 
 
 def test_resnet20_stage_shapes_forward():
@@ -128,7 +135,8 @@ def test_cifar_nets_on_28x28x1(name, kwargs, channels):
 def test_resnet50_zero_init_last_bn():
     def last_scales():
         model = build_backbone("resnet50", rngs=nnx.Rngs(0))
-        return [(block.bn2.scale[...], block.bn3.scale[...]) for stage in model.stages for block in stage]
+        blocks = [block for stage in model.stages for block in stage]
+        return [(block.bn2.scale[...], block.bn3.scale[...]) for block in blocks]
 
     scales = jax.jit(last_scales)()  # only the BN scales are materialised
     assert len(scales) == 16
@@ -157,6 +165,8 @@ def test_shakedrop_eval_scales_by_expectation():
     x = jax.random.normal(jax.random.key(0), (4, 3, 3, 2))
     np.testing.assert_allclose(layer(x), 0.7 * x, rtol=1e-6)
     np.testing.assert_array_equal(layer(x), layer(x))
+    train_layer = ShakeDrop(0.3)
+    np.testing.assert_array_equal(nnx.view(train_layer, deterministic=True)(x), layer(x))
 
 
 def test_shakedrop_train_randomness():
@@ -189,7 +199,9 @@ def test_shakedrop_gradient_uses_other_coefficient():
 
 def test_pyramidnet_shakedrop_schedule():
     model = nnx.eval_shape(
-        lambda: build_backbone("pyramidnet", depth=14, alpha=12, bottleneck=False, shakedrop=0.5, rngs=nnx.Rngs(0))
+        lambda: build_backbone(
+            "pyramidnet", depth=14, alpha=12, bottleneck=False, shakedrop=0.5, rngs=nnx.Rngs(0)
+        )
     )
     probs = [block.shakedrop.drop_prob for stage in model.stages for block in stage]
     np.testing.assert_allclose(probs, 0.5 * np.arange(1, 7) / 6)
@@ -237,7 +249,7 @@ def test_pyramidnet_shakedrop_bfloat16_jit_grad():
 def test_wide_resnet_dropout_only_in_train_mode():
     model = _build("wide_resnet", depth=10, widen_factor=1, dropout_rate=0.5)
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="rngs"):
         _forward(model, x)
     a = _forward(model, x, jax.random.key(0))[-1]
     b = _forward(model, x, jax.random.key(0))[-1]
@@ -245,7 +257,9 @@ def test_wide_resnet_dropout_only_in_train_mode():
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     model.eval()
-    np.testing.assert_array_equal(_forward(model, x, jax.random.key(0))[-1], _forward(model, x, jax.random.key(1))[-1])
+    eval_a = _forward(model, x, jax.random.key(0))[-1]
+    eval_c = _forward(model, x, jax.random.key(1))[-1]
+    np.testing.assert_array_equal(eval_a, eval_c)
 
 
 def test_registry():
@@ -256,7 +270,9 @@ def test_registry():
     } == set(BACKBONES)
     with pytest.raises(ValueError, match="resnet50"):
         build_backbone("resnet5", rngs=nnx.Rngs(0))
-    model = nnx.eval_shape(lambda: build_backbone("resnet56", widths=(32, 64, 128), in_channels=1, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(
+        lambda: build_backbone("resnet56", widths=(32, 64, 128), in_channels=1, rngs=nnx.Rngs(0))
+    )
     assert model.stage_channels == (32, 64, 128)
     assert model.stem_conv.in_features == 1
     with pytest.raises(ValueError, match="depth"):

@@ -23,7 +23,16 @@ class BasicBranch(nnx.Module):
 
     expansion = 1
 
-    def __init__(self, in_channels: int, planes: int, stride: int, *, dtype: jnp.dtype, ghost_size: int, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int,
+        planes: int,
+        stride: int,
+        *,
+        dtype: jnp.dtype,
+        ghost_size: int,
+        rngs: nnx.Rngs,
+    ):
         self.bn1 = BatchNorm(in_channels, ghost_size=ghost_size, rngs=rngs)
         self.conv1 = conv(in_channels, planes, 3, stride, dtype=dtype, rngs=rngs, init_mode=_INIT)
         self.bn2 = BatchNorm(planes, ghost_size=ghost_size, rngs=rngs)
@@ -42,7 +51,16 @@ class BottleneckBranch(nnx.Module):
 
     expansion = 4
 
-    def __init__(self, in_channels: int, planes: int, stride: int, *, dtype: jnp.dtype, ghost_size: int, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int,
+        planes: int,
+        stride: int,
+        *,
+        dtype: jnp.dtype,
+        ghost_size: int,
+        rngs: nnx.Rngs,
+    ):
         out_channels = planes * self.expansion
         self.bn1 = BatchNorm(in_channels, ghost_size=ghost_size, rngs=rngs)
         self.conv1 = conv(in_channels, planes, 1, dtype=dtype, rngs=rngs, init_mode=_INIT)
@@ -75,7 +93,9 @@ class PyramidBlock(nnx.Module):
         rngs: nnx.Rngs,
     ):
         branch_cls = BottleneckBranch if bottleneck else BasicBranch
-        self.branch = branch_cls(in_channels, planes, stride, dtype=dtype, ghost_size=ghost_size, rngs=rngs)
+        self.branch = branch_cls(
+            in_channels, planes, stride, dtype=dtype, ghost_size=ghost_size, rngs=rngs
+        )
         self.shakedrop = ShakeDrop(drop_prob)
         self.stride = stride
         self.out_channels = planes * branch_cls.expansion

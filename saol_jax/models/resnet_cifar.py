@@ -65,7 +65,9 @@ class ResNetCifar(nnx.Module):
     ):
         widths = tuple(int(w) for w in widths)
         if (depth - 2) % (2 * len(widths)) or depth <= 2:
-            raise ValueError(f"depth - 2 must be a positive multiple of {2 * len(widths)}, got depth {depth}")
+            raise ValueError(
+                f"depth - 2 must be a positive multiple of {2 * len(widths)}, got depth {depth}"
+            )
         blocks_per_stage = (depth - 2) // (2 * len(widths))
         self.stage_channels = widths
         self.stage_reductions = tuple(2**s for s in range(len(widths)))

@@ -21,7 +21,16 @@ _ZEROS = nnx.initializers.zeros
 class Projection(nnx.Module):
     """Strided conv1x1 + BN shortcut: [B, H, W, C_in] -> [B, H/s, W/s, C_out]."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, *, dtype: jnp.dtype, ghost_size: int, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        *,
+        dtype: jnp.dtype,
+        ghost_size: int,
+        rngs: nnx.Rngs,
+    ):
         self.conv = conv(in_channels, out_channels, 1, stride, dtype=dtype, rngs=rngs, init_mode=_INIT)
         self.bn = BatchNorm(out_channels, ghost_size=ghost_size, rngs=rngs)
 
@@ -30,12 +39,20 @@ class Projection(nnx.Module):
 
 
 def _shortcut(
-    in_channels: int, out_channels: int, stride: int, *, dtype: jnp.dtype, ghost_size: int, rngs: nnx.Rngs
+    in_channels: int,
+    out_channels: int,
+    stride: int,
+    *,
+    dtype: jnp.dtype,
+    ghost_size: int,
+    rngs: nnx.Rngs,
 ) -> Projection | None:
     """A projection when the shape changes, else None (identity)."""
     if stride == 1 and in_channels == out_channels:
         return None
-    return Projection(in_channels, out_channels, stride, dtype=dtype, ghost_size=ghost_size, rngs=rngs)
+    return Projection(
+        in_channels, out_channels, stride, dtype=dtype, ghost_size=ghost_size, rngs=rngs
+    )
 
 
 class BasicBlock(nnx.Module):
@@ -43,12 +60,23 @@ class BasicBlock(nnx.Module):
 
     expansion = 1
 
-    def __init__(self, in_channels: int, width: int, stride: int, *, dtype: jnp.dtype, ghost_size: int, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        stride: int,
+        *,
+        dtype: jnp.dtype,
+        ghost_size: int,
+        rngs: nnx.Rngs,
+    ):
         self.conv1 = conv(in_channels, width, 3, stride, dtype=dtype, rngs=rngs, init_mode=_INIT)
         self.bn1 = BatchNorm(width, ghost_size=ghost_size, rngs=rngs)
         self.conv2 = conv(width, width, 3, dtype=dtype, rngs=rngs, init_mode=_INIT)
         self.bn2 = BatchNorm(width, ghost_size=ghost_size, scale_init=_ZEROS, rngs=rngs)
-        self.shortcut = _shortcut(in_channels, width, stride, dtype=dtype, ghost_size=ghost_size, rngs=rngs)
+        self.shortcut = _shortcut(
+            in_channels, width, stride, dtype=dtype, ghost_size=ghost_size, rngs=rngs
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [B, H, W, C_in] -> [B, H/s, W/s, width]."""
@@ -63,7 +91,16 @@ class Bottleneck(nnx.Module):
 
     expansion = 4
 
-    def __init__(self, in_channels: int, width: int, stride: int, *, dtype: jnp.dtype, ghost_size: int, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        stride: int,
+        *,
+        dtype: jnp.dtype,
+        ghost_size: int,
+        rngs: nnx.Rngs,
+    ):
         out_channels = width * self.expansion
         self.conv1 = conv(in_channels, width, 1, dtype=dtype, rngs=rngs, init_mode=_INIT)
         self.bn1 = BatchNorm(width, ghost_size=ghost_size, rngs=rngs)
@@ -71,7 +108,9 @@ class Bottleneck(nnx.Module):
         self.bn2 = BatchNorm(width, ghost_size=ghost_size, rngs=rngs)
         self.conv3 = conv(width, out_channels, 1, dtype=dtype, rngs=rngs, init_mode=_INIT)
         self.bn3 = BatchNorm(out_channels, ghost_size=ghost_size, scale_init=_ZEROS, rngs=rngs)
-        self.shortcut = _shortcut(in_channels, out_channels, stride, dtype=dtype, ghost_size=ghost_size, rngs=rngs)
+        self.shortcut = _shortcut(
+            in_channels, out_channels, stride, dtype=dtype, ghost_size=ghost_size, rngs=rngs
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [B, H, W, C_in] -> [B, H/s, W/s, 4·width]."""
@@ -111,7 +150,9 @@ class ResNetImageNet(nnx.Module):
             blocks = []
             for b in range(size):
                 stride = 2 if s > 0 and b == 0 else 1
-                blocks.append(block_cls(channels, width, stride, dtype=dtype, ghost_size=ghost_size, rngs=rngs))
+                blocks.append(
+                    block_cls(channels, width, stride, dtype=dtype, ghost_size=ghost_size, rngs=rngs)
+                )
                 channels = width * block_cls.expansion
             stages.append(nnx.List(blocks))
         self.stages = nnx.List(stages)
