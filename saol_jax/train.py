@@ -13,6 +13,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from saol_jax import distributed, sharding  # noqa: E402
@@ -35,6 +36,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("saol_jax").setLevel(logging.INFO)
+    absl_logging.set_verbosity(absl_logging.WARNING)
     config = FLAGS.config
     sharding.configure_cpu_devices(config.num_cpu_devices)
     distributed.initialize(

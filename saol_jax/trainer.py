@@ -70,7 +70,8 @@ class _Run:
         self.batch_size = config.batch_size
         per_device = sharding.check_batch_size(config.batch_size, self.mesh)
         sharding.check_batch_size(config.eval_batch_size, self.mesh, "eval_batch_size")
-        self.steps_per_epoch = data.steps_per_epoch(self.info, config.batch_size)
+        _, shares = data.read_shares(config.dataset)
+        self.steps_per_epoch = data.steps_per_epoch(self.info, config.batch_size, process_count=shares)
         self.total_steps = (
             config.num_train_steps
             if config.num_train_steps > 0
@@ -156,7 +157,7 @@ class _Run:
         start_step = self._restore_or_initialise()
         self._save_config()
         self._install_sigterm_handler()
-        batches = data.train_batches(
+        batches = data.host_train_batches(
             config.dataset, global_batch_size=self.batch_size, seed=config.seed, start_step=start_step
         )
         eval_every = max(1, int(round(config.eval_every_epochs * self.steps_per_epoch)))
@@ -220,7 +221,7 @@ class _Run:
     def evaluate(self, step: int) -> dict[str, float]:
         """Top-1/top-5 and loss of both heads over the whole eval split."""
         totals: dict[str, float] = {}
-        for host_batch in data.eval_batches(self.config.dataset, global_batch_size=self.config.eval_batch_size):
+        for host_batch in data.host_eval_batches(self.config.dataset, global_batch_size=self.config.eval_batch_size):
             batch = sharding.global_batch(host_batch, self.mesh)
             sums = jax.device_get(self.eval_step(self.state.params, self.state.batch_stats, batch))
             for name, value in sums.items():

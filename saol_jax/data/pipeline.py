@@ -64,6 +64,10 @@ def default_dataset_config() -> ml_collections.ConfigDict:
         "shuffle_buffer": 50_000,  # streaming train reads only
         "cache": True,  # keep the decoded train split in host memory (small datasets)
         "prefetch": 2,  # batches prepared ahead
+        # Equal shares each split is cut into (0 = one per process). Process p reads
+        # the consecutive shares p*k .. p*k+k-1, k = host_shards / process_count, so a
+        # run on fewer hosts with host_shards = N sees the data of an N-host run.
+        "host_shards": 0,
     })
 
 
@@ -354,10 +358,48 @@ def train_batches(dataset_config, *, global_batch_size: int, seed: int, start_st
 # ----------------------------------------------------------------------------- eval
 
 
+def read_shares(dataset_config) -> tuple[range, int]:
+    """The shares of each split this process reads, and the number of shares."""
+    shares = dataset_config.host_shards or jax.process_count()
+    if shares % jax.process_count():
+        raise ValueError(
+            f"dataset.host_shards={shares} must be a multiple of the {jax.process_count()} processes"
+        )
+    per_process = shares // jax.process_count()
+    first = jax.process_index() * per_process
+    return range(first, first + per_process), shares
+
+
+def _concatenated(streams: list[Iterator[dict]]) -> Iterator[dict]:
+    for parts in zip(*streams):
+        yield {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def host_train_batches(dataset_config, *, global_batch_size: int, seed: int, start_step: int = 0) -> Iterator[dict]:
+    """This process's slice of every global train batch (its shares, concatenated)."""
+    mine, shares = read_shares(dataset_config)
+    return _concatenated([
+        train_batches(dataset_config, global_batch_size=global_batch_size, seed=seed,
+                      start_step=start_step, process_index=share, process_count=shares)
+        for share in mine
+    ])
+
+
+def host_eval_batches(dataset_config, *, global_batch_size: int) -> Iterator[dict]:
+    """This process's slice of every global eval batch (its shares, concatenated, padded)."""
+    mine, shares = read_shares(dataset_config)
+    return _concatenated([
+        eval_batches(dataset_config, global_batch_size=global_batch_size,
+                     process_index=share, process_count=shares)
+        for share in mine
+    ])
+
+
 def steps_per_epoch(info: DatasetInfo, global_batch_size: int, *, process_count: int | None = None) -> int:
     """Train steps in one epoch: whole local batches of each host's equal share."""
     count = jax.process_count() if process_count is None else process_count
     return (info.num_train // count) // local_batch_size(global_batch_size, count)
+
 
 
 def eval_steps(info: DatasetInfo, global_batch_size: int, *, process_count: int | None = None) -> int:
