@@ -140,3 +140,26 @@ def finalise(config: ml_collections.ConfigDict, options: dict[str, str]) -> ml_c
     apply_hardware(config, options["hw"])
     config.lock()
     return config
+
+
+CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+def cifar_base(dataset: str) -> ml_collections.ConfigDict:
+    """CIFAR-10/100 with pad-4 crop + flip and CutMix p=0.5 (SPEC 8)."""
+    if dataset not in CIFAR_STATS:
+        raise ValueError(f"dataset must be one of {', '.join(CIFAR_STATS)}, got {dataset!r}")
+    c = base_config()
+    c.dataset.name = dataset
+    c.dataset.augment = "cifar"
+    c.dataset.mean, c.dataset.std = CIFAR_STATS[dataset]
+    c.model.saol.update({"att_width": 128, "mid_width": 128})
+    c.cutmix.prob = 0.5
+    c.eval_batch_size = 1000
+    c.eval_every_epochs = 5.0
+    c.log_every_steps = 100
+    c.checkpoint_every_steps = 2000
+    return c

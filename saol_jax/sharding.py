@@ -6,6 +6,7 @@ parameters are replicated, every batch is sharded along its leading axis.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import jax
@@ -52,6 +53,22 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.A
     }
 
 
+# A CPU device that the OS does not schedule for a while (a busy laptop, more
+# devices than cores) must not abort the run: XLA's default is 40 s.
+CPU_COLLECTIVE_FLAGS = (
+    "--xla_cpu_collective_call_terminate_timeout_seconds=1800",
+    "--xla_cpu_collective_call_warn_stuck_timeout_seconds=300",
+)
+
+
+def relax_cpu_collective_timeouts() -> None:
+    """Adds CPU_COLLECTIVE_FLAGS to XLA_FLAGS (effective if jax has not started its backends)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    missing = [f for f in CPU_COLLECTIVE_FLAGS if f.split("=")[0] not in flags]
+    if missing:
+        os.environ["XLA_FLAGS"] = " ".join([flags, *missing]).strip()
+
+
 def configure_cpu_devices(count: int) -> None:
     """Splits the CPU host into `count` devices (0 = leave as is).
 
@@ -60,6 +77,7 @@ def configure_cpu_devices(count: int) -> None:
     one. Must run before jax creates its backends; afterwards a mismatch is
     an error rather than a silent no-op.
     """
+    relax_cpu_collective_timeouts()
     if count <= 0:
         return
     try:

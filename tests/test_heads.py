@@ -93,3 +93,32 @@ def test_gap_fc_head_averages_then_classifies():
     x = jax.random.normal(jax.random.key(4), (2, 5, 5, 4))
     expected = x.mean((1, 2)) @ head.fc.kernel[...] + head.fc.bias[...]
     np.testing.assert_allclose(head(x), expected, rtol=1e-5)
+
+
+def _forward_flops(head: str) -> float:
+    """XLA cost-analysis FLOPs of the eval forward of ResNet-50 at 224x224, 1000 classes."""
+    import ml_collections
+
+    from saol_jax.models import build_model
+
+    config = ml_collections.ConfigDict({
+        "backbone": "resnet50", "backbone_kwargs": {}, "head": head, "dtype": "float32",
+        "ghost_bn_size": 0,
+        "saol": {"num_stages": 3, "att_kernel": 1, "att_width": 256, "mid_width": 256},
+    })
+    model = nnx.eval_shape(lambda: build_model(config, num_classes=1000, in_channels=3, rngs=nnx.Rngs(0)))
+    model.eval()
+    graphdef, state = nnx.split(model)
+
+    def forward(state, images):
+        return nnx.merge(graphdef, state)(images)
+
+    images = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    return float(jax.jit(forward).lower(state, images).cost_analysis()["flops"])
+
+
+def test_saol_adds_at_most_three_percent_flops_to_resnet50():
+    gap, saol = _forward_flops("gap"), _forward_flops("saol")
+    overhead = saol / gap - 1.0
+    # README "Head cost" records the measured figure.
+    assert 0.0 < overhead <= 0.03, f"SAOL adds {100 * overhead:.2f}% FLOPs"

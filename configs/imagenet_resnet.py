@@ -1,0 +1,61 @@
+"""ImageNet ResNet-50/101/152 (v1.5) with SAOL: the CutMix paper's ImageNet recipe.
+
+Command (ImageNet prepared by tfds from its manual download, see README):
+  python -m saol_jax.train --config configs/imagenet_resnet.py --workdir gs://BUCKET/r50 \
+      --config.dataset.data_dir=gs://BUCKET/tfds
+  ... :arch=resnet101   ... :arch=resnet152   ... :head=gap   ... :hw=tpu_v4_32
+
+Recipe (SPEC 8): 300 epochs, batch 256, SGD Nesterov momentum 0.9, lr 0.1,
+x0.1 every 75 epochs, weight decay 1e-4, random-resized-crop 224 + flip +
+colour jitter 0.4 + PCA lighting 0.1, CutMix beta=1 p=1.0; eval resize 256,
+centre crop 224. SAOL widths 256. The learning rate scales linearly with the
+batch (`hw=` variants).
+Sized for: 8 GPUs at batch 256 (`hw=gpu8` gives batch 512 and lr 0.2), or a
+TPU v4-32 (`hw=tpu_v4_32`: batch 2048, lr 0.8; add warmup with
+`--config.optim.warmup_epochs=5` at large batches).
+Time: not measured by this project (no accelerator here).
+Expected top-1 error (CutMix paper, GAP-FC + CutMix): ResNet-50 21.40,
+ResNet-101 20.17 (GAP-FC without CutMix: ResNet-50 23.68). SAOL's best
+reported ImageNet top-1 is 81.01% (backbone not stated in our sources).
+Options: arch=resnet50|resnet101|resnet152, head=..., hw=..., smoke.
+"""
+
+from configs import common
+
+ARCHS = ("resnet50", "resnet101", "resnet152")
+
+
+def get_config(arg: str | None = None):
+    options = common.parse_options(arg, arch="resnet50")
+    if options["arch"] not in ARCHS:
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {options['arch']!r}")
+    c = common.base_config()
+    c.dataset.name = "imagenet2012"
+    c.dataset.eval_split = "validation"
+    c.dataset.image_size = 224
+    c.dataset.augment = "inception"
+    c.dataset.color_jitter = 0.4
+    c.dataset.lighting = 0.1
+    c.dataset.eval_resize = True
+    c.dataset.cache = False
+    c.dataset.shuffle_buffer = 16_384
+    c.dataset.mean = (0.485, 0.456, 0.406)
+    c.dataset.std = (0.229, 0.224, 0.225)
+    c.model.backbone = options["arch"]
+    c.model.saol.update({"att_width": 256, "mid_width": 256})
+    c.cutmix.prob = 1.0
+    c.batch_size = 256
+    c.eval_batch_size = 1024
+    c.num_epochs = 300.0
+    c.optim.lr = 0.1
+    c.optim.schedule = "step"
+    c.optim.decay_epochs = (75, 150, 225)
+    c.optim.weight_decay = 1e-4
+    c.log_every_steps = 200
+    c.eval_every_epochs = 5.0
+    c.checkpoint_every_steps = 5000
+    if options["smoke"] == "true":
+        common.apply_smoke(c, "resnet18")
+        c.dataset.image_size = 64
+        c.dataset.cache = True
+    return common.finalise(c, options)
