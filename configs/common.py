@@ -75,6 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_train_steps = -1  # > 0 overrides num_epochs
     c.log_every_steps = 100
     c.eval_every_epochs = 10.0
+    c.eval_localization = True  # SAOL heads: also measure localisation on CutMix'ed eval images
     c.checkpoint_every_steps = 2000
     c.keep_checkpoints = 3
     c.init_from = ""  # a workdir whose latest weights initialise a new run

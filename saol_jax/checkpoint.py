@@ -13,6 +13,7 @@ import logging
 from typing import Any, TypeVar
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 
@@ -30,7 +31,11 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             create=True,
         )
-        self._manager = ocp.CheckpointManager(directory, options=options)
+        # The handler is named up front so that `item_metadata` can read a checkpoint
+        # before anything was saved or restored through this manager (`restore_raw`).
+        self._manager = ocp.CheckpointManager(
+            directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+        )
         self.directory = directory
 
     def steps(self) -> list[int]:
@@ -62,8 +67,18 @@ class Checkpointer:
         return None
 
     def restore_raw(self, step: int) -> dict:
-        """The checkpoint at `step` as nested dicts of arrays, without a target structure."""
-        return self._manager.restore(step)
+        """The checkpoint at `step` as nested dicts of numpy arrays, without a target structure.
+
+        Works whatever the topology that saved it (another number of devices or
+        hosts): every array is read whole into this host's memory.
+        """
+        local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local),
+            self._manager.item_metadata(step),
+        )
+        restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        return jax.tree.map(np.asarray, restored)
 
     def wait(self) -> None:
         """Blocks until the pending asynchronous save is committed."""

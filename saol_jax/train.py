@@ -2,6 +2,14 @@
 
 Fields are overridden with `--config.<field>=<value>`; a misspelt field is
 an error. Re-running the same command resumes from the workdir.
+
+Several processes (hosts of a TPU slice, SLURM tasks, or processes started
+by hand) run this same command; `saol_jax.distributed` joins them into one
+run before any device is touched: detected on SLURM, GKE/Kubernetes and
+Open MPI, forced with `--distributed=on` (Cloud TPU VM slices), or given
+explicitly with `--coordinator_address=HOST:PORT --num_processes=N
+--process_id=I` (or SAOL_COORDINATOR_ADDRESS / SAOL_NUM_PROCESSES /
+SAOL_PROCESS_ID). The workdir (and the data) must be shared by every host.
 """
 
 from __future__ import annotations
@@ -22,7 +30,11 @@ from saol_jax.trainer import NonFiniteLossError, train_and_evaluate  # noqa: E40
 
 config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/fashion_mnist.py[:options].", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the config; resumed if it exists.")
-flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"], "Multi-process initialisation (see saol_jax.distributed).")
+flags.DEFINE_enum(
+    "distributed", "auto", list(distributed.MODES),
+    "Multi-process initialisation: auto (explicit settings or a detected cluster), on (always; jax "
+    "detects the cluster, e.g. Cloud TPU VM slices), off (single process).",
+)
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for bare multi-process clusters.")
 flags.DEFINE_integer("num_processes", None, "Number of processes, for bare multi-process clusters.")
 flags.DEFINE_integer("process_id", None, "This process's index, for bare multi-process clusters.")
@@ -39,9 +51,13 @@ def main(argv: list[str]) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)
     config = FLAGS.config
     sharding.configure_cpu_devices(config.num_cpu_devices)
-    distributed.initialize(
-        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, mode=FLAGS.distributed
-    )
+    try:
+        distributed.initialize(
+            FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, mode=FLAGS.distributed
+        )
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+    logging.getLogger("saol_jax").info("%s", distributed.describe())
     try:
         train_and_evaluate(config, FLAGS.workdir)
     except (DatasetNotFoundError, NonFiniteLossError) as error:

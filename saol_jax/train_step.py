@@ -19,7 +19,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh
 
 from saol_jax import cutmix as cutmix_lib
-from saol_jax import losses
+from saol_jax import localization, losses
 from saol_jax.sharding import replicated
 
 
@@ -43,7 +43,13 @@ class StepConfig:
     cutmix_beta: float
     cutmix_prob: float
     cutmix_group_size: int
+    eval_group_size: int = 0  # CutMix partners for the localisation eval: per-device eval batch
+    eval_localization: bool = False
     dtype: jnp.dtype = jnp.float32
+
+# Eval images are CutMix'ed with this fixed key so every evaluation measures
+# localisation on the same boxes and partners.
+EVAL_CUTMIX_SEED = 1234
 
 
 def normalise(images: jax.Array, mean: Sequence[float], std: Sequence[float], dtype: jnp.dtype) -> jax.Array:
@@ -146,12 +152,15 @@ def make_eval_step(
     `graphdef` must come from the model in eval mode (running BN statistics,
     no dropout). `batch` adds a bool `mask` [B] for padding; the result holds
     masked sums (top-1/top-5 correct and cross-entropy of each head, and the
-    example `count`) for the caller to accumulate and divide.
+    example `count`) for the caller to accumulate and divide. With
+    `eval_localization` and a SAOL head it also holds the sums of
+    `localization.localization_sums` on CutMix'ed copies of the images.
     """
 
     def eval_step(params: nnx.State, batch_stats: nnx.State, batch: Mapping[str, jax.Array]):
         model = nnx.merge(graphdef, params, batch_stats, copy=True)
-        outputs = model(normalise(batch["image"], cfg.mean, cfg.std, cfg.dtype))
+        images = normalise(batch["image"], cfg.mean, cfg.std, cfg.dtype)
+        outputs = model(images)
         labels = batch["label"]
         weight = batch["mask"].astype(jnp.float32)
         sums = {"count": jnp.sum(weight)}
@@ -160,6 +169,20 @@ def make_eval_step(
             nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
             sums[f"{head}_loss"] = jnp.sum(nll * weight)
             sums.update(_accuracy_metrics(head, scores, labels, weight))
+        if cfg.eval_localization and "log_attention" in outputs:
+            sums.update(mixed_localization_sums(model, images, labels, batch["mask"]))
         return sums
+
+    def mixed_localization_sums(model, images, labels, mask):
+        """SAOL's maps on eval images CutMix'ed with a fixed key (see saol_jax.localization)."""
+        mixed = cutmix_lib.cutmix(
+            jax.random.key(EVAL_CUTMIX_SEED), images, grid_hw=cfg.grid_hw, beta=1.0, prob=1.0,
+            group_size=cfg.eval_group_size or None,
+        )
+        outputs = model(mixed.images)
+        return localization.localization_sums(
+            outputs["log_attention"], outputs["log_spatial"], labels, labels[mixed.partner],
+            mixed.coverage, mask & mask[mixed.partner],
+        )
 
     return jax.jit(eval_step, out_shardings=replicated(mesh))

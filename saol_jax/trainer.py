@@ -94,7 +94,7 @@ class _Run:
         graphdef, state = create_train_state(model, tx)
         model.eval()
         eval_graphdef = nnx.graphdef(model)
-        self.state = jax.device_put(state, sharding.replicated(self.mesh))
+        self.state = _replicate(state, self.mesh)
 
         step_config = StepConfig(
             loss_weights=dict(config.loss),
@@ -108,7 +108,7 @@ class _Run:
         )
         self.train_step = make_train_step(graphdef, tx, self.schedule, step_config, self.mesh)
         self.eval_step = make_eval_step(eval_graphdef, step_config, self.mesh)
-        self.key = jax.device_put(jax.random.key(config.seed), sharding.replicated(self.mesh))
+        self.key = _replicate(jax.random.key(config.seed), self.mesh)
 
         self.checkpointer = checkpoint.Checkpointer(
             os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints
@@ -137,8 +137,10 @@ class _Run:
     def _save_config(self) -> None:
         if jax.process_index() != 0:
             return
-        os.makedirs(self.workdir, exist_ok=True)
-        with open(os.path.join(self.workdir, "config.json"), "w", encoding="utf-8") as f:
+        import tensorflow as tf  # tf.io.gfile: local paths and gs:// alike
+
+        tf.io.gfile.makedirs(self.workdir)
+        with tf.io.gfile.GFile(os.path.join(self.workdir, "config.json"), "w") as f:
             f.write(self.config.to_json_best_effort(indent=2))
 
     def _install_sigterm_handler(self) -> None:
@@ -204,7 +206,7 @@ class _Run:
         return bool(np.any(flags))
 
     def _log_train(self, step: int, pending: list[dict[str, jax.Array]], img_per_s: float) -> dict[str, float]:
-        fetched = jax.device_get(pending)
+        fetched = _fetch(pending)
         values = {name: float(np.mean([m[name] for m in fetched])) for name in fetched[0]}
         bad = [name for name, value in values.items() if name.startswith("loss/") and not math.isfinite(value)]
         if bad:
@@ -223,7 +225,7 @@ class _Run:
         totals: dict[str, float] = {}
         for host_batch in data.host_eval_batches(self.config.dataset, global_batch_size=self.config.eval_batch_size):
             batch = sharding.global_batch(host_batch, self.mesh)
-            sums = jax.device_get(self.eval_step(self.state.params, self.state.batch_stats, batch))
+            sums = _fetch(self.eval_step(self.state.params, self.state.batch_stats, batch))
             for name, value in sums.items():
                 totals[name] = totals.get(name, 0.0) + float(value)
         count = totals.pop("count")
@@ -238,6 +240,21 @@ class _Run:
         self.writer.close()
         if self._previous_sigterm is not None:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
+
+
+def _replicate(tree, mesh):
+    """Places host values (the same on every process) replicated on `mesh`, which may span hosts.
+
+    One jitted identity: unlike `jax.device_put` it needs no cross-host
+    equality check per leaf and also takes PRNG key arrays.
+    """
+    return jax.jit(lambda t: t, out_shardings=sharding.replicated(mesh))(tree)
+
+
+def _fetch(tree):
+    """Host copies of replicated arrays. With several processes they are not fully
+    addressable and `jax.device_get` fails: read this host's first shard instead."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
 
 def _summary(results: Mapping[str, float]) -> str:

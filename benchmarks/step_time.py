@@ -1,0 +1,242 @@
+"""Train-step throughput of GAP-FC vs SAOL + SS + SD on the same backbone.
+
+    python -m benchmarks.step_time [--devices N] [--backbone resnet56] [--batch 64] [--tiny] [--out PATH]
+
+Both variants run the real sharded train step (`saol_jax.train_step`, CutMix
+on device, every loss term of their ablation rung, SGD update) on one fixed
+batch in the same process; repetitions alternate between the variants so
+that drifting machine load hits both alike. Compile time is reported apart.
+"CPU ms/step" is the process's CPU time (all threads) per step: on a shared
+machine it moves less with other processes' load than the wall time does.
+`--devices N` splits the CPU host into N devices (the global batch is
+sharded over them), which is what makes XLA's CPU convolutions fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from benchmarks import default_out, format_table, write_json
+from benchmarks.head_cost import model_config
+from configs.common import HEAD_LADDER
+from saol_jax import optim, sharding
+from saol_jax.models import DTYPES, build_model
+from saol_jax.train_step import StepConfig, create_train_state, make_train_step
+from saol_jax.trainer import output_grid
+
+VARIANTS = ("gap", "saol_ss_sd")
+SAOL_SLOWDOWN_GOAL = 0.05  # SPEC 3: the head adds <= 5% train-step time
+RESNET56_IMG_S_GOAL = 100.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """What one train step processes."""
+
+    backbone: str = "resnet56"
+    batch: int = 64
+    image_size: int = 32
+    channels: int = 3
+    num_classes: int = 100
+    width: int = 128
+    dtype: str = "float32"
+    backbone_kwargs: tuple[tuple[str, object], ...] = ()
+    cutmix_group_size: int = 0  # 0: the per-device batch
+    ghost_bn_size: int = 0  # 0: BatchNorm statistics over the global batch
+
+
+TINY = Workload(backbone="resnet_cifar", batch=16, image_size=12, num_classes=4, width=8,
+                backbone_kwargs=(("depth", 8), ("widths", (8, 16, 32))))
+
+
+def _optim_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({
+        "lr": 0.1, "base_batch_size": 0, "momentum": 0.9, "nesterov": True,
+        "weight_decay": 1e-4, "schedule": "constant", "warmup_epochs": 0.0,
+    })
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A jitted train step with its state, batch and key, ready to be timed."""
+
+    step: Callable
+    state: object
+    batch: dict[str, jax.Array]
+    key: jax.Array
+
+    def run(self, steps: int) -> jax.Array:
+        """Runs `steps` train steps and returns the last total loss (blocks until done)."""
+        metrics = None
+        for _ in range(steps):
+            self.state, metrics = self.step(self.state, self.batch, self.key)
+        return jax.block_until_ready(metrics["loss/total"])
+
+
+def host_batch(work: Workload, seed: int = 0) -> dict[str, np.ndarray]:
+    """A fixed random batch of uint8 images and labels."""
+    rng = np.random.default_rng(seed)
+    shape = (work.batch, work.image_size, work.image_size, work.channels)
+    return {
+        "image": rng.integers(0, 256, shape, dtype=np.uint8),
+        "label": rng.integers(0, work.num_classes, (work.batch,), dtype=np.int32),
+    }
+
+
+def prepare(work: Workload, rung: str, mesh: jax.sharding.Mesh) -> tuple[Prepared, dict[str, float]]:
+    """Builds the model of ablation rung `rung` and compiles its train step on `mesh`.
+
+    Returns the prepared step and the seconds spent building, lowering and compiling.
+    """
+    timings = {}
+    start = time.perf_counter()
+    config = model_config(work.backbone, "gap" if rung == "gap" else "saol", work.width,
+                          dtype=work.dtype, ghost_bn_size=work.ghost_bn_size, **dict(work.backbone_kwargs))
+    with jax.threefry_partitionable(False):
+        model = build_model(config, num_classes=work.num_classes, in_channels=work.channels, rngs=nnx.Rngs(0))
+    schedule = optim.learning_rate_schedule(_optim_config(), global_batch_size=work.batch,
+                                            steps_per_epoch=1, total_steps=1)
+    tx = optim.sgd(_optim_config(), schedule)
+    graphdef, state = create_train_state(model, tx)
+    per_device = sharding.check_batch_size(work.batch, mesh)
+    step_config = StepConfig(
+        loss_weights=HEAD_LADDER[rung],
+        mean=(0.5,) * work.channels,
+        std=(0.25,) * work.channels,
+        grid_hw=output_grid(graphdef, state, (work.image_size, work.image_size, work.channels)),
+        cutmix_beta=1.0,
+        cutmix_prob=1.0,
+        cutmix_group_size=work.cutmix_group_size or per_device,
+        dtype=DTYPES[work.dtype],
+    )
+    state = jax.device_put(state, sharding.replicated(mesh))
+    batch = sharding.global_batch(host_batch(work), mesh)
+    key = jax.device_put(jax.random.key(0), sharding.replicated(mesh))
+    jax.block_until_ready(state)
+    timings["build_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    lowered = make_train_step(graphdef, tx, schedule, step_config, mesh).lower(state, batch, key)
+    timings["lower_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    compiled = lowered.compile()
+    timings["compile_s"] = time.perf_counter() - start
+    return Prepared(compiled, state, batch, key), timings
+
+
+def measure(work: Workload, *, devices: int = 0, reps: int = 5, steps: int = 5, warmup: int = 2) -> dict:
+    """Interleaved timing of every variant; returns per-variant timings and the comparison."""
+    mesh = sharding.make_mesh(devices or None)
+    prepared, compile_times = {}, {}
+    for rung in VARIANTS:
+        prepared[rung], compile_times[rung] = prepare(work, rung, mesh)
+        prepared[rung].run(warmup)
+    samples = {rung: [] for rung in VARIANTS}
+    cpu = {rung: [] for rung in VARIANTS}
+    for _ in range(reps):
+        for rung in VARIANTS:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            prepared[rung].run(steps)
+            samples[rung].append(work.batch * steps / (time.perf_counter() - start))
+            cpu[rung].append((time.process_time() - start_cpu) / steps)
+    variants = {
+        rung: {
+            **compile_times[rung],
+            "img_per_s_median": statistics.median(s),
+            "img_per_s_min": min(s),
+            "img_per_s_max": max(s),
+            "step_ms_median": 1000 * work.batch / statistics.median(s),
+            "cpu_ms_per_step_median": 1000 * statistics.median(cpu[rung]),
+            "samples_img_per_s": s,
+        }
+        for rung, s in samples.items()
+    }
+    ratio = variants["saol_ss_sd"]["img_per_s_median"] / variants["gap"]["img_per_s_median"]
+    cpu_ratio = variants["gap"]["cpu_ms_per_step_median"] / variants["saol_ss_sd"]["cpu_ms_per_step_median"]
+    result = {
+        "workload": dataclasses.asdict(work),
+        "devices": mesh.devices.size,
+        "per_device_batch": work.batch // mesh.devices.size,
+        "reps": reps,
+        "steps_per_rep": steps,
+        "variants": variants,
+        "saol_over_gap_throughput": ratio,
+        "saol_over_gap_throughput_cpu_time": cpu_ratio,
+        "goals": {
+            "saol_within_5pct": {"limit": 1 - SAOL_SLOWDOWN_GOAL, "measured": ratio,
+                                 "met": ratio >= 1 - SAOL_SLOWDOWN_GOAL},
+        },
+    }
+    if work.backbone == "resnet56":
+        slowest = min(v["img_per_s_median"] for v in variants.values())
+        result["goals"]["resnet56_img_per_s"] = {"limit": RESNET56_IMG_S_GOAL, "measured": slowest,
+                                                 "met": slowest >= RESNET56_IMG_S_GOAL}
+    return result
+
+
+def table(result: dict) -> str:
+    rows = []
+    for rung, v in result["variants"].items():
+        rows.append([
+            "GAP-FC" if rung == "gap" else "SAOL+SS+SD", result["devices"], result["per_device_batch"],
+            f"{v['img_per_s_median']:.1f}", f"{v['img_per_s_min']:.1f}-{v['img_per_s_max']:.1f}",
+            f"{v['step_ms_median']:.0f}", f"{v['cpu_ms_per_step_median']:.0f}", f"{v['compile_s']:.1f}",
+        ])
+    return format_table(["head", "devices", "batch/device", "img/s (median)", "img/s (min-max)",
+                         "ms/step", "CPU ms/step", "compile s"], rows)
+
+
+def report(result: dict) -> None:
+    work = result["workload"]
+    print(f"{work['backbone']}, global batch {work['batch']}, {work['image_size']}x{work['image_size']}, "
+          f"{work['dtype']}, K={work['num_classes']}, {result['reps']} reps x {result['steps_per_rep']} steps")
+    print(table(result))
+    for name, goal in result["goals"].items():
+        print(f"goal {name}: measured {goal['measured']:.3f}, limit {goal['limit']}: "
+              f"{'met' if goal['met'] else 'MISSED'}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    defaults = Workload()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--devices", type=int, default=0, help="fake CPU devices (0: leave jax's default)")
+    parser.add_argument("--backbone", default=defaults.backbone)
+    parser.add_argument("--batch", type=int, default=defaults.batch, help="global batch")
+    parser.add_argument("--image_size", type=int, default=defaults.image_size)
+    parser.add_argument("--num_classes", type=int, default=defaults.num_classes)
+    parser.add_argument("--width", type=int, default=defaults.width, help="SAOL C_att = C_mid")
+    parser.add_argument("--dtype", default=defaults.dtype, choices=sorted(DTYPES))
+    parser.add_argument("--ghost_bn_size", type=int, default=defaults.ghost_bn_size,
+                        help="BatchNorm statistics over groups of this many samples (0: global batch)")
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=5, help="steps per timed repetition")
+    parser.add_argument("--tiny", action="store_true", help="a tiny model and batch (for tests)")
+    parser.add_argument("--out", default=default_out("step_time"))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    sharding.configure_cpu_devices(args.devices)
+    work = TINY if args.tiny else Workload(
+        backbone=args.backbone, batch=args.batch, image_size=args.image_size,
+        num_classes=args.num_classes, width=args.width, dtype=args.dtype, ghost_bn_size=args.ghost_bn_size,
+    )
+    result = measure(work, devices=args.devices, reps=args.reps, steps=args.steps)
+    report(result)
+    write_json(args.out, result)
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Trains on every worker of a Cloud TPU VM slice (e.g. v4-32: 4 hosts, 16 chips) with gcloud.
+#
+# Usage (from anywhere; the repository is the one holding this script):
+#   launch/tpu_pod.sh --name NAME --zone ZONE --config CONFIG --workdir gs://BUCKET/DIR [options] [-- TRAIN_FLAGS...]
+#
+# Required:
+#   --name NAME          TPU VM name (the `create` step creates it)
+#   --zone ZONE          its zone, e.g. us-central2-b
+#   --config CONFIG      recipe and options, e.g. configs/imagenet_resnet.py:hw=tpu_v4_32
+#   --workdir DIR        run directory shared by all workers: a gs:// path (or a shared mount);
+#                        checkpoints, metrics and config land there, and a re-run resumes from it
+# Options:
+#   --steps LIST         comma-separated, run in this order: create,copy,setup,train,delete
+#                        (default: copy,setup,train; add `create` for a new slice)
+#   --accelerator TYPE   accelerator type for `create` (default: v4-32)
+#   --version VERSION    TPU VM software version for `create` (default: tpu-ubuntu2204-base)
+#   --spot               `create` a Spot (pre-emptible) slice
+#   --project PROJECT    gcloud project (default: gcloud's configured one)
+#   --data_dir DIR       tfds data_dir every worker can read, e.g. gs://BUCKET/tensorflow_datasets
+#                        (passed as --config.dataset.data_dir)
+#   --dry-run            print the commands instead of running them (or DRY_RUN=1)
+#   -h, --help           this text
+#   -- TRAIN_FLAGS...    passed on to `python -m saol_jax.train`, e.g. --config.num_epochs=90
+#
+# Steps:
+#   create  gcloud compute tpus tpu-vm create NAME --zone ZONE --accelerator-type TYPE --version VERSION
+#   copy    packs this repository (without .git, .venv, workdirs) and unpacks it to ~/saol_jax on all workers
+#   setup   on all workers: a Python 3.11 venv (through uv) with requirements.txt, jax[tpu] and saol_jax
+#   train   on all workers at once: python -m saol_jax.train --config CONFIG --workdir DIR --distributed=on
+#           (jax reads the slice's layout from the TPU metadata; every worker runs the same command)
+#   delete  gcloud compute tpus tpu-vm delete NAME --zone ZONE --quiet
+#
+# After a pre-emption (Spot slice) or a crash: re-run the same command (with `create` if the
+# slice was deleted); training resumes from the newest checkpoint in DIR.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck disable=SC2088  # the tilde is expanded by the workers' shells
+REMOTE_DIR='~/saol_jax'
+ARCHIVE="${TMPDIR:-/tmp}/saol_jax_src.tar.gz"
+DRY_RUN=${DRY_RUN:-0}
+NAME="" ZONE="" CONFIG="" WORKDIR="" PROJECT="" DATA_DIR=""
+STEPS="copy,setup,train" ACCELERATOR="v4-32" VERSION="tpu-ubuntu2204-base" SPOT=0
+TRAIN_FLAGS=()
+
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
+die() {
+  echo "error: $*" >&2
+  echo "usage: launch/tpu_pod.sh --name NAME --zone ZONE --config CONFIG --workdir DIR [options] [-- TRAIN_FLAGS...]" >&2
+  echo "(launch/tpu_pod.sh --help for every option)" >&2
+  exit 2
+}
+# The value of option $1 given as "$2" ("--opt value") or inline ("--opt=value").
+need_value() {
+  if [ -z "${2:-}" ] || [ "${2#--}" != "$2" ]; then die "$1 needs a value"; fi
+}
+# Words as one shell command line: each word bare if safe, else in single quotes.
+quote() {
+  local out="" word
+  for word in "$@"; do
+    if [[ -n $word && $word =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
+      out+="$word "
+    else
+      out+="'${word//\'/\'\\\'\'}' "
+    fi
+  done
+  echo "${out% }"
+}
+# Runs a command, or prints it (one line, quoted for a shell) in dry-run mode.
+run() {
+  if [ "$DRY_RUN" = 1 ]; then quote "$@"; else "$@"; fi
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;
+    --name) need_value "$@"; NAME=$2; shift 2 ;;
+    --zone) need_value "$@"; ZONE=$2; shift 2 ;;
+    --config) need_value "$@"; CONFIG=$2; shift 2 ;;
+    --workdir) need_value "$@"; WORKDIR=$2; shift 2 ;;
+    --steps) need_value "$@"; STEPS=$2; shift 2 ;;
+    --accelerator) need_value "$@"; ACCELERATOR=$2; shift 2 ;;
+    --version) need_value "$@"; VERSION=$2; shift 2 ;;
+    --project) need_value "$@"; PROJECT=$2; shift 2 ;;
+    --data_dir) need_value "$@"; DATA_DIR=$2; shift 2 ;;
+    --spot) SPOT=1; shift ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    -h | --help) usage; exit 0 ;;
+    --) shift; TRAIN_FLAGS=("$@"); break ;;
+    *) die "unknown argument '$1'" ;;
+  esac
+done
+
+[ -n "$NAME" ] || die "missing --name (the TPU VM name)"
+[ -n "$ZONE" ] || die "missing --zone (the TPU VM's zone, e.g. us-central2-b)"
+IFS=',' read -r -a STEP_LIST <<<"$STEPS"
+for step in "${STEP_LIST[@]}"; do
+  case "$step" in
+    create | copy | setup | delete) ;;
+    train)
+      [ -n "$CONFIG" ] || die "missing --config (the recipe, e.g. configs/imagenet_resnet.py:hw=tpu_v4_32)"
+      [ -n "$WORKDIR" ] || die "missing --workdir (a gs:// run directory shared by all workers)"
+      case "$WORKDIR" in
+        gs://*) ;;
+        *) echo "warning: --workdir $WORKDIR is not a gs:// path; every worker must see the same directory" >&2 ;;
+      esac
+      ;;
+    *) die "unknown step '$step' in --steps (valid: create,copy,setup,train,delete)" ;;
+  esac
+done
+
+GCLOUD_OPTS=(--zone="$ZONE")
+[ -z "$PROJECT" ] || GCLOUD_OPTS+=(--project="$PROJECT")
+
+on_all_workers() {
+  run gcloud compute tpus tpu-vm ssh "$NAME" "${GCLOUD_OPTS[@]}" --worker=all --command "$1"
+}
+
+for step in "${STEP_LIST[@]}"; do
+  case "$step" in
+    create)
+      args=(gcloud compute tpus tpu-vm create "$NAME" "${GCLOUD_OPTS[@]}"
+        --accelerator-type="$ACCELERATOR" --version="$VERSION")
+      [ "$SPOT" = 0 ] || args+=(--spot)
+      run "${args[@]}"
+      ;;
+    copy)
+      run tar -czf "$ARCHIVE" --exclude=./.git --exclude=./.venv --exclude=./workdirs \
+        --exclude=__pycache__ --exclude=.pytest_cache -C "$REPO" .
+      run gcloud compute tpus tpu-vm scp "$ARCHIVE" "$NAME:saol_jax_src.tar.gz" "${GCLOUD_OPTS[@]}" --worker=all
+      on_all_workers "rm -rf $REMOTE_DIR && mkdir -p $REMOTE_DIR && tar -xzf ~/saol_jax_src.tar.gz -C $REMOTE_DIR"
+      ;;
+    setup)
+      on_all_workers "cd $REMOTE_DIR && (command -v uv >/dev/null || curl -LsSf https://astral.sh/uv/install.sh | sh) && export PATH=\$HOME/.local/bin:\$PATH && uv venv --python 3.11 .venv && uv pip install --python .venv/bin/python -r requirements.txt \"jax[tpu]>=0.10,<0.13\" && uv pip install --python .venv/bin/python --no-deps -e ."
+      ;;
+    train)
+      train=(.venv/bin/python -m saol_jax.train --config "$CONFIG" --workdir "$WORKDIR" --distributed=on)
+      [ -z "$DATA_DIR" ] || train+=("--config.dataset.data_dir=$DATA_DIR")
+      train+=(${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"})
+      on_all_workers "cd $REMOTE_DIR && $(quote "${train[@]}")"
+      ;;
+    delete)
+      run gcloud compute tpus tpu-vm delete "$NAME" "${GCLOUD_OPTS[@]}" --quiet
+      ;;
+  esac
+done

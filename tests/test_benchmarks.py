@@ -1,0 +1,64 @@
+"""The benchmarks in their tiny settings: tables, JSON, goals, loss agreement across device counts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import head_cost, scaling, step_time
+
+
+def read(path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_head_cost_tiny(tmp_path, capsys):
+    out = tmp_path / "head_cost.json"
+    payload = head_cost.main(["--tiny", "--out", str(out)])
+    assert read(out)["rows"] == payload["rows"]
+    assert "machine" in read(out)
+    (row,) = payload["rows"]
+    assert row["saol_params"] > row["gap_params"]
+    assert row["flops_ratio"] > 1.0 and row["params_ratio"] > 1.0
+    assert "| resnet_cifar |" in capsys.readouterr().out
+
+
+def test_forward_flops_of_a_known_layer_count():
+    # GAP-FC on an 8-16-32 ResNet-8: its FC layer alone is 2 * 32 * 10 FLOPs plus the bias;
+    # growing K by 1 adds exactly those of one more output unit.
+    config = head_cost.model_config("resnet_cifar", "gap", 8, depth=8, widths=(8, 16, 32))
+    params_10, flops_10 = head_cost.forward_cost(config, 16, 10)
+    params_11, flops_11 = head_cost.forward_cost(config, 16, 11)
+    assert params_11 - params_10 == 32 + 1
+    assert flops_11 - flops_10 == pytest.approx(2 * 32 + 1, abs=1)
+
+
+def test_step_time_tiny(tmp_path):
+    out = tmp_path / "step_time.json"
+    result = step_time.main(["--tiny", "--reps", "2", "--steps", "1", "--out", str(out)])
+    assert read(out)["variants"].keys() == {"gap", "saol_ss_sd"}
+    for variant in result["variants"].values():
+        assert len(variant["samples_img_per_s"]) == 2
+        assert variant["img_per_s_min"] <= variant["img_per_s_median"] <= variant["img_per_s_max"]
+        assert variant["compile_s"] > 0
+    assert result["devices"] == 8 and result["per_device_batch"] == 2
+    goal = result["goals"]["saol_within_5pct"]
+    assert goal["met"] == (goal["measured"] >= 0.95)
+
+
+def test_scaling_tiny_losses_agree_and_pipeline_is_timed(tmp_path, tiny_dataset):
+    pipeline = scaling.pipeline_dataset(tiny_dataset["name"], tiny_dataset["data_dir"])
+    out = tmp_path / "scaling.json"
+    result = scaling.run(step_time.TINY, [1, 2], reps=1, steps=1, out=str(out), pipeline=pipeline,
+                         pipeline_batches=3)
+    assert [r["devices"] for r in result["devices"]] == [1, 2]
+    assert result["workload"]["cutmix_group_size"] == step_time.TINY.batch // 2
+    assert result["loss_agreement"]["agree"], result["loss_agreement"]
+    assert result["pipeline"]["img_per_s"] > 0
+    assert read(out)["loss_agreement"] == result["loss_agreement"]
+
+
+def test_pipeline_dataset_missing_is_skipped(tmp_path):
+    assert scaling.pipeline_dataset("fashion_mnist", str(tmp_path / "nowhere")) is None
