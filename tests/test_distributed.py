@@ -191,6 +191,8 @@ def wait_all(procs: dict[str, tuple[subprocess.Popen, str]]) -> dict[str, str]:
     try:
         for proc, _ in procs.values():
             proc.wait(timeout=max(1.0, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+        pass  # reported below with the logs: a killed process has a non-zero exit status
     finally:
         for proc, _ in procs.values():
             if proc.poll() is None:
