@@ -107,8 +107,18 @@ def apply_head(config: ml_collections.ConfigDict, head: str) -> None:
     config.loss = ml_collections.ConfigDict(HEAD_LADDER[head])
 
 
+# Linear warm-up (epochs) once the batch grows this many times over the recipe's
+# (the large-batch practice of Goyal et al., 2017).
+LARGE_BATCH_FACTOR = 4
+LARGE_BATCH_WARMUP_EPOCHS = 5.0
+
+
 def apply_hardware(config: ml_collections.ConfigDict, hw: str) -> None:
-    """Sets the global batch for `hw` and scales the learning rate linearly from the recipe's."""
+    """Sets the global batch for `hw` and scales the learning rate linearly from the recipe's.
+
+    Batches at least LARGE_BATCH_FACTOR times the recipe's also get a linear
+    warm-up of LARGE_BATCH_WARMUP_EPOCHS epochs.
+    """
     if not hw:
         return
     if hw not in HARDWARE_BATCH:
@@ -117,6 +127,8 @@ def apply_hardware(config: ml_collections.ConfigDict, hw: str) -> None:
         config.optim.base_batch_size = config.batch_size
     config.batch_size = HARDWARE_BATCH[hw]
     config.eval_batch_size = max(config.eval_batch_size, config.batch_size)
+    if config.batch_size >= LARGE_BATCH_FACTOR * config.optim.base_batch_size:
+        config.optim.warmup_epochs = max(config.optim.warmup_epochs, LARGE_BATCH_WARMUP_EPOCHS)
 
 
 def apply_smoke(config: ml_collections.ConfigDict, backbone: str, **backbone_kwargs) -> None:

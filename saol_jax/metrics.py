@@ -12,7 +12,10 @@ metrics.jsonl holds one JSON object per event with keys:
            images, against the first label), `train/lr`, `train/grad_norm`,
            `train/img_per_s`;
   eval:    `eval/<head>_top1`, `eval/<head>_top5`, `eval/<head>_loss` for
-           head in {saol, gap}, `eval/count` (examples evaluated).
+           head in {saol, gap}, `eval/count` (examples evaluated); with a
+           SAOL head, on CutMix'ed eval images (saol_jax.localization):
+           `eval/loc_partner_iou`, `eval/loc_att_mass_in_box`,
+           `eval/loc_box_area_share`, `eval/loc_att_box_concentration`.
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ class MetricWriter:
         self._jsonl = None
         self._tb = None
         if self.enabled:
-            os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+            import tensorflow as tf  # tf.io.gfile: local paths and gs:// alike
+
+            tf.io.gfile.makedirs(workdir)
+            self._jsonl = tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl"), "a")
             self._tb = _TensorBoard(os.path.join(workdir, "tensorboard"))
 
     def write(self, event: str, step: int, values: Mapping[str, float], **extra: float) -> None:

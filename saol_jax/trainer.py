@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from saol_jax import checkpoint, data, optim, sharding
+from saol_jax import checkpoint, data, localization, optim, sharding
 from saol_jax.metrics import MetricWriter, Progress
 from saol_jax.models import DTYPES, build_model
 from saol_jax.train_step import StepConfig, TrainState, create_train_state, make_eval_step, make_train_step
@@ -104,6 +104,8 @@ class _Run:
             cutmix_beta=config.cutmix.beta,
             cutmix_prob=config.cutmix.prob,
             cutmix_group_size=config.cutmix.group_size or per_device,
+            eval_group_size=config.eval_batch_size // self.mesh.devices.size,
+            eval_localization=config.eval_localization,
             dtype=DTYPES[config.model.dtype],
         )
         self.train_step = make_train_step(graphdef, tx, self.schedule, step_config, self.mesh)
@@ -229,8 +231,11 @@ class _Run:
             for name, value in sums.items():
                 totals[name] = totals.get(name, 0.0) + float(value)
         count = totals.pop("count")
+        located = {name: totals.pop(name) for name in localization.SUM_KEYS if name in totals}
         results = {f"eval/{name}": value / max(count, 1.0) for name, value in totals.items()}
         results["eval/count"] = count
+        if located:
+            results.update({f"eval/loc_{k}": v for k, v in localization.localization_metrics(located).items()})
         self.writer.write("eval", step, results, epoch=step / self.steps_per_epoch)
         log.info("eval at step %d: %s", step, _summary(results))
         return results

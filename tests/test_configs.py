@@ -56,6 +56,10 @@ def test_hardware_variant_scales_lr_linearly(recipe):
     assert scaled_learning_rate(scaled.optim, scaled.batch_size) == pytest.approx(
         base.optim.lr * scaled.batch_size / base.batch_size
     )
+    large = scaled.batch_size >= common.LARGE_BATCH_FACTOR * base.batch_size
+    assert scaled.optim.warmup_epochs == (
+        max(base.optim.warmup_epochs, common.LARGE_BATCH_WARMUP_EPOCHS) if large else base.optim.warmup_epochs
+    )
 
 
 def test_unknown_option_is_an_error():
