@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from saol_jax.train_step import StepConfig, create_train_state, make_train_step
 from saol_jax.trainer import output_grid
 
 VARIANTS = ("gap", "saol_ss_sd")
+RUNG_NAMES = {"gap": "GAP-FC", "saol": "SAOL", "saol_ss": "SAOL+SS", "saol_ss_sd": "SAOL+SS+SD"}
 SAOL_SLOWDOWN_GOAL = 0.05  # SPEC 3: the head adds <= 5% train-step time
 RESNET56_IMG_S_GOAL = 100.0
 
@@ -52,15 +54,16 @@ class Workload:
     backbone_kwargs: tuple[tuple[str, object], ...] = ()
     cutmix_group_size: int = 0  # 0: the per-device batch
     ghost_bn_size: int = 0  # 0: BatchNorm statistics over the global batch
+    lr: float = 0.1
 
 
 TINY = Workload(backbone="resnet_cifar", batch=16, image_size=12, num_classes=4, width=8,
                 backbone_kwargs=(("depth", 8), ("widths", (8, 16, 32))))
 
 
-def _optim_config() -> ml_collections.ConfigDict:
+def _optim_config(lr: float) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
-        "lr": 0.1, "base_batch_size": 0, "momentum": 0.9, "nesterov": True,
+        "lr": lr, "base_batch_size": 0, "momentum": 0.9, "nesterov": True,
         "weight_decay": 1e-4, "schedule": "constant", "warmup_epochs": 0.0,
     })
 
@@ -103,9 +106,10 @@ def prepare(work: Workload, rung: str, mesh: jax.sharding.Mesh) -> tuple[Prepare
                           dtype=work.dtype, ghost_bn_size=work.ghost_bn_size, **dict(work.backbone_kwargs))
     with jax.threefry_partitionable(False):
         model = build_model(config, num_classes=work.num_classes, in_channels=work.channels, rngs=nnx.Rngs(0))
-    schedule = optim.learning_rate_schedule(_optim_config(), global_batch_size=work.batch,
+    optim_config = _optim_config(work.lr)
+    schedule = optim.learning_rate_schedule(optim_config, global_batch_size=work.batch,
                                             steps_per_epoch=1, total_steps=1)
-    tx = optim.sgd(_optim_config(), schedule)
+    tx = optim.sgd(optim_config, schedule)
     graphdef, state = create_train_state(model, tx)
     per_device = sharding.check_batch_size(work.batch, mesh)
     step_config = StepConfig(
@@ -133,17 +137,22 @@ def prepare(work: Workload, rung: str, mesh: jax.sharding.Mesh) -> tuple[Prepare
     return Prepared(compiled, state, batch, key), timings
 
 
-def measure(work: Workload, *, devices: int = 0, reps: int = 5, steps: int = 5, warmup: int = 2) -> dict:
-    """Interleaved timing of every variant; returns per-variant timings and the comparison."""
+def measure(work: Workload, *, devices: int = 0, reps: int = 5, steps: int = 5, warmup: int = 2,
+            rungs: tuple[str, ...] = VARIANTS) -> dict:
+    """Interleaved timing of the ablation rungs `rungs` (which must include VARIANTS).
+
+    Returns per-rung timings and the SAOL + SS + SD vs GAP-FC comparison.
+    """
     mesh = sharding.make_mesh(devices or None)
+    load_before = os.getloadavg()[0]
     prepared, compile_times = {}, {}
-    for rung in VARIANTS:
+    for rung in rungs:
         prepared[rung], compile_times[rung] = prepare(work, rung, mesh)
         prepared[rung].run(warmup)
-    samples = {rung: [] for rung in VARIANTS}
-    cpu = {rung: [] for rung in VARIANTS}
+    samples = {rung: [] for rung in rungs}
+    cpu = {rung: [] for rung in rungs}
     for _ in range(reps):
-        for rung in VARIANTS:
+        for rung in rungs:
             start, start_cpu = time.perf_counter(), time.process_time()
             prepared[rung].run(steps)
             samples[rung].append(work.batch * steps / (time.perf_counter() - start))
@@ -168,6 +177,7 @@ def measure(work: Workload, *, devices: int = 0, reps: int = 5, steps: int = 5, 
         "per_device_batch": work.batch // mesh.devices.size,
         "reps": reps,
         "steps_per_rep": steps,
+        "load_average_1m": {"start": load_before, "end": os.getloadavg()[0]},
         "variants": variants,
         "saol_over_gap_throughput": ratio,
         "saol_over_gap_throughput_cpu_time": cpu_ratio,
@@ -187,7 +197,7 @@ def table(result: dict) -> str:
     rows = []
     for rung, v in result["variants"].items():
         rows.append([
-            "GAP-FC" if rung == "gap" else "SAOL+SS+SD", result["devices"], result["per_device_batch"],
+            RUNG_NAMES[rung], result["devices"], result["per_device_batch"],
             f"{v['img_per_s_median']:.1f}", f"{v['img_per_s_min']:.1f}-{v['img_per_s_max']:.1f}",
             f"{v['step_ms_median']:.0f}", f"{v['cpu_ms_per_step_median']:.0f}", f"{v['compile_s']:.1f}",
         ])
@@ -197,9 +207,13 @@ def table(result: dict) -> str:
 
 def report(result: dict) -> None:
     work = result["workload"]
+    load = result["load_average_1m"]
     print(f"{work['backbone']}, global batch {work['batch']}, {work['image_size']}x{work['image_size']}, "
-          f"{work['dtype']}, K={work['num_classes']}, {result['reps']} reps x {result['steps_per_rep']} steps")
+          f"{work['dtype']}, K={work['num_classes']}, {result['reps']} reps x {result['steps_per_rep']} steps, "
+          f"load average {load['start']:.1f} -> {load['end']:.1f} on {os.cpu_count()} cores")
     print(table(result))
+    print(f"SAOL/GAP-FC throughput: {result['saol_over_gap_throughput']:.3f} (wall), "
+          f"{result['saol_over_gap_throughput_cpu_time']:.3f} (CPU time)")
     for name, goal in result["goals"].items():
         print(f"goal {name}: measured {goal['measured']:.3f}, limit {goal['limit']}: "
               f"{'met' if goal['met'] else 'MISSED'}")
@@ -219,9 +233,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="BatchNorm statistics over groups of this many samples (0: global batch)")
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--steps", type=int, default=5, help="steps per timed repetition")
+    parser.add_argument("--rungs", default=",".join(VARIANTS),
+                        help=f"ablation rungs to time, among {','.join(RUNG_NAMES)}; must include gap,saol_ss_sd")
     parser.add_argument("--tiny", action="store_true", help="a tiny model and batch (for tests)")
     parser.add_argument("--out", default=default_out("step_time"))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.rungs = tuple(args.rungs.split(","))
+    if not set(VARIANTS) <= set(args.rungs) <= set(RUNG_NAMES):
+        parser.error(f"--rungs must include {','.join(VARIANTS)} and only name {','.join(RUNG_NAMES)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -231,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
         backbone=args.backbone, batch=args.batch, image_size=args.image_size,
         num_classes=args.num_classes, width=args.width, dtype=args.dtype, ghost_bn_size=args.ghost_bn_size,
     )
-    result = measure(work, devices=args.devices, reps=args.reps, steps=args.steps)
+    result = measure(work, devices=args.devices, reps=args.reps, steps=args.steps, rungs=args.rungs)
     report(result)
     write_json(args.out, result)
     print(f"wrote {args.out}")
