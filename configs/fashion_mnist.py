@@ -6,8 +6,13 @@ Command (data prepared offline from Debian's dataset-fashion-mnist package):
 
 Sized for: a 2-core CPU laptop/VM, split into 8 CPU devices (`num_cpu_devices`)
 that run the same sharded step as a multi-GPU host; XLA's CPU convolutions
-are faster per image on small per-device batches.
-Expected: MEASURED_TIME_AND_ACCURACY
+are faster per image on small per-device batches. CutMix (p=0.5) is the only
+augmentation: in a run this short, pad-crop + flip on top of it cost accuracy
+(4 epochs: 90.54% with them, 91.98% without, SAOL output).
+Expected (measured here, 2-core AMD EPYC VM, 8 CPU devices, nothing else
+running): 8 min 35 s wall for the whole command (3.5 epochs, 1638 steps at a
+median 519 img/s, one final evaluation), test top-1 91.64% with the SAOL
+output and 91.86% with the GAP-FC output (seed 0).
 Options (after a colon): `head=gap|saol|saol_ss|saol_ss_sd`, `smoke`, `hw=...`.
 """
 
