@@ -42,11 +42,12 @@ def worker(work: Workload, devices: int, *, reps: int, steps: int) -> dict:
     mesh = sharding.make_mesh(devices)
     prepared, timings = prepare(work, "saol_ss_sd", mesh)
     losses = [float(prepared.run(1)) for _ in range(LOSS_STEPS)]
-    times = []
+    times, cpu = [], []
     for _ in range(reps):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         prepared.run(steps)
         times.append((time.perf_counter() - start) / steps)
+        cpu.append((time.process_time() - start_cpu) / steps)
     step_s = statistics.median(times)
     return {
         "devices": devices,
@@ -56,6 +57,7 @@ def worker(work: Workload, devices: int, *, reps: int, steps: int) -> dict:
         "step_ms_min": 1000 * min(times),
         "step_ms_max": 1000 * max(times),
         "img_per_s": work.batch / step_s,
+        "cpu_ms_per_step_median": 1000 * statistics.median(cpu),
         "load_average_1m": os.getloadavg()[0],
         **timings,
     }
@@ -121,12 +123,13 @@ def pipeline_dataset(name: str | None, data_dir: str | None):
 def tables(result: dict) -> str:
     rows = [
         [r["devices"], r["per_device_batch"], f"{r['step_ms_median']:.0f}",
-         f"{r['step_ms_min']:.0f}-{r['step_ms_max']:.0f}", f"{r['img_per_s']:.1f}", f"{r['compile_s']:.1f}",
+         f"{r['step_ms_min']:.0f}-{r['step_ms_max']:.0f}", f"{r['img_per_s']:.1f}",
+         f"{r['cpu_ms_per_step_median']:.0f}", f"{r['compile_s']:.1f}",
          " ".join(f"{x:.6f}" for x in r["losses"]), f"{r['load_average_1m']:.1f}"]
         for r in result["devices"]
     ]
     text = format_table(["devices", "batch/device", "ms/step (median)", "ms/step (min-max)", "img/s",
-                         "compile s", f"loss, steps 1-{LOSS_STEPS}", "load avg"], rows)
+                         "CPU ms/step", "compile s", f"loss, steps 1-{LOSS_STEPS}", "load avg"], rows)
     check = result["loss_agreement"]
     per_step = ", ".join(f"{d:.1e}" for d in check["max_rel_diff_per_step"])
     text += (f"\nlosses vs {check['reference_devices']} device(s): max relative difference per step "

@@ -14,8 +14,9 @@ a ground-truth box is >= 0.5; GT-known localisation ignores the class.
 Maps: `attention` (SAOL's A), `spatial` (SAOL's Y for the predicted class),
 `cam` (class activation map of the GAP-FC branch for the predicted class;
 works for GAP-FC-only models too). The dataset needs (image, label)
-supervised keys and a `bbox` feature (tfds BBoxFeature, normalised
-[ymin, xmin, ymax, xmax]; one box or a sequence of boxes per image).
+supervised keys and a top-level box feature (`--bbox_key`, default `bbox`:
+a tfds BBoxFeature, normalised [ymin, xmin, ymax, xmax], or a sequence of
+them; with several boxes the best IoU counts).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.ndimage
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from saol_jax import data, sharding
 from saol_jax.data import preprocess
@@ -110,7 +112,8 @@ def examples(trained: Trained, split: str, bbox_key: str) -> Iterator[tuple[np.n
         image = preprocess.resize(example[image_key], size)
         return image, example[label_key], tf.reshape(tf.cast(example[bbox_key], tf.float32), (-1, 4))
 
-    ds = builder.as_dataset(split=split, shuffle_files=False)
+    wanted = tfds.decode.PartialDecoding({image_key: True, label_key: True, bbox_key: True})
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=wanted)
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
     for image, label, boxes in ds.as_numpy_iterator():
         yield image, int(label), boxes
