@@ -9,7 +9,10 @@ orbax coordinates the hosts and writes to local paths and gs:// alike.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import jax
@@ -17,15 +20,54 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 
+from saol_jax import paths
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, no permission); the message says what to do."""
+
+
+@contextlib.contextmanager
+def _explained_write_errors(directory: str) -> Iterator[None]:
+    """Turns a full disk or a refused write, however orbax wraps it, into CheckpointWriteError."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - orbax re-raises its threads' errors in several types
+        cause = _os_error_in(error)
+        if cause is None:
+            raise
+        if cause.errno == errno.ENOSPC:
+            hint = "free some space there, or re-run with a --workdir on a disk with room"
+        else:
+            hint = "check the workdir's permissions, or re-run with another --workdir"
+        raise CheckpointWriteError(
+            cause.errno, f"could not write a checkpoint in {directory}: {cause.strerror or cause}; {hint}. "
+            "Earlier complete checkpoints are kept; re-running the same command resumes from the newest"
+        ) from error
+
+
+def _os_error_in(error: BaseException) -> OSError | None:
+    """The first OSError with an errno of a write failure in `error`'s cause/context chain."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+            return error
+        if "No space left on device" in str(error):
+            return OSError(errno.ENOSPC, "No space left on device")
+        error = error.__cause__ or error.__context__
+    return None
+
+
 class Checkpointer:
-    """Saves and restores one pytree (the TrainState) under `directory`."""
+    """Saves and restores one pytree (the TrainState) under `directory` (relative, absolute or a URL)."""
 
     def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
+        directory = paths.resolve(directory)  # orbax needs absolute paths
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             enable_async_checkpointing=async_save,
@@ -46,7 +88,8 @@ class Checkpointer:
         """Starts an asynchronous save of `state` at `step` (a no-op if one exists)."""
         if step in self._manager.all_steps():
             return
-        self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        with _explained_write_errors(self.directory):
+            self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
     def restore_latest(self, target: T) -> tuple[int, T] | None:
         """Restores the newest checkpoint that loads into `target`'s structure.
@@ -82,11 +125,14 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Blocks until the pending asynchronous save is committed."""
-        self._manager.wait_until_finished()
+        with _explained_write_errors(self.directory):
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
 
 def _abstract(x: Any) -> Any:

@@ -21,29 +21,65 @@ metrics.jsonl holds one JSON object per event with keys:
 from __future__ import annotations
 
 import json
+import logging
 import math
-import os
 import time
 from collections.abc import Mapping
 
 import jax
 import tqdm
 
+from saol_jax import paths
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_events(workdir: str) -> list[dict]:
+    """The events of `workdir/metrics.jsonl`, oldest first; [] if there is none.
+
+    A last line cut off by a crash is ignored, so a reader never fails on it.
+    """
+    path = paths.join(workdir, METRICS_FILE)
+    if not paths.exists(path):
+        return []
+    events = []
+    for line in paths.read_text(path).splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return events
+
+
+def final_eval(events: list[dict], step: int) -> dict[str, float] | None:
+    """The values of the last eval event at `step`, or None."""
+    for event in reversed(events):
+        if event.get("event") == "eval" and event.get("step") == step:
+            return {k: v for k, v in event.items() if k.startswith("eval/")}
+    return None
+
 
 class MetricWriter:
-    """Appends events to `workdir/metrics.jsonl` and TensorBoard event files."""
+    """Writes events to `workdir/metrics.jsonl` and TensorBoard event files.
 
-    def __init__(self, workdir: str, *, enabled: bool | None = None):
+    Created at the step a run starts or resumes from: events logged after
+    that step by an earlier, interrupted attempt are dropped from
+    metrics.jsonl, so the file describes the training that the checkpoints
+    hold.
+    """
+
+    def __init__(self, workdir: str, *, start_step: int = 0, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self._start = time.time()
-        self._jsonl = None
+        self._path = paths.join(workdir, METRICS_FILE)
         self._tb = None
+        self.events: list[dict] = []
         if self.enabled:
-            import tensorflow as tf  # tf.io.gfile: local paths and gs:// alike
-
-            tf.io.gfile.makedirs(workdir)
-            self._jsonl = tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl"), "a")
-            self._tb = _TensorBoard(os.path.join(workdir, "tensorboard"))
+            self.events = [e for e in read_events(workdir) if e.get("step", 0) <= start_step]
+            self._rewrite()
+            self._tb = _TensorBoard(paths.join(workdir, "tensorboard"))
 
     def write(self, event: str, step: int, values: Mapping[str, float], **extra: float) -> None:
         if not self.enabled:
@@ -51,13 +87,20 @@ class MetricWriter:
         record = {"event": event, "step": int(step), "time": round(time.time() - self._start, 3)}
         record.update(extra)
         record.update({k: float(v) for k, v in values.items()})
-        self._jsonl.write(json.dumps(record, allow_nan=True) + "\n")
-        self._jsonl.flush()
+        self.events.append(record)
+        line = json.dumps(record, allow_nan=True) + "\n"
+        if paths.is_url(self._path):  # object stores cannot append: rewrite the (small) file
+            self._rewrite()
+        else:
+            with open(self._path, "a", encoding="utf-8") as f:
+                f.write(line)
         self._tb.write(step, {k: float(v) for k, v in values.items() if _finite(v)})
+
+    def _rewrite(self) -> None:
+        paths.write_text(self._path, "".join(json.dumps(e, allow_nan=True) + "\n" for e in self.events))
 
     def close(self) -> None:
         if self.enabled:
-            self._jsonl.close()
             self._tb.close()
 
 
@@ -85,22 +128,42 @@ class _TensorBoard:
 
 
 class Progress:
-    """A progress bar over optimiser steps showing epoch, loss, img/s and ETA (process 0)."""
+    """Progress over optimiser steps (process 0): a bar on a terminal, and a text line
+    per `update` in the log, so runs without a TTY (SLURM, TPU VMs) show progress in
+    their log files too."""
 
     def __init__(self, total_steps: int, initial_step: int, *, enabled: bool | None = None):
-        enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self._total = total_steps
+        self._first_step, self._first_time = initial_step, time.time()
         self._bar = tqdm.tqdm(
             total=total_steps,
             initial=initial_step,
             unit="step",
             dynamic_ncols=True,
-            disable=not enabled,
+            disable=not self.enabled,
             mininterval=2.0,
         )
 
     def update(self, step: int, **fields: float) -> None:
         self._bar.set_postfix({k: f"{v:.4g}" for k, v in fields.items()}, refresh=False)
         self._bar.update(step - self._bar.n)
+        if self.enabled:
+            log.info("%s", self.line(step, **fields))
+
+    def line(self, step: int, **fields: float) -> str:
+        """'step 200/1638 (12%) epoch=0.43 loss=1.23 img_s=519 eta 4m10s'."""
+        done = step - self._first_step
+        elapsed = time.time() - self._first_time
+        eta = _duration(elapsed / done * (self._total - step)) if done > 0 else "?"
+        shown = " ".join(f"{k}={v:.4g}" for k, v in fields.items())
+        return f"step {step}/{self._total} ({100 * step / max(self._total, 1):.0f}%) {shown} eta {eta}"
 
     def close(self) -> None:
         self._bar.close()
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

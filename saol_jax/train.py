@@ -14,6 +14,7 @@ SAOL_PROCESS_ID). The workdir (and the data) must be shared by every host.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -25,6 +26,8 @@ from absl import logging as absl_logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from saol_jax import distributed, sharding  # noqa: E402
+from saol_jax.checkpoint import CheckpointWriteError  # noqa: E402
+from saol_jax.config_check import ConfigError  # noqa: E402
 from saol_jax.data import DatasetNotFoundError  # noqa: E402
 from saol_jax.trainer import NonFiniteLossError, train_and_evaluate  # noqa: E402
 
@@ -59,9 +62,11 @@ def main(argv: list[str]) -> None:
         sys.exit(f"error: {error}")
     logging.getLogger("saol_jax").info("%s", distributed.describe())
     try:
-        train_and_evaluate(config, FLAGS.workdir)
-    except (DatasetNotFoundError, NonFiniteLossError) as error:
+        results = train_and_evaluate(config, FLAGS.workdir)
+    except (CheckpointWriteError, ConfigError, DatasetNotFoundError, NonFiniteLossError) as error:
         sys.exit(f"error: {error}")
+    if results:
+        print("final evaluation:", json.dumps({k: round(v, 4) for k, v in results.items()}))
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import signal
 import time
 from collections.abc import Mapping
@@ -21,8 +20,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from saol_jax import checkpoint, data, localization, optim, sharding
-from saol_jax.metrics import MetricWriter, Progress
+from saol_jax import checkpoint, data, localization, optim, paths, sharding
+from saol_jax.config_check import check_config, check_workdir
+from saol_jax.metrics import MetricWriter, Progress, final_eval
 from saol_jax.models import DTYPES, build_model
 from saol_jax.train_step import StepConfig, TrainState, create_train_state, make_eval_step, make_train_step
 
@@ -38,13 +38,28 @@ class Preempted(SystemExit):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Trains `config`'s model, evaluating periodically; returns the final eval metrics."""
+    """Trains `config`'s model, evaluating periodically; returns the final eval metrics.
+
+    `workdir` may be relative, absolute or a URL (gs://...). A workdir whose
+    run already finished is not trained again: the final evaluation is
+    returned (and recomputed from the last checkpoint if it was not logged).
+    Raises `config_check.ConfigError` for a config that cannot run.
+    """
     sharding.configure_cpu_devices(config.num_cpu_devices)
-    run = _Run(config, workdir)
+    run = _Run(_with_resolved_paths(config), paths.resolve(workdir))
     try:
         return run.train()
     finally:
         run.close()
+
+
+def _with_resolved_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of `config` whose user-given paths are absolute (or URLs): see saol_jax.paths."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.init_from = paths.resolve_optional(config.init_from)
+    config.dataset.data_dir = paths.resolve_optional(config.dataset.data_dir)
+    config.lock()
+    return config
 
 
 def output_grid(graphdef: nnx.GraphDef, state: TrainState, image_shape: tuple[int, int, int]) -> tuple[int, int]:
@@ -67,9 +82,10 @@ class _Run:
         self.workdir = workdir
         self.mesh = sharding.make_mesh(config.num_devices or None)
         self.info = data.load_info(config.dataset)
+        check_config(config, self.info, self.mesh.devices.size)
+        check_workdir(workdir)
         self.batch_size = config.batch_size
-        per_device = sharding.check_batch_size(config.batch_size, self.mesh)
-        sharding.check_batch_size(config.eval_batch_size, self.mesh, "eval_batch_size")
+        per_device = config.batch_size // self.mesh.devices.size
         _, shares = data.read_shares(config.dataset)
         self.steps_per_epoch = data.steps_per_epoch(self.info, config.batch_size, process_count=shares)
         self.total_steps = (
@@ -113,9 +129,9 @@ class _Run:
         self.key = _replicate(jax.random.key(config.seed), self.mesh)
 
         self.checkpointer = checkpoint.Checkpointer(
-            os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints
+            paths.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints
         )
-        self.writer = MetricWriter(workdir)
+        self.writer: MetricWriter | None = None
         self._preempted = False
         self._previous_sigterm = None
 
@@ -128,7 +144,7 @@ class _Run:
             return step
         if self.config.init_from:
             params, batch_stats = checkpoint.load_weights(
-                os.path.join(self.config.init_from, "checkpoints"),
+                paths.join(self.config.init_from, "checkpoints"),
                 self.state.params,
                 self.state.batch_stats,
             )
@@ -137,13 +153,8 @@ class _Run:
         return 0
 
     def _save_config(self) -> None:
-        if jax.process_index() != 0:
-            return
-        import tensorflow as tf  # tf.io.gfile: local paths and gs:// alike
-
-        tf.io.gfile.makedirs(self.workdir)
-        with tf.io.gfile.GFile(os.path.join(self.workdir, "config.json"), "w") as f:
-            f.write(self.config.to_json_best_effort(indent=2))
+        if jax.process_index() == 0:
+            paths.write_text(paths.join(self.workdir, "config.json"), self.config.to_json_best_effort(indent=2))
 
     def _install_sigterm_handler(self) -> None:
         def on_sigterm(signum, frame):
@@ -159,6 +170,9 @@ class _Run:
     def train(self) -> dict[str, float]:
         config = self.config
         start_step = self._restore_or_initialise()
+        self.writer = MetricWriter(self.workdir, start_step=start_step)
+        if start_step >= self.total_steps:
+            return self._finished(start_step)
         self._save_config()
         self._install_sigterm_handler()
         batches = data.host_train_batches(
@@ -185,16 +199,28 @@ class _Run:
                     progress.update(step, epoch=step / self.steps_per_epoch, loss=values["loss/total"], img_s=rate)
                     pending = []
                     window_start, window_step = time.time(), step
-                if step % eval_every == 0 or last:
-                    last_eval = self.evaluate(step)
+                # Save before evaluating: a failing evaluation must not cost training, and a
+                # pre-empted run has no time to spare for one.
                 if save_due or preempted:
                     self.checkpointer.save(step, self.state)
                 if preempted:
                     self.checkpointer.wait()
                     raise Preempted(f"pre-empted at step {step}; the checkpoint is saved, re-run to resume")
+                if step % eval_every == 0 or last:
+                    last_eval = self.evaluate(step)
         finally:
             progress.close()
         return last_eval
+
+    def _finished(self, step: int) -> dict[str, float]:
+        """A run that already reached its last step: its final evaluation, recomputed if not logged."""
+        results = final_eval(self.writer.events, step)
+        if results is None:
+            log.info("the run is complete at step %d; its final evaluation was not logged: evaluating", step)
+            results = self.evaluate(step)
+        log.info("the run in %s is already complete (step %d of %d); nothing to train",
+                 self.workdir, step, self.total_steps)
+        return results
 
     def _preemption_requested(self, step: int) -> bool:
         """True on every host once any host got SIGTERM (checked at log steps when multi-host)."""
@@ -242,7 +268,8 @@ class _Run:
 
     def close(self) -> None:
         self.checkpointer.close()
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
         if self._previous_sigterm is not None:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
 

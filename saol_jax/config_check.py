@@ -1,0 +1,72 @@
+"""Checks a run's config against its dataset and devices before anything is compiled.
+
+Every mistake a newcomer can make in a config ends here as one `ConfigError`
+whose message says what to change, instead of a traceback minutes into a
+run (or, worse, a run that silently does something else).
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from saol_jax import paths
+from saol_jax.data import DatasetInfo
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the field and the fix."""
+
+
+def check_config(config: ml_collections.ConfigDict, info: DatasetInfo, num_devices: int) -> None:
+    """Raises ConfigError for the first problem found in `config` for this dataset and mesh."""
+    for problem in _problems(config, info, num_devices):
+        raise ConfigError(problem)
+
+
+def _problems(config: ml_collections.ConfigDict, info: DatasetInfo, num_devices: int):
+    for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+        value = config[field]
+        if value <= 0:
+            yield f"{field}={value} must be at least 1 (--config.{field}=N)"
+    for field in ("batch_size", "eval_batch_size"):
+        value = config[field]
+        if value <= 0 or value % num_devices:
+            yield (f"{field}={value} must be a positive multiple of the {num_devices} devices "
+                   f"(--config.{field}=N, or use fewer devices with --config.num_devices)")
+    if config.num_train_steps <= 0 and config.num_epochs <= 0:
+        yield "set num_epochs or num_train_steps to a positive value"
+    if config.eval_every_epochs <= 0:
+        yield f"eval_every_epochs={config.eval_every_epochs} must be positive"
+    channels = info.image_shape[2]
+    for field in ("mean", "std"):
+        values = tuple(config.dataset[field])
+        if len(values) != channels:
+            yield (f"dataset.{field} has {len(values)} values but {info.name} images have {channels} "
+                   f"channel(s): give one value per channel (--config.dataset.{field}='({', '.join(['0.5'] * channels)},)')")
+    if any(s <= 0 for s in config.dataset.std):
+        yield f"dataset.std={tuple(config.dataset.std)} must be positive"
+    if info.num_eval == 0:
+        yield (f"the eval split {info.eval_split!r} of {info.name} is empty: "
+               f"choose another with --config.dataset.eval_split=SPLIT")
+    if info.num_train < config.batch_size:
+        yield (f"the train split {info.train_split!r} of {info.name} has {info.num_train} examples, "
+               f"fewer than batch_size={config.batch_size}")
+
+
+def check_workdir(workdir: str) -> None:
+    """Creates `workdir` if needed and checks that files can be written in it."""
+    if paths.is_url(workdir):
+        return  # checked by the first write; no cheap probe for object stores
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write_probe_{os.getpid()}")
+        with open(probe, "w", encoding="utf-8") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise ConfigError(
+            f"workdir {workdir} is not writable ({error.strerror or error}): "
+            "choose another --workdir"
+        ) from None
