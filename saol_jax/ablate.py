@@ -13,10 +13,8 @@ error, %, of the SAOL output and of the GAP-FC output), `ablation.png` and
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import sys
 from collections.abc import Sequence
 
@@ -30,9 +28,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from configs.common import HEAD_LADDER, apply_head  # noqa: E402
-from saol_jax import sharding  # noqa: E402
-from saol_jax.data import DatasetNotFoundError  # noqa: E402
-from saol_jax.trainer import NonFiniteLossError, train_and_evaluate  # noqa: E402
+from saol_jax import paths, sharding  # noqa: E402
+from saol_jax.trainer import USER_ERRORS, train_and_evaluate  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -54,23 +51,9 @@ def rung_config(base: ml_collections.ConfigDict, rung: str, seed: int) -> ml_col
     return config
 
 
-def last_eval(run_dir: str) -> dict[str, float]:
-    """The last eval event in `<run_dir>/metrics.jsonl`."""
-    events = []
-    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
-        for line in f:
-            event = json.loads(line)
-            if event["event"] == "eval":
-                events.append(event)
-    if not events:
-        raise RuntimeError(f"{run_dir} finished without an eval event in metrics.jsonl")
-    return events[-1]
-
-
 def run_one(config: ml_collections.ConfigDict, run_dir: str) -> dict[str, float]:
-    """Trains (or resumes, or skips when finished) one run; returns its final eval metrics."""
-    results = train_and_evaluate(config, run_dir)
-    return results or last_eval(run_dir)
+    """Trains (or resumes, or only reports when finished) one run; returns its final eval metrics."""
+    return train_and_evaluate(config, run_dir)
 
 
 def errors(results: dict[str, float], rung: str) -> dict[str, float]:
@@ -94,12 +77,13 @@ def run_ladder(
 ) -> dict:
     """Trains every (rung, seed), then writes the table, plot and JSON; returns the JSON payload."""
     check_rungs(rungs)
+    workdir = paths.resolve(workdir)
     seed_values = [base.seed + i for i in range(seeds)]
     per_rung = {}
     for rung in rungs:
         runs = []
         for seed in seed_values:
-            run_dir = os.path.join(workdir, rung, f"seed{seed}")
+            run_dir = paths.join(workdir, rung, f"seed{seed}")
             log.info("ablation: %s, seed %d in %s", rung, seed, run_dir)
             runs.append({"seed": seed, "workdir": run_dir,
                          "top1_error": errors(run_one(rung_config(base, rung, seed), run_dir), rung)})
@@ -113,12 +97,9 @@ def run_ladder(
         "seeds": seed_values,
         "rungs": per_rung,
     }
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "ablation.json"), "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
-    with open(os.path.join(workdir, "ablation.md"), "w", encoding="utf-8") as f:
-        f.write(markdown(payload) + "\n")
-    plot(payload, os.path.join(workdir, "ablation.png"))
+    paths.write_json(paths.join(workdir, "ablation.json"), payload)
+    paths.write_text(paths.join(workdir, "ablation.md"), markdown(payload) + "\n")
+    plot(payload, paths.join(workdir, "ablation.png"))
     return payload
 
 
@@ -176,7 +157,7 @@ def plot(payload: dict, path: str) -> str:
     ax.set_title(f"{payload['dataset']}, {payload['backbone']}, {len(payload['seeds'])} seed(s)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    paths.save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -214,7 +195,7 @@ def main(argv: list[str]) -> None:
     sharding.configure_cpu_devices(config.num_cpu_devices)
     try:
         payload = run_ladder(config, flags.FLAGS.workdir, seeds=flags.FLAGS.seeds, rungs=flags.FLAGS.rungs)
-    except (DatasetNotFoundError, NonFiniteLossError) as error:
+    except USER_ERRORS as error:
         sys.exit(f"error: {error}")
     print(markdown(payload))
     print(f"wrote ablation.md, ablation.png and ablation.json in {flags.FLAGS.workdir}")

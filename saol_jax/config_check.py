@@ -42,9 +42,10 @@ def _problems(config: ml_collections.ConfigDict, info: DatasetInfo, num_devices:
     channels = info.image_shape[2]
     for field in ("mean", "std"):
         values = tuple(config.dataset[field])
-        if len(values) != channels:
+        if len(values) not in (1, channels):  # one value stands for every channel
+            example = ", ".join(["0.5"] * channels)
             yield (f"dataset.{field} has {len(values)} values but {info.name} images have {channels} "
-                   f"channel(s): give one value per channel (--config.dataset.{field}='({', '.join(['0.5'] * channels)},)')")
+                   f"channel(s): give one value per channel, e.g. --config.dataset.{field}='({example},)'")
     if any(s <= 0 for s in config.dataset.std):
         yield f"dataset.std={tuple(config.dataset.std)} must be positive"
     if info.num_eval == 0:

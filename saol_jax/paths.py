@@ -11,6 +11,7 @@ cloud buckets alike, so what training writes to `gs://` the tools can read.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from typing import Any
@@ -61,6 +62,20 @@ def write_text(path: str, text: str) -> None:
     tmp = target.parent / f".{target.name}.tmp"
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, target)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    target = epath.Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+
+
+def save_figure(fig: Any, path: str, *, dpi: int = 100) -> str:
+    """Saves a matplotlib figure as PNG at `path` (local or URL); returns `path`."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    write_bytes(path, buffer.getvalue())
+    return path
 
 
 def write_json(path: str, payload: Any) -> None:

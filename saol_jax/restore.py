@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from collections.abc import Callable, Mapping
 
 import jax
@@ -12,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from saol_jax import checkpoint, data
+from saol_jax import checkpoint, data, paths
 from saol_jax.models import DTYPES, build_model
 from saol_jax.train_step import normalise
 
@@ -44,9 +42,12 @@ class Trained:
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-    """The run's `config.json` as a ConfigDict."""
-    with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
-        return ml_collections.ConfigDict(json.load(f))
+    """The run's `config.json` as a ConfigDict; `workdir` may be relative, absolute or a URL."""
+    path = paths.join(paths.resolve(workdir), "config.json")
+    if not paths.exists(path):
+        raise FileNotFoundError(f"{workdir} holds no training run ({path} is missing): "
+                                "give the --workdir of a run of saol_jax.train")
+    return ml_collections.ConfigDict(paths.read_json(path))
 
 
 def load_trained(workdir: str, dataset_overrides: Mapping[str, object] | None = None) -> Trained:
@@ -55,6 +56,7 @@ def load_trained(workdir: str, dataset_overrides: Mapping[str, object] | None = 
     `dataset_overrides` replace fields of the run's `config.dataset` (e.g. a
     `data_dir` on another machine) before the dataset info is read.
     """
+    workdir = paths.resolve(workdir)
     config = read_config(workdir)
     config.dataset.update(dict(dataset_overrides or {}))
     info = data.load_info(config.dataset)
@@ -64,7 +66,7 @@ def load_trained(workdir: str, dataset_overrides: Mapping[str, object] | None = 
         )
     model.eval()
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    params, batch_stats = checkpoint.load_weights(os.path.join(workdir, "checkpoints"), params, batch_stats)
+    params, batch_stats = checkpoint.load_weights(paths.join(workdir, "checkpoints"), params, batch_stats)
     mean, std = tuple(config.dataset.mean), tuple(config.dataset.std)
     dtype = DTYPES[config.model.dtype]
 

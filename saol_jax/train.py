@@ -26,10 +26,7 @@ from absl import logging as absl_logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from saol_jax import distributed, sharding  # noqa: E402
-from saol_jax.checkpoint import CheckpointWriteError  # noqa: E402
-from saol_jax.config_check import ConfigError  # noqa: E402
-from saol_jax.data import DatasetNotFoundError  # noqa: E402
-from saol_jax.trainer import NonFiniteLossError, train_and_evaluate  # noqa: E402
+from saol_jax.trainer import USER_ERRORS, train_and_evaluate  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/fashion_mnist.py[:options].", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the config; resumed if it exists.")
@@ -63,7 +60,7 @@ def main(argv: list[str]) -> None:
     logging.getLogger("saol_jax").info("%s", distributed.describe())
     try:
         results = train_and_evaluate(config, FLAGS.workdir)
-    except (CheckpointWriteError, ConfigError, DatasetNotFoundError, NonFiniteLossError) as error:
+    except USER_ERRORS as error:
         sys.exit(f"error: {error}")
     if results:
         print("final evaluation:", json.dumps({k: round(v, 4) for k, v in results.items()}))

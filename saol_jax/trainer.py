@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from saol_jax import checkpoint, data, localization, optim, paths, sharding
-from saol_jax.config_check import check_config, check_workdir
+from saol_jax.config_check import ConfigError, check_config, check_workdir
 from saol_jax.metrics import MetricWriter, Progress, final_eval
 from saol_jax.models import DTYPES, build_model
 from saol_jax.train_step import StepConfig, TrainState, create_train_state, make_eval_step, make_train_step
@@ -35,6 +35,16 @@ class NonFiniteLossError(FloatingPointError):
 
 class Preempted(SystemExit):
     """Raised after a SIGTERM once the state is saved; the same command resumes."""
+
+
+# Errors whose message tells the user what to do: the command lines print them in one line.
+USER_ERRORS = (
+    checkpoint.CheckpointWriteError,
+    ConfigError,
+    data.DatasetFormatError,
+    data.DatasetNotFoundError,
+    NonFiniteLossError,
+)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:

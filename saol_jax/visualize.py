@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from saol_jax import cutmix, data, localization, sharding  # noqa: E402
+from saol_jax import cutmix, data, localization, paths, sharding  # noqa: E402
 from saol_jax.restore import Trained, load_trained, read_config  # noqa: E402
 
 BOX_SEED = 0
@@ -147,7 +146,7 @@ def cutmix_grid(maps: Maps, boxes: np.ndarray, partner: np.ndarray, names: list[
 
 def _save(fig, path: str) -> str:
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    paths.save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -155,7 +154,7 @@ def _save(fig, path: str) -> str:
 def class_names(trained: Trained) -> list[str]:
     """The label feature's names from the tfds dataset info."""
     builder = data.open_builder(trained.config.dataset)
-    label_key = builder.info.supervised_keys[1]
+    _, label_key = data.feature_keys(builder, trained.config.dataset)
     return list(builder.info.features[label_key].names)
 
 
@@ -164,8 +163,8 @@ def write_grids(workdir: str, out_dir: str | None = None, *, num_images: int = 8
 
     Returns the paths written.
     """
-    out_dir = out_dir or os.path.join(workdir, "visualize")
-    os.makedirs(out_dir, exist_ok=True)
+    workdir = paths.resolve(workdir)
+    out_dir = paths.resolve(out_dir) if out_dir else paths.join(workdir, "visualize")
     trained = load_trained(workdir)
     names = class_names(trained)
     images, labels = eval_images(trained, num_images)
@@ -173,8 +172,8 @@ def write_grids(workdir: str, out_dir: str | None = None, *, num_images: int = 8
     mixed_images, partner, boxes = paste_boxes(images, jax.random.key(BOX_SEED))
     mixed = run_model(trained, mixed_images, labels)
     return [
-        plain_grid(plain, names, os.path.join(out_dir, "attention_grid.png")),
-        cutmix_grid(mixed, boxes, partner, names, os.path.join(out_dir, "cutmix_grid.png")),
+        plain_grid(plain, names, paths.join(out_dir, "attention_grid.png")),
+        cutmix_grid(mixed, boxes, partner, names, paths.join(out_dir, "cutmix_grid.png")),
     ]
 
 
@@ -185,9 +184,9 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--num_images", type=int, default=8)
     args = parser.parse_args(argv)
     sharding.configure_cpu_devices(read_config(args.workdir).num_cpu_devices)
-    paths = write_grids(args.workdir, args.out, num_images=args.num_images)
-    print("\n".join(paths))
-    return paths
+    written = write_grids(args.workdir, args.out, num_images=args.num_images)
+    print("\n".join(written))
+    return written
 
 
 if __name__ == "__main__":

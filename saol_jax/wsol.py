@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 from collections.abc import Iterator, Mapping
 
 import jax
@@ -34,7 +33,7 @@ import scipy.ndimage
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from saol_jax import data, sharding
+from saol_jax import data, paths, sharding
 from saol_jax.data import preprocess
 from saol_jax.restore import Trained, load_trained, read_config
 
@@ -103,7 +102,7 @@ def box_iou(box: np.ndarray, gt_boxes: np.ndarray) -> float:
 def examples(trained: Trained, split: str, bbox_key: str) -> Iterator[tuple[np.ndarray, int, np.ndarray]]:
     """(uint8 image at the model's input size, label, boxes [N, 4]) for each example of `split`."""
     builder = data.open_builder(trained.config.dataset)
-    image_key, label_key = builder.info.supervised_keys
+    image_key, label_key = data.feature_keys(builder, trained.config.dataset)
     if bbox_key not in builder.info.features.keys():
         raise ValueError(f"{builder.name} has no {bbox_key!r} feature (features: {sorted(builder.info.features)})")
     size = trained.info.image_shape[:2]
@@ -219,9 +218,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         kind=args.kind, threshold=args.threshold, component=args.component, head=args.head,
         batch_size=args.batch_size, max_examples=args.max_examples,
     )
-    out = args.out or os.path.join(args.workdir, f"wsol_{args.kind}.json")
-    with open(out, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
+    out = paths.resolve(args.out) if args.out else paths.join(paths.resolve(args.workdir), f"wsol_{args.kind}.json")
+    paths.write_json(out, results)
     print(json.dumps(results, indent=2))
     print(f"wrote {out}")
     return results

@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 from tfds_fixtures import write_tiny_dataset
 
 from saol_jax.data import (
+    DatasetFormatError,
     DatasetNotFoundError,
     default_dataset_config,
     eval_batches,
@@ -256,3 +257,40 @@ def test_prepared_fashion_mnist_reads_like_tfds(fashion_dir):
 def test_prepare_cli_is_idempotent(fashion_dir, capsys):
     assert prepare.main(["--data_dir", fashion_dir]) == 0
     assert fashion_dir in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------- datasets without supervised keys
+
+
+def _store_adhoc(data_dir: str, name: str, image_key: str, label_key: str) -> dict:
+    """A dataset written with tfds's ad-hoc API, which declares no supervised keys."""
+    rng = np.random.default_rng(0)
+    examples = [{image_key: rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), label_key: i % 3} for i in range(24)]
+    tfds.dataset_builders.store_as_tfds_dataset(
+        name=name, version="1.0.0", data_dir=data_dir,
+        features=tfds.features.FeaturesDict({
+            image_key: tfds.features.Image(shape=(8, 8, 3)),
+            label_key: tfds.features.ClassLabel(num_classes=3),
+        }),
+        split_datasets={"train": list(enumerate(examples[:16])), "test": list(enumerate(examples[16:]))},
+    )
+    return {"name": name, "data_dir": data_dir}
+
+
+def test_adhoc_dataset_with_image_and_label_features_trains(tmp_path):
+    dataset = _store_adhoc(str(tmp_path), "adhoc_plain", "image", "label")
+    config = make_config(dataset, augment="none")
+    info = load_info(config)
+    assert (info.num_classes, info.image_shape, info.num_train) == (3, (8, 8, 3), 16)
+    batch = next(train_batches(config, global_batch_size=4, seed=0))
+    assert batch["image"].shape == (4, 8, 8, 3) and set(batch["label"]) <= {0, 1, 2}
+    evaluated = list(eval_batches(config, global_batch_size=4))
+    assert sum(int(b["mask"].sum()) for b in evaluated) == 8
+
+
+def test_adhoc_dataset_with_other_feature_names(tmp_path):
+    dataset = _store_adhoc(str(tmp_path), "adhoc_named", "pixels", "kind")
+    with pytest.raises(DatasetFormatError, match=r"features: kind, pixels.*--config.dataset.image_key="):
+        load_info(make_config(dataset))
+    info = load_info(make_config(dataset, image_key="pixels", label_key="kind"))
+    assert info.num_classes == 3

@@ -10,7 +10,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -102,9 +101,9 @@ def test_checkpoints_are_kept_and_resume_is_a_noop_when_finished(trained, tiny_d
     checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
     assert checkpointer.steps() == [2, 4]
     checkpointer.close()
-    # Re-running a finished run restores step 4 and trains nothing more.
+    # Re-running a finished run restores step 4, trains nothing more and returns the final evaluation.
     again = train_and_evaluate(tiny_config(tiny_dataset, eval_batch_size=16), workdir)
-    assert again == {}
+    assert again == results
     assert [e["step"] for e in read_metrics(workdir) if e["event"] == "train"] == [2, 4]
 
 

@@ -2,11 +2,13 @@
 
 from saol_jax.data.fashion_mnist import prepare_fashion_mnist
 from saol_jax.data.pipeline import (
+    DatasetFormatError,
     DatasetInfo,
     DatasetNotFoundError,
     default_dataset_config,
     eval_batches,
     eval_steps,
+    feature_keys,
     host_eval_batches,
     host_train_batches,
     load_info,
@@ -19,11 +21,13 @@ from saol_jax.data.pipeline import (
 )
 
 __all__ = [
+    "DatasetFormatError",
     "DatasetInfo",
     "DatasetNotFoundError",
     "default_dataset_config",
     "eval_batches",
     "eval_steps",
+    "feature_keys",
     "host_eval_batches",
     "host_train_batches",
     "load_info",

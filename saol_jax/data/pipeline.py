@@ -36,6 +36,10 @@ class DatasetNotFoundError(FileNotFoundError):
     """The dataset (or its data_dir) is missing; the message says how to create it."""
 
 
+class DatasetFormatError(ValueError):
+    """The dataset lacks what training needs (an image and a class label); the message says what to set."""
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
     """What the model and the trainer need to know about a dataset, read from tfds."""
@@ -54,6 +58,10 @@ def default_dataset_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
         "name": "fashion_mnist",  # tfds name, optionally 'name:version'
         "data_dir": config_dict.placeholder(str),  # None: tfds default (TFDS_DATA_DIR)
+        # Features read when the dataset declares no (image, label) supervised keys,
+        # e.g. one written with tfds.dataset_builders.store_as_tfds_dataset.
+        "image_key": "image",
+        "label_key": "label",
         "train_split": "train",
         "eval_split": config_dict.placeholder(str),  # None: 'test' if present else 'validation'
         "image_size": config_dict.placeholder(int),  # None: native size, or 224 if sizes vary
@@ -128,11 +136,32 @@ def open_builder(dataset_config) -> tfds.core.DatasetBuilder:
     return builder
 
 
-def _supervised_keys(builder: tfds.core.DatasetBuilder) -> tuple[str, str]:
+def feature_keys(builder: tfds.core.DatasetBuilder, dataset_config) -> tuple[str, str]:
+    """(image, label) feature names: the dataset's supervised keys, else `dataset.image_key/label_key`."""
     keys = builder.info.supervised_keys
-    if not (isinstance(keys, tuple) and len(keys) == 2 and all(isinstance(k, str) for k in keys)):
-        raise ValueError(f"{builder.name}: expected (image, label) supervised keys, got {keys!r}")
-    return keys
+    if isinstance(keys, tuple) and len(keys) == 2 and all(isinstance(k, str) for k in keys):
+        return keys
+    features = builder.info.features
+    image_key, label_key = dataset_config.image_key, dataset_config.label_key
+    missing = [key for key in (image_key, label_key) if key not in features.keys()]
+    if missing:
+        raise DatasetFormatError(
+            f"{builder.name} declares no supervised keys and has no feature {' or '.join(map(repr, missing))} "
+            f"(its features: {', '.join(sorted(features.keys()))}); name its image and label features with "
+            f"--config.dataset.image_key=NAME --config.dataset.label_key=NAME"
+        )
+    if not hasattr(features[label_key], "num_classes"):
+        raise DatasetFormatError(
+            f"{builder.name}: feature {label_key!r} is not a tfds ClassLabel, so the number of classes is "
+            f"unknown; store labels as tfds.features.ClassLabel or set --config.dataset.label_key"
+        )
+    return image_key, label_key
+
+
+def _pairs(keys: tuple[str, str]) -> Callable[[dict], tuple[tf.Tensor, tf.Tensor]]:
+    """Maps a tfds example dict to (image, label)."""
+    image_key, label_key = keys
+    return lambda example: (example[image_key], example[label_key])
 
 
 def _num_examples(builder: tfds.core.DatasetBuilder, split) -> int:
@@ -150,8 +179,8 @@ def _default_eval_split(builder: tfds.core.DatasetBuilder) -> str:
     raise ValueError(f"{builder.name} has neither a 'test' nor a 'validation' split; set eval_split")
 
 
-def _native_shape(builder: tfds.core.DatasetBuilder) -> tuple[int | None, ...]:
-    image_key, _ = _supervised_keys(builder)
+def _native_shape(builder: tfds.core.DatasetBuilder, dataset_config) -> tuple[int | None, ...]:
+    image_key, _ = feature_keys(builder, dataset_config)
     return tuple(builder.info.features[image_key].shape)
 
 
@@ -165,12 +194,12 @@ def _model_image_shape(dataset_config, native: tuple[int | None, ...]) -> tuple[
 
 
 def _info_from_builder(dataset_config, builder: tfds.core.DatasetBuilder) -> DatasetInfo:
-    _, label_key = _supervised_keys(builder)
+    _, label_key = feature_keys(builder, dataset_config)
     eval_split = dataset_config.eval_split or _default_eval_split(builder)
     return DatasetInfo(
         name=dataset_config.name,
         num_classes=builder.info.features[label_key].num_classes,
-        image_shape=_model_image_shape(dataset_config, _native_shape(builder)),
+        image_shape=_model_image_shape(dataset_config, _native_shape(builder, dataset_config)),
         train_split=dataset_config.train_split,
         eval_split=eval_split,
         num_train=_num_examples(builder, dataset_config.train_split),
@@ -279,12 +308,12 @@ def _skip(epoch: tf.Tensor, plan: _EpochPlan) -> tf.Tensor:
     return tf.where(epoch == plan.start_epoch, tf.constant(plan.start_offset, tf.int64), tf.constant(0, tf.int64))
 
 
-def _cached_epochs(builder, host_split, plan: _EpochPlan, shuffle_key):
+def _cached_epochs(builder, dataset_config, host_split, plan: _EpochPlan, shuffle_key):
     """Epoch stream over the decoded split held in memory: full permutation per epoch."""
-    if None in _native_shape(builder):
+    if None in _native_shape(builder, dataset_config):
         raise ValueError(f"{builder.name}: cache=True needs fixed-size images; set cache=False")
-    images, labels = tfds.as_numpy(builder.as_dataset(
-        split=host_split, batch_size=-1, as_supervised=True, shuffle_files=False))
+    whole = tfds.as_numpy(builder.as_dataset(split=host_split, batch_size=-1, shuffle_files=False))
+    images, labels = _pairs(feature_keys(builder, dataset_config))(whole)
     images, labels = tf.constant(images), tf.constant(labels)
     num = int(labels.shape[0])
 
@@ -300,9 +329,9 @@ def _cached_epochs(builder, host_split, plan: _EpochPlan, shuffle_key):
     return epoch, load
 
 
-def _streamed_epochs(builder, host_split, plan: _EpochPlan, shuffle_key, shuffle_buffer):
+def _streamed_epochs(builder, dataset_config, host_split, plan: _EpochPlan, shuffle_key):
     """Epoch stream read from the tfds files: file order and buffer shuffled per epoch."""
-    image_key, label_key = _supervised_keys(builder)
+    image_key, label_key = feature_keys(builder, dataset_config)
     image_feature = builder.info.features[image_key]
 
     @tf.autograph.experimental.do_not_convert
@@ -312,7 +341,7 @@ def _streamed_epochs(builder, host_split, plan: _EpochPlan, shuffle_key, shuffle
             split=host_split, shuffle_files=True, decoders={image_key: tfds.decode.SkipDecoding()},
             read_config=tfds.ReadConfig(shuffle_seed=seed, try_autocache=False, options=_options()))
         ds = ds.map(lambda ex: (ex[image_key], ex[label_key]))
-        ds = ds.shuffle(shuffle_buffer, seed=seed).take(plan.per_epoch).enumerate()
+        ds = ds.shuffle(dataset_config.shuffle_buffer, seed=seed).take(plan.per_epoch).enumerate()
         return ds.skip(_skip(e, plan)).map(lambda i, record: (e, i, record))
 
     def load(record):
@@ -339,10 +368,10 @@ def train_batches(dataset_config, *, global_batch_size: int, seed: int, start_st
     root_key = tf.constant([seed, index], tf.int64)
     shuffle_key, augment_key = _fold(root_key, 0), _fold(root_key, 1)
     if dataset_config.cache:
-        epoch, load = _cached_epochs(builder, host_split, plan, shuffle_key)
+        epoch, load = _cached_epochs(builder, dataset_config, host_split, plan, shuffle_key)
     else:
-        epoch, load = _streamed_epochs(builder, host_split, plan, shuffle_key, dataset_config.shuffle_buffer)
-    transform = _train_transform(dataset_config, _native_shape(builder), info.image_shape)
+        epoch, load = _streamed_epochs(builder, dataset_config, host_split, plan, shuffle_key)
+    transform = _train_transform(dataset_config, _native_shape(builder, dataset_config), info.image_shape)
 
     def example(e, i, record):
         image, label = load(record)
@@ -424,14 +453,15 @@ def eval_batches(dataset_config, *, global_batch_size: int, process_index: int |
         - _num_examples(builder, host_split)
     if padding < 0:
         raise RuntimeError(f"host {index} holds more eval examples than eval_steps allows")
-    transform = _eval_transform(dataset_config, _native_shape(builder), info.image_shape)
+    transform = _eval_transform(dataset_config, _native_shape(builder, dataset_config), info.image_shape)
 
     def example(image, label):
         image = tf.ensure_shape(transform(image), info.image_shape)
         return {"image": image, "label": tf.cast(label, tf.int32), "mask": tf.constant(True)}
 
-    ds = builder.as_dataset(split=host_split, shuffle_files=False, as_supervised=True,
+    ds = builder.as_dataset(split=host_split, shuffle_files=False,
                             read_config=tfds.ReadConfig(try_autocache=False, options=_options()))
+    ds = ds.map(_pairs(feature_keys(builder, dataset_config)))
     ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     pad = {"image": np.zeros(info.image_shape, np.uint8), "label": np.int32(0), "mask": False}
     ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(padding))
