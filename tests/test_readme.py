@@ -162,11 +162,11 @@ class _GrayBoxes(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         }))
 
     def _split_generators(self, dl_manager):
-        return {"test": self._generate_examples()}
+        return {"train": self._generate_examples(0, 8), "test": self._generate_examples(1, 20)}
 
-    def _generate_examples(self):
-        rng = np.random.default_rng(0)
-        for index in range(20):
+    def _generate_examples(self, seed: int, count: int):
+        rng = np.random.default_rng(seed)
+        for index in range(count):
             top, left = rng.integers(0, 14, size=2)
             image = np.zeros((28, 28, 1), np.uint8)
             image[top:top + 12, left:left + 12] = 255
