@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from saol_jax import checkpoint, data, localization, optim, paths, sharding
+from saol_jax import checkpoint, data, localization, optim, paths, run_identity, sharding
 from saol_jax.config_check import ConfigError, check_config, check_workdir
 from saol_jax.metrics import MetricWriter, Progress, final_eval
 from saol_jax.models import DTYPES, build_model
@@ -41,6 +41,7 @@ class Preempted(SystemExit):
 USER_ERRORS = (
     checkpoint.CheckpointWriteError,
     ConfigError,
+    run_identity.RunChangedError,
     data.DatasetFormatError,
     data.DatasetNotFoundError,
     NonFiniteLossError,
@@ -147,6 +148,12 @@ class _Run:
 
     # ----------------------------------------------------------------- setup
     def _restore_or_initialise(self) -> int:
+        identity = run_identity.identity(
+            self.config, num_devices=self.mesh.devices.size, num_processes=jax.process_count())
+        if self.checkpointer.steps():
+            run_identity.check_same_run(self.workdir, identity)
+        if jax.process_index() == 0:
+            run_identity.record(self.workdir, identity)
         restored = self.checkpointer.restore_latest(self.state)
         if restored is not None:
             step, self.state = restored
@@ -196,7 +203,9 @@ class _Run:
         step = start_step
         try:
             while step < self.total_steps:
-                batch = sharding.global_batch(next(batches), self.mesh)
+                host_batch = next(batches)
+                self._check_labels(host_batch["label"], step)
+                batch = sharding.global_batch(host_batch, self.mesh)
                 self.state, metrics = self.train_step(self.state, batch, self.key)
                 pending.append(metrics)
                 step += 1
@@ -212,6 +221,7 @@ class _Run:
                 # Save before evaluating: a failing evaluation must not cost training, and a
                 # pre-empted run has no time to spare for one.
                 if save_due or preempted:
+                    self._check_finite_parameters(step)
                     self.checkpointer.save(step, self.state)
                 if preempted:
                     self.checkpointer.wait()
@@ -221,6 +231,27 @@ class _Run:
         finally:
             progress.close()
         return last_eval
+
+    def _check_labels(self, labels: np.ndarray, step: int) -> None:
+        """Out-of-range labels would give NaN losses much later: stop at the first batch that has one."""
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= self.info.num_classes:
+            bad = low if low < 0 else high
+            raise data.DatasetFormatError(
+                f"label {bad} at step {step + 1} is outside [0, {self.info.num_classes}): the dataset's "
+                f"label feature declares {self.info.num_classes} classes; fix its ClassLabel or the labels"
+            )
+
+    def _check_finite_parameters(self, step: int) -> None:
+        """A checkpoint is only ever written with finite parameters and BN statistics."""
+        if bool(_fetch(_all_finite((self.state.params, self.state.batch_stats)))):
+            return
+        steps = self.checkpointer.steps()
+        kept = f"the newest checkpoint, step {steps[-1]}, is finite" if steps else "no checkpoint was saved"
+        raise NonFiniteLossError(
+            f"non-finite parameters after step {step}, so it was not saved; {kept}. "
+            "Lower optim.lr or check the data."
+        )
 
     def _finished(self, step: int) -> dict[str, float]:
         """A run that already reached its last step: its final evaluation, recomputed if not logged."""
@@ -291,6 +322,12 @@ def _replicate(tree, mesh):
     equality check per leaf and also takes PRNG key arrays.
     """
     return jax.jit(lambda t: t, out_shardings=sharding.replicated(mesh))(tree)
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    """A scalar bool: every element of every leaf is finite."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
 def _fetch(tree):
