@@ -71,14 +71,14 @@ def test_unknown_option_is_an_error():
         load("fashion_mnist", "head=foo")
 
 
-SPEC = {"smoke": Option(False), "steps": Option(3), "lr": Option(0.1), "head": Option("saol", ("gap", "saol"))}
+TOY_OPTIONS = {"smoke": Option(False), "steps": Option(3), "lr": Option(0.1), "head": Option("saol", ("gap", "saol"))}
 
 
 def test_options_are_typed():
-    assert parse_options(None, SPEC).to_dict() == {"smoke": False, "steps": 3, "lr": 0.1, "head": "saol"}
-    options = parse_options("smoke,steps=7,lr=0.5,head=gap", SPEC)
+    assert parse_options(None, TOY_OPTIONS).to_dict() == {"smoke": False, "steps": 3, "lr": 0.1, "head": "saol"}
+    options = parse_options("smoke,steps=7,lr=0.5,head=gap", TOY_OPTIONS)
     assert (options.smoke, options.steps, options.lr, options.head) == (True, 7, 0.5, "gap")
-    assert parse_options("smoke=false", SPEC).smoke is False
+    assert parse_options("smoke=false", TOY_OPTIONS).smoke is False
     assert load("cifar_pyramidnet200", "shakedrop").model.backbone_kwargs.shakedrop == 0.5
     assert load("cifar_pyramidnet200", "shakedrop=false").model.backbone_kwargs.shakedrop == 0.0
 
@@ -95,7 +95,7 @@ def test_options_are_typed():
 )
 def test_bad_option_values_are_named(arg, message):
     with pytest.raises(ValueError, match=message):
-        parse_options(arg, SPEC)
+        parse_options(arg, TOY_OPTIONS)
 
 
 def test_unknown_option_lists_every_option_with_its_type():

@@ -1,7 +1,7 @@
 """Output layers: the GAP-FC baseline and the Spatially Attentive Output Layer.
 
 Both heads take the list of backbone stage features (NHWC) and return float32
-results whatever the activation dtype. SPEC section 3 fixes the structure;
+results whatever the activation dtype. docs/method.md §2-§3 describes them;
 widths, kernel sizes and the number of fused stages are arguments.
 """
 
@@ -17,7 +17,7 @@ from saol_jax.models.layers import ConvFactory, NormFactory, layer_factories
 
 
 class GapFcHead(nnx.Module):
-    """Global average pooling followed by a linear classifier (SPEC 2)."""
+    """Global average pooling followed by a linear classifier (docs/method.md §2)."""
 
     def __init__(self, in_features: int, num_classes: int, *, rngs: nnx.Rngs):
         self.fc = nnx.Linear(in_features, num_classes, param_dtype=jnp.float32, rngs=rngs)
@@ -32,7 +32,7 @@ def resize_to_grid(x: jax.Array, grid_hw: tuple[int, int]) -> jax.Array:
     """Resize [B, H, W, C] to [B, Ho, Wo, C].
 
     Average pooling when H and W are integer multiples of the grid, otherwise
-    bilinear interpolation without antialiasing (SPEC 3.2).
+    bilinear interpolation without antialiasing (docs/method.md §3.2).
     """
     batch, h, w, c = x.shape
     ho, wo = grid_hw
@@ -56,7 +56,7 @@ class ConvBnRelu(nnx.Module):
 
 
 class SaolHead(nnx.Module):
-    """Spatially Attentive Output Layer (SPEC 3).
+    """Spatially Attentive Output Layer (docs/method.md §3).
 
     Attention branch on the last stage: ConvBnRelu(k_att, C_att) then a
     zero-initialised 1x1 conv to one channel, softmax over all positions.
