@@ -23,9 +23,7 @@ from saol_jax.options import Option
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    options = recipe.recipe_options(
-        arg, dataset=Option("cifar100", tuple(recipe.CIFAR_STATS)), shakedrop=Option(False)
-    )
+    options = recipe.recipe_options(arg, dataset=recipe.CIFAR_DATASET, shakedrop=Option(False))
     c = recipe.cifar_base(options.dataset)
     c.model.backbone = "pyramidnet200_a240"
     c.model.backbone_kwargs.shakedrop = 0.5 if options.shakedrop else 0.0

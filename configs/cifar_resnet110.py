@@ -17,11 +17,10 @@ Options: dataset=cifar100|cifar10, head=gap|saol|saol_ss|saol_ss_sd, hw=..., smo
 import ml_collections
 
 from saol_jax import recipe
-from saol_jax.options import Option
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    options = recipe.recipe_options(arg, dataset=Option("cifar100", tuple(recipe.CIFAR_STATS)))
+    options = recipe.recipe_options(arg, dataset=recipe.CIFAR_DATASET)
     c = recipe.cifar_base(options.dataset)
     c.model.backbone = "resnet110"
     c.batch_size = 128

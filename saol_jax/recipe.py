@@ -142,6 +142,10 @@ CIFAR_STATS = {
 }
 
 
+# The `dataset=` option of the CIFAR recipes.
+CIFAR_DATASET = Option("cifar100", tuple(CIFAR_STATS))
+
+
 def cifar_base(dataset: str) -> ml_collections.ConfigDict:
     """CIFAR-10/100 with pad-4 crop + flip and CutMix p=0.5 (docs/method.md §9)."""
     if dataset not in CIFAR_STATS:
