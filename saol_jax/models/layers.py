@@ -1,6 +1,6 @@
 """Building blocks shared by the backbones and heads: the conv and norm
-factories, parameter-free shortcuts and ShakeDrop. All tensors are
-channels-last (NHWC)."""
+factories, the loop over stages, parameter-free shortcuts and ShakeDrop.
+All tensors are channels-last (NHWC)."""
 
 from __future__ import annotations
 
