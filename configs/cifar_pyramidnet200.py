@@ -4,7 +4,7 @@ Command:
   python -m saol_jax.train --config configs/cifar_pyramidnet200.py --workdir workdirs/pyr200_c100
   ... :dataset=cifar10   ... :shakedrop   ... :head=gap (GAP-FC + CutMix baseline)
 
-Recipe (SPEC 8): 300 epochs, batch 64, SGD Nesterov momentum 0.9, lr 0.25,
+Recipe (docs/method.md §9): 300 epochs, batch 64, SGD Nesterov momentum 0.9, lr 0.25,
 x0.1 at epochs 150 and 225, weight decay 1e-4, pad-4 crop + flip, CutMix
 beta=1 p=0.5. Optional ShakeDrop (linear schedule to 0.5).
 Sized for: one GPU (batch 64, 26.8M parameters); `hw=gpu8` for an 8-GPU host
@@ -13,24 +13,27 @@ Time: not measured by this project (no GPU here).
 Expected top-1 error on CIFAR-100 (CutMix paper, GAP-FC head): 16.45 without
 CutMix, 14.23 with CutMix, 13.81 with CutMix + ShakeDrop; SAOL reference runs
 are not reproduced here. Noise is about +-0.2.
-Options: dataset=cifar100|cifar10, shakedrop, head=gap|saol|saol_ss|saol_ss_sd, hw=..., smoke.
+Options: dataset=cifar100|cifar10, shakedrop (bool), head=gap|saol|saol_ss|saol_ss_sd, hw=..., smoke.
 """
 
-from configs import common
+import ml_collections
+
+from saol_jax import recipe
+from saol_jax.options import Option
 
 
-def get_config(arg: str | None = None):
-    options = common.parse_options(arg, dataset="cifar100", shakedrop="false")
-    c = common.cifar_base(options["dataset"])
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    options = recipe.recipe_options(arg, dataset=recipe.CIFAR_DATASET, shakedrop=Option(False))
+    c = recipe.cifar_base(options.dataset)
     c.model.backbone = "pyramidnet200_a240"
-    c.model.backbone_kwargs.shakedrop = 0.5 if options["shakedrop"] == "true" else 0.0
+    c.model.backbone_kwargs.shakedrop = 0.5 if options.shakedrop else 0.0
     c.batch_size = 64
     c.num_epochs = 300.0
     c.optim.lr = 0.25
     c.optim.schedule = "step"
     c.optim.decay_epochs = (150, 225)
     c.optim.weight_decay = 1e-4
-    if options["smoke"] == "true":
-        common.apply_smoke(c, "pyramidnet", depth=8, alpha=12, bottleneck=False,
+    if options.smoke:
+        recipe.apply_smoke(c, "pyramidnet", depth=8, alpha=12, bottleneck=False,
                            shakedrop=c.model.backbone_kwargs.shakedrop)
-    return common.finalise(c, options)
+    return recipe.finalise(c, options)

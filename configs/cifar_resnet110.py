@@ -4,7 +4,7 @@ Command:
   python -m saol_jax.train --config configs/cifar_resnet110.py --workdir workdirs/r110_c100
   ... :dataset=cifar10   ... :head=gap (GAP-FC + CutMix baseline)
 
-Recipe (ours; the CutMix schedule of SPEC 8 at ResNet-110's usual batch):
+Recipe (ours; the CutMix schedule of docs/method.md §9 at ResNet-110's usual batch):
 300 epochs, batch 128, SGD Nesterov momentum 0.9, lr 0.1, x0.1 at epochs 150
 and 225, weight decay 1e-4, pad-4 crop + flip, CutMix beta=1 p=0.5.
 Sized for: one GPU (1.7M parameters); runs on CPU too, slowly.
@@ -14,12 +14,14 @@ Expected: no reference figure for this recipe in our sources; compare the
 Options: dataset=cifar100|cifar10, head=gap|saol|saol_ss|saol_ss_sd, hw=..., smoke.
 """
 
-from configs import common
+import ml_collections
+
+from saol_jax import recipe
 
 
-def get_config(arg: str | None = None):
-    options = common.parse_options(arg, dataset="cifar100")
-    c = common.cifar_base(options["dataset"])
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    options = recipe.recipe_options(arg, dataset=recipe.CIFAR_DATASET)
+    c = recipe.cifar_base(options.dataset)
     c.model.backbone = "resnet110"
     c.batch_size = 128
     c.num_epochs = 300.0
@@ -27,6 +29,6 @@ def get_config(arg: str | None = None):
     c.optim.schedule = "step"
     c.optim.decay_epochs = (150, 225)
     c.optim.weight_decay = 1e-4
-    if options["smoke"] == "true":
-        common.apply_smoke(c, "resnet_cifar", depth=8, widths=(8, 16, 32))
-    return common.finalise(c, options)
+    if options.smoke:
+        recipe.apply_smoke(c, "resnet_cifar", depth=8, widths=(8, 16, 32))
+    return recipe.finalise(c, options)

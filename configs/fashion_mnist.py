@@ -16,12 +16,14 @@ output and 91.86% with the GAP-FC output (seed 0).
 Options (after a colon): `head=gap|saol|saol_ss|saol_ss_sd`, `smoke`, `hw=...`.
 """
 
-from configs import common
+import ml_collections
+
+from saol_jax import recipe
 
 
-def get_config(arg: str | None = None):
-    options = common.parse_options(arg)
-    c = common.base_config()
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    options = recipe.recipe_options(arg)
+    c = recipe.base_config()
     c.dataset.name = "fashion_mnist"
     c.dataset.augment = "none"  # CutMix is the only augmentation in this short run
     c.dataset.mean = (0.286,)
@@ -42,6 +44,6 @@ def get_config(arg: str | None = None):
     c.log_every_steps = 50
     c.checkpoint_every_steps = 200
     c.num_cpu_devices = 8
-    if options["smoke"] == "true":
-        common.apply_smoke(c, "resnet_cifar", depth=8, widths=(8, 16, 32))
-    return common.finalise(c, options)
+    if options.smoke:
+        recipe.apply_smoke(c, "resnet_cifar", depth=8, widths=(8, 16, 32))
+    return recipe.finalise(c, options)

@@ -5,7 +5,7 @@ Command (ImageNet prepared by tfds from its manual download, see README):
       --config.dataset.data_dir=gs://BUCKET/tfds
   ... :arch=resnet101   ... :arch=resnet152   ... :head=gap   ... :hw=tpu_v4_32
 
-Recipe (SPEC 8): 300 epochs, batch 256, SGD Nesterov momentum 0.9, lr 0.1,
+Recipe (docs/method.md §9): 300 epochs, batch 256, SGD Nesterov momentum 0.9, lr 0.1,
 x0.1 every 75 epochs, weight decay 1e-4, random-resized-crop 224 + flip +
 colour jitter 0.4 + PCA lighting 0.1, CutMix beta=1 p=1.0; eval resize 256,
 centre crop 224. SAOL widths 256. The learning rate scales linearly with the
@@ -20,16 +20,17 @@ reported ImageNet top-1 is 81.01% (backbone not stated in our sources).
 Options: arch=resnet50|resnet101|resnet152, head=..., hw=..., smoke.
 """
 
-from configs import common
+import ml_collections
+
+from saol_jax import recipe
+from saol_jax.options import Option
 
 ARCHS = ("resnet50", "resnet101", "resnet152")
 
 
-def get_config(arg: str | None = None):
-    options = common.parse_options(arg, arch="resnet50")
-    if options["arch"] not in ARCHS:
-        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {options['arch']!r}")
-    c = common.base_config()
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    options = recipe.recipe_options(arg, arch=Option("resnet50", ARCHS))
+    c = recipe.base_config()
     c.dataset.name = "imagenet2012"
     c.dataset.eval_split = "validation"
     c.dataset.image_size = 224
@@ -41,7 +42,7 @@ def get_config(arg: str | None = None):
     c.dataset.shuffle_buffer = 16_384
     c.dataset.mean = (0.485, 0.456, 0.406)
     c.dataset.std = (0.229, 0.224, 0.225)
-    c.model.backbone = options["arch"]
+    c.model.backbone = options.arch
     c.model.saol.update({"att_width": 256, "mid_width": 256})
     c.cutmix.prob = 1.0
     c.batch_size = 256
@@ -54,8 +55,8 @@ def get_config(arg: str | None = None):
     c.log_every_steps = 200
     c.eval_every_epochs = 5.0
     c.checkpoint_every_steps = 5000
-    if options["smoke"] == "true":
-        common.apply_smoke(c, "resnet18")
+    if options.smoke:
+        recipe.apply_smoke(c, "resnet18")
         c.dataset.image_size = 64
         c.dataset.cache = True
-    return common.finalise(c, options)
+    return recipe.finalise(c, options)

@@ -36,61 +36,17 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+USAGE="launch/tpu_pod.sh --name NAME --zone ZONE --config CONFIG --workdir DIR [options] [-- TRAIN_FLAGS...]"
+HELP="launch/tpu_pod.sh --help"
 # shellcheck disable=SC2088  # the tilde is expanded by the workers' shells
 REMOTE_DIR='~/saol_jax'
 ARCHIVE="${TMPDIR:-/tmp}/saol_jax_src.tar.gz"
-DRY_RUN=${DRY_RUN:-0}
 NAME="" ZONE="" CONFIG="" WORKDIR="" PROJECT="" DATA_DIR=""
 STEPS="copy,setup,train" ACCELERATOR="v4-32" VERSION="tpu-ubuntu2204-base" SPOT=0
-TRAIN_FLAGS=()
-
-usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
-die() {
-  echo "error: $*" >&2
-  echo "usage: launch/tpu_pod.sh --name NAME --zone ZONE --config CONFIG --workdir DIR [options] [-- TRAIN_FLAGS...]" >&2
-  echo "(launch/tpu_pod.sh --help for every option)" >&2
-  exit 2
-}
-# The value of option $1 given as "$2" ("--opt value") or inline ("--opt=value").
-need_value() {
-  if [ -z "${2:-}" ] || [ "${2#--}" != "$2" ]; then die "$1 needs a value"; fi
-}
-# Words as one shell command line: each word bare if safe, else in single quotes.
-quote() {
-  local out="" word
-  for word in "$@"; do
-    if [[ -n $word && $word =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-      out+="$word "
-    else
-      out+="'${word//\'/\'\\\'\'}' "
-    fi
-  done
-  echo "${out% }"
-}
-# Runs a command, or prints it (one line, quoted for a shell) in dry-run mode.
-run() {
-  if [ "$DRY_RUN" = 1 ]; then quote "$@"; else "$@"; fi
-}
-
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;
-    --name) need_value "$@"; NAME=$2; shift 2 ;;
-    --zone) need_value "$@"; ZONE=$2; shift 2 ;;
-    --config) need_value "$@"; CONFIG=$2; shift 2 ;;
-    --workdir) need_value "$@"; WORKDIR=$2; shift 2 ;;
-    --steps) need_value "$@"; STEPS=$2; shift 2 ;;
-    --accelerator) need_value "$@"; ACCELERATOR=$2; shift 2 ;;
-    --version) need_value "$@"; VERSION=$2; shift 2 ;;
-    --project) need_value "$@"; PROJECT=$2; shift 2 ;;
-    --data_dir) need_value "$@"; DATA_DIR=$2; shift 2 ;;
-    --spot) SPOT=1; shift ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -h | --help) usage; exit 0 ;;
-    --) shift; TRAIN_FLAGS=("$@"); break ;;
-    *) die "unknown argument '$1'" ;;
-  esac
-done
+# shellcheck source=common.sh
+source "$REPO/launch/common.sh"
+parse_options "--name --zone --config --workdir --steps --accelerator --version --project --data_dir" \
+  "--spot --dry-run" "$@"
 
 [ -n "$NAME" ] || die "missing --name (the TPU VM name)"
 [ -n "$ZONE" ] || die "missing --zone (the TPU VM's zone, e.g. us-central2-b)"
@@ -135,10 +91,8 @@ for step in "${STEP_LIST[@]}"; do
       on_all_workers "cd $REMOTE_DIR && (command -v uv >/dev/null || curl -LsSf https://astral.sh/uv/install.sh | sh) && export PATH=\$HOME/.local/bin:\$PATH && uv venv --python 3.11 .venv && uv pip install --python .venv/bin/python -r requirements.txt \"jax[tpu]>=0.10,<0.13\" && uv pip install --python .venv/bin/python --no-deps -e ."
       ;;
     train)
-      train=(.venv/bin/python -m saol_jax.train --config "$CONFIG" --workdir "$WORKDIR" --distributed=on)
-      [ -z "$DATA_DIR" ] || train+=("--config.dataset.data_dir=$DATA_DIR")
-      train+=(${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"})
-      on_all_workers "cd $REMOTE_DIR && $(quote "${train[@]}")"
+      train_command .venv/bin/python --distributed=on
+      on_all_workers "cd $REMOTE_DIR && $(quote "${TRAIN_COMMAND[@]}")"
       ;;
     delete)
       run gcloud compute tpus tpu-vm delete "$NAME" "${GCLOUD_OPTS[@]}" --quiet

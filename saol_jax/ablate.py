@@ -4,8 +4,8 @@
         [--rungs gap,saol,saol_ss,saol_ss_sd] [--config.field=value ...]
 
 Each (rung, seed) trains in `<workdir>/<rung>/seed<seed>` with the recipe's
-config, the rung's head and loss weights (SPEC 6; they replace any `loss.*`
-override) and seed `config.seed + i`. Re-running resumes unfinished runs and
+config, the rung's head and loss weights (docs/method.md §8; they replace
+any `loss.*` override) and seed `config.seed + i`. Re-running resumes unfinished runs and
 skips finished ones. Writes `ablation.md` (mean ± std of the test top-1
 error, %, of the SAOL output and of the GAP-FC output), `ablation.png` and
 `ablation.json` to the workdir.
@@ -27,8 +27,8 @@ from ml_collections import config_flags
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from configs.common import HEAD_LADDER, apply_head  # noqa: E402
 from saol_jax import paths, sharding  # noqa: E402
+from saol_jax.ladder import HEAD_LADDER, apply_head  # noqa: E402
 from saol_jax.trainer import USER_ERRORS, train_and_evaluate  # noqa: E402
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Learning-rate schedules and the SGD optimiser of the recipes (SPEC 8)."""
+"""Learning-rate schedules and the SGD optimiser of the recipes (docs/method.md §9)."""
 
 from __future__ import annotations
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import matplotlib.image
 import pytest
 
+from commands import run_command
 from configs import fashion_mnist
 from saol_jax import ablate
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNGS = ("gap", "saol_ss_sd")
 
 
@@ -83,11 +81,9 @@ def test_summary_statistics():
 
 
 def test_cli_rejects_an_unknown_rung(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "saol_jax.ablate", "--config", "configs/fashion_mnist.py:smoke",
-         "--workdir", str(tmp_path), "--rungs", "gap,nope"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    proc = run_command(
+        "ablate", ["--config", "configs/fashion_mnist.py:smoke", "--workdir", str(tmp_path), "--rungs", "gap,nope"],
+        timeout=120,
     )
     assert proc.returncode != 0
     assert "nope" in proc.stderr and "Traceback" not in proc.stderr

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from saol_jax.models.backbones import BACKBONES, build_backbone
-from saol_jax.models.layers import ShakeDrop, avg_pool_2x2, pad_channels
+from saol_jax.models.layers import ShakeDrop, avg_pool_2x2, layer_factories, pad_channels
 from saol_jax.models.pyramidnet import PyramidBlock
 from saol_jax.models.resnet_imagenet import Bottleneck
 
@@ -146,7 +146,8 @@ def test_resnet50_zero_init_last_bn():
 @pytest.mark.parametrize("in_channels, stride", [(64, 1), (32, 2)])
 def test_bottleneck_starts_as_relu_of_shortcut(in_channels, stride):
     with jax.threefry_partitionable(False):
-        block = Bottleneck(in_channels, 16, stride, dtype=jnp.float32, ghost_size=0, rngs=nnx.Rngs(0))
+        conv, norm = layer_factories(dtype=jnp.float32, ghost_size=0, init_mode="fan_out", rngs=nnx.Rngs(0))
+        block = Bottleneck(in_channels, 16, stride, conv=conv, norm=norm)
     assert (block.shortcut is None) == (stride == 1)
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, in_channels))
 
@@ -209,7 +210,8 @@ def test_pyramidnet_shakedrop_schedule():
 
 def test_pyramid_block_eval_scales_residual():
     with jax.threefry_partitionable(False):
-        block = PyramidBlock(16, 32, 2, False, 0.25, dtype=jnp.float32, ghost_size=0, rngs=nnx.Rngs(0))
+        conv, norm = layer_factories(dtype=jnp.float32, ghost_size=0, init_mode="fan_out", rngs=nnx.Rngs(0))
+        block = PyramidBlock(16, 32, 2, False, 0.25, conv=conv, norm=norm)
     block.eval()
     x = jax.random.normal(jax.random.key(0), (2, 7, 7, 16))
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
-import sys
 
 import orbax.checkpoint as ocp
 import pytest
@@ -13,7 +11,8 @@ import pytest
 from saol_jax.checkpoint import CheckpointWriteError
 from saol_jax.config_check import ConfigError
 from saol_jax.trainer import USER_ERRORS, train_and_evaluate
-from test_trainer import REPO, tiny_config
+from commands import run_command, smoke_args
+from test_trainer import tiny_config
 
 # (overrides, a phrase the message must contain); each row is one mistake.
 BAD_CONFIGS = {
@@ -63,14 +62,9 @@ def test_full_disk_at_save_time_is_one_line(tiny_dataset, tmp_path, monkeypatch)
     ("--config.batch_size=12", "batch_size=12 must be a positive multiple"),
 ])
 def test_command_line_prints_the_error_line_without_traceback(override, phrase, tiny_dataset, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "saol_jax.train", "--config", "configs/fashion_mnist.py:smoke",
-         "--workdir", str(tmp_path / "w"), f"--config.dataset.name={tiny_dataset['name']}",
-         f"--config.dataset.data_dir={tiny_dataset['data_dir']}", override],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-    )
+    proc = run_command("train", smoke_args(tiny_dataset, str(tmp_path / "w"), override), timeout=300)
+    output = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "Traceback" not in proc.stdout
-    errors = [line for line in proc.stdout.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and phrase in errors[0], proc.stdout[-2000:]
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and phrase in errors[0], output[-2000:]

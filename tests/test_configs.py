@@ -9,7 +9,9 @@ import os
 import ml_collections
 import pytest
 
-from configs import common
+from saol_jax.ladder import HEAD_LADDER
+from saol_jax.options import Option, parse_options
+from saol_jax.recipe import HARDWARE_BATCH, LARGE_BATCH_FACTOR, LARGE_BATCH_WARMUP_EPOCHS
 from saol_jax.trainer import train_and_evaluate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,11 +38,11 @@ def test_recipe_docstring_is_its_manual(recipe):
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-@pytest.mark.parametrize("head", list(common.HEAD_LADDER))
+@pytest.mark.parametrize("head", list(HEAD_LADDER))
 def test_ladder_options(recipe, head):
     config = load(recipe, f"head={head}")
     assert config.model.head == ("gap" if head == "gap" else "saol")
-    assert dict(config.loss) == common.HEAD_LADDER[head]
+    assert dict(config.loss) == HEAD_LADDER[head]
     with pytest.raises(AttributeError):
         config.no_such_field = 1  # locked: typos are errors
 
@@ -49,16 +51,16 @@ def test_ladder_options(recipe, head):
 def test_hardware_variant_scales_lr_linearly(recipe):
     base = load(recipe)
     scaled = load(recipe, "hw=gpu8")
-    assert scaled.batch_size == common.HARDWARE_BATCH["gpu8"]
+    assert scaled.batch_size == HARDWARE_BATCH["gpu8"]
     assert scaled.optim.base_batch_size == (base.optim.base_batch_size or base.batch_size)
     from saol_jax.optim import scaled_learning_rate
 
     assert scaled_learning_rate(scaled.optim, scaled.batch_size) == pytest.approx(
         base.optim.lr * scaled.batch_size / base.batch_size
     )
-    large = scaled.batch_size >= common.LARGE_BATCH_FACTOR * base.batch_size
+    large = scaled.batch_size >= LARGE_BATCH_FACTOR * base.batch_size
     assert scaled.optim.warmup_epochs == (
-        max(base.optim.warmup_epochs, common.LARGE_BATCH_WARMUP_EPOCHS) if large else base.optim.warmup_epochs
+        max(base.optim.warmup_epochs, LARGE_BATCH_WARMUP_EPOCHS) if large else base.optim.warmup_epochs
     )
 
 
@@ -67,6 +69,43 @@ def test_unknown_option_is_an_error():
         load("fashion_mnist", "smokee")
     with pytest.raises(ValueError, match="head must be one of"):
         load("fashion_mnist", "head=foo")
+
+
+TOY_OPTIONS = {"smoke": Option(False), "steps": Option(3), "lr": Option(0.1), "head": Option("saol", ("gap", "saol"))}
+
+
+def test_options_are_typed():
+    assert parse_options(None, TOY_OPTIONS).to_dict() == {"smoke": False, "steps": 3, "lr": 0.1, "head": "saol"}
+    options = parse_options("smoke,steps=7,lr=0.5,head=gap", TOY_OPTIONS)
+    assert (options.smoke, options.steps, options.lr, options.head) == (True, 7, 0.5, "gap")
+    assert parse_options("smoke=false", TOY_OPTIONS).smoke is False
+    assert load("cifar_pyramidnet200", "shakedrop").model.backbone_kwargs.shakedrop == 0.5
+    assert load("cifar_pyramidnet200", "shakedrop=false").model.backbone_kwargs.shakedrop == 0.0
+
+
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("steps=many", "option steps is int, got 'many'"),
+        ("lr=fast", "option lr is float, got 'fast'"),
+        ("smoke=maybe", "option smoke is a bool"),
+        ("steps", "option steps needs a value"),
+        ("head=foo", "head must be one of gap, saol, got 'foo'"),
+    ],
+)
+def test_bad_option_values_are_named(arg, message):
+    with pytest.raises(ValueError, match=message):
+        parse_options(arg, TOY_OPTIONS)
+
+
+def test_unknown_option_lists_every_option_with_its_type():
+    with pytest.raises(ValueError) as error:
+        load("imagenet_resnet", "archh=resnet50")
+    text = str(error.value)
+    assert "unknown config option 'archh'" in text
+    assert "arch: str, one of resnet50|resnet101|resnet152 (default 'resnet50')" in text
+    assert "smoke: bool (default False)" in text
+    assert "head: str, one of gap|saol|saol_ss|saol_ss_sd" in text
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

@@ -14,15 +14,14 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
+from commands import run_command, smoke_args, start_command
 from saol_jax import checkpoint, distributed
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOSS_TERMS = ("saol_ce", "ss1", "ss2", "sd", "gap_ce", "total")
 TIMEOUT_S = 420
 
@@ -169,19 +168,14 @@ def free_port() -> int:
 
 
 def start(args: list[str], devices: int, log_path: str, cache_dir: str) -> subprocess.Popen:
-    env = dict(
-        os.environ,
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        JAX_PLATFORMS="cpu",
-        # Compiled steps are reused by the restarted runs (the cache works across processes).
-        JAX_COMPILATION_CACHE_DIR=cache_dir,
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
-    )
+    """The trainer with its output in `log_path`, sharing compiled steps through `cache_dir`."""
     with open(log_path, "w", encoding="utf-8") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "saol_jax.train", *args],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+        return start_command(
+            "train", args, devices=devices, stdout=log,
+            # Compiled steps are reused by the restarted runs (the cache works across processes).
+            JAX_COMPILATION_CACHE_DIR=cache_dir,
+            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
         )
 
 
@@ -208,12 +202,8 @@ def wait_all(procs: dict[str, tuple[subprocess.Popen, str]]) -> dict[str, str]:
 
 
 def cli_args(dataset: dict, workdir: str, steps: int, *extra: str) -> list[str]:
-    return [
-        "--config", "configs/fashion_mnist.py:smoke",
-        "--workdir", workdir,
-        f"--config.dataset.name={dataset['name']}",
-        f"--config.dataset.data_dir={dataset['data_dir']}",
-        "--config.num_cpu_devices=0",
+    return smoke_args(
+        dataset, workdir,
         "--config.dataset.host_shards=2",
         f"--config.num_train_steps={steps}",
         # A schedule that does not depend on the run length, so that every run compiles the
@@ -221,7 +211,7 @@ def cli_args(dataset: dict, workdir: str, steps: int, *extra: str) -> list[str]:
         "--config.optim.schedule=constant",
         "--config.eval_every_epochs=0.34",  # 6 steps per epoch: evaluate every 2 steps
         *extra,
-    ]
+    )
 
 
 def start_multi(dataset: dict, tmp, steps: int, round_: str) -> dict[str, tuple[subprocess.Popen, str]]:
@@ -316,10 +306,9 @@ def test_restarted_processes_resume_from_the_shared_checkpoint(runs):
 
 
 def test_partial_settings_fail_with_a_message(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "saol_jax.train", "--config", "configs/fashion_mnist.py:smoke",
-         "--workdir", str(tmp_path / "w"), "--num_processes=2", "--config.num_cpu_devices=0"],
-        cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=300,
+    proc = run_command(
+        "train", ["--config", "configs/fashion_mnist.py:smoke", "--workdir", str(tmp_path / "w"),
+                  "--num_processes=2", "--config.num_cpu_devices=0"], timeout=300,
     )
     assert proc.returncode != 0
     assert "missing: coordinator address" in proc.stderr

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import jax
@@ -15,13 +13,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from commands import smoke_args, start_command
 from configs import fashion_mnist
 from saol_jax import checkpoint, optim, sharding
 from saol_jax.models import build_model
 from saol_jax.train_step import StepConfig, create_train_state, make_train_step
 from saol_jax.trainer import NonFiniteLossError, train_and_evaluate
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOSS_TERMS = ("saol_ce", "ss1", "ss2", "sd", "gap_ce", "total")
 
 
@@ -171,34 +169,15 @@ def test_init_from_loads_weights_only(trained, tiny_dataset, tmp_path):
 # ----------------------------------------------------------------- command line
 
 
-def run_cli(args: list[str], **kwargs) -> subprocess.Popen:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    return subprocess.Popen(
-        [sys.executable, "-m", "saol_jax.train", *args],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs,
-    )
-
-
-def cli_args(dataset: dict, workdir: str, *extra: str) -> list[str]:
-    return [
-        "--config", "configs/fashion_mnist.py:smoke",
-        "--workdir", workdir,
-        f"--config.dataset.name={dataset['name']}",
-        f"--config.dataset.data_dir={dataset['data_dir']}",
-        "--config.num_cpu_devices=0",
-        *extra,
-    ]
-
-
 def test_kill_and_resume_matches_uninterrupted_run(tiny_dataset, tmp_path):
     steps = ["--config.num_train_steps=12", "--config.checkpoint_every_steps=3", "--config.log_every_steps=3"]
     reference = str(tmp_path / "reference")
-    proc = run_cli(cli_args(tiny_dataset, reference, *steps))
+    proc = start_command("train", smoke_args(tiny_dataset, reference, *steps))
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
 
     resumed = str(tmp_path / "resumed")
-    proc = run_cli(cli_args(tiny_dataset, resumed, *steps))
+    proc = start_command("train", smoke_args(tiny_dataset, resumed, *steps))
     checkpoints = os.path.join(resumed, "checkpoints")
     deadline = time.time() + 240
     while time.time() < deadline and not (os.path.isdir(checkpoints) and "6" in os.listdir(checkpoints)):
@@ -208,7 +187,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_dataset, tmp_path):
     completed = sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit())
     assert completed and completed[-1] < 12, f"the run was not interrupted: {completed}"
 
-    proc = run_cli(cli_args(tiny_dataset, resumed, *steps))
+    proc = start_command("train", smoke_args(tiny_dataset, resumed, *steps))
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     assert "resumed from checkpoint" in out
@@ -220,7 +199,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_dataset, tmp_path):
 
 def test_sigterm_saves_then_exits(tiny_dataset, tmp_path):
     workdir = str(tmp_path / "preempted")
-    proc = run_cli(cli_args(
+    proc = start_command("train", smoke_args(
         tiny_dataset, workdir, "--config.num_train_steps=100000", "--config.checkpoint_every_steps=100000",
         "--config.log_every_steps=1",
     ))
@@ -250,7 +229,7 @@ def test_bad_input_fails_fast_with_a_message(extra, message, tmp_path):
         "--config", "configs/fashion_mnist.py:smoke", "--workdir", str(tmp_path / "w"),
         "--config.num_cpu_devices=0", *extra,
     ]
-    proc = run_cli(args)
+    proc = start_command("train", args)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert message in out

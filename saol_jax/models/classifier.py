@@ -14,7 +14,7 @@ class Classifier(nnx.Module):
     """Backbone + GAP-FC head, plus the SAOL head when `head == 'saol'`.
 
     With SAOL the GAP-FC head stays as the auxiliary branch trained by
-    self-distillation (SPEC 3.4); it costs nothing extra at test time.
+    self-distillation (docs/method.md §3.4, §6); it costs nothing extra at test time.
     """
 
     def __init__(

@@ -1,7 +1,7 @@
 """Output layers: the GAP-FC baseline and the Spatially Attentive Output Layer.
 
 Both heads take the list of backbone stage features (NHWC) and return float32
-results whatever the activation dtype. SPEC section 3 fixes the structure;
+results whatever the activation dtype. docs/method.md §2-§3 describes them;
 widths, kernel sizes and the number of fused stages are arguments.
 """
 
@@ -13,11 +13,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from saol_jax.models.norm import BatchNorm
+from saol_jax.models.layers import ConvFactory, NormFactory, layer_factories
 
 
 class GapFcHead(nnx.Module):
-    """Global average pooling followed by a linear classifier (SPEC 2)."""
+    """Global average pooling followed by a linear classifier (docs/method.md §2)."""
 
     def __init__(self, in_features: int, num_classes: int, *, rngs: nnx.Rngs):
         self.fc = nnx.Linear(in_features, num_classes, param_dtype=jnp.float32, rngs=rngs)
@@ -32,7 +32,7 @@ def resize_to_grid(x: jax.Array, grid_hw: tuple[int, int]) -> jax.Array:
     """Resize [B, H, W, C] to [B, Ho, Wo, C].
 
     Average pooling when H and W are integer multiples of the grid, otherwise
-    bilinear interpolation without antialiasing (SPEC 3.2).
+    bilinear interpolation without antialiasing (docs/method.md §3.2).
     """
     batch, h, w, c = x.shape
     ho, wo = grid_hw
@@ -45,37 +45,18 @@ def resize_to_grid(x: jax.Array, grid_hw: tuple[int, int]) -> jax.Array:
 
 
 class ConvBnRelu(nnx.Module):
-    """conv(k) without bias, BatchNorm, ReLU."""
+    """conv(k) without bias, BatchNorm, ReLU; keeps the spatial size."""
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        *,
-        kernel_size: int = 1,
-        dtype: jnp.dtype = jnp.float32,
-        ghost_size: int = 0,
-        rngs: nnx.Rngs,
-    ):
-        self.conv = nnx.Conv(
-            in_features,
-            out_features,
-            kernel_size=(kernel_size, kernel_size),
-            padding="SAME",
-            use_bias=False,
-            dtype=dtype,
-            param_dtype=jnp.float32,
-            kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
-            rngs=rngs,
-        )
-        self.bn = BatchNorm(out_features, ghost_size=ghost_size, rngs=rngs)
+    def __init__(self, in_features: int, out_features: int, kernel_size: int, *, conv: ConvFactory, norm: NormFactory):
+        self.conv = conv(in_features, out_features, kernel_size)
+        self.bn = norm(out_features)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return jax.nn.relu(self.bn(self.conv(x)))
 
 
 class SaolHead(nnx.Module):
-    """Spatially Attentive Output Layer (SPEC 3).
+    """Spatially Attentive Output Layer (docs/method.md §3).
 
     Attention branch on the last stage: ConvBnRelu(k_att, C_att) then a
     zero-initialised 1x1 conv to one channel, softmax over all positions.
@@ -104,16 +85,14 @@ class SaolHead(nnx.Module):
                 f"{len(stage_channels)} stages"
             )
         self.num_stages = num_stages
-        self.att_hidden = ConvBnRelu(
-            stage_channels[-1], att_width, kernel_size=att_kernel, dtype=dtype,
-            ghost_size=ghost_size, rngs=rngs,
-        )
+        conv, norm = layer_factories(dtype=dtype, ghost_size=ghost_size, init_mode="fan_out", rngs=rngs)
+        self.att_hidden = ConvBnRelu(stage_channels[-1], att_width, att_kernel, conv=conv, norm=norm)
         self.att_out = nnx.Conv(
             att_width, 1, kernel_size=(1, 1), use_bias=True, dtype=dtype,
             param_dtype=jnp.float32, kernel_init=nnx.initializers.zeros, rngs=rngs,
         )
         self.projections = nnx.List([
-            ConvBnRelu(c, mid_width, dtype=dtype, ghost_size=ghost_size, rngs=rngs)
+            ConvBnRelu(c, mid_width, 1, conv=conv, norm=norm)
             for c in stage_channels[-num_stages:]
         ])
         self.classifier = nnx.Conv(

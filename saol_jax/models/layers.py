@@ -1,11 +1,23 @@
-"""Building blocks shared by the backbones: conv factory, parameter-free
-shortcuts and ShakeDrop. All tensors are channels-last (NHWC)."""
+"""Building blocks shared by the backbones and heads: the conv and norm
+factories, the loop over stages, parameter-free shortcuts and ShakeDrop.
+All tensors are channels-last (NHWC)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from saol_jax.models.norm import BatchNorm
+
+ConvFactory = Callable[..., nnx.Conv]
+"""`conv(in_channels, out_channels, kernel_size, stride=1)` -> a bias-free conv."""
+
+NormFactory = Callable[..., BatchNorm]
+"""`norm(features, *, scale_init=ones)` -> a BatchNorm."""
 
 
 def he_normal(mode: str = "fan_in") -> nnx.Initializer:
@@ -24,22 +36,49 @@ def conv(
     rngs: nnx.Rngs,
     init_mode: str = "fan_in",
 ) -> nnx.Conv:
-    """Bias-free square conv with symmetric `kernel_size // 2` padding (as in
-    PyTorch, so strided convs sample the same positions), float32 params and
-    `dtype` compute."""
-    pad = kernel_size // 2
+    """Bias-free square conv with float32 params and `dtype` compute.
+
+    Padding is (k - 1) // 2 before and k // 2 after: symmetric for odd
+    kernels (as in PyTorch, so strided convs sample the same positions), and
+    'SAME' for any kernel at stride 1.
+    """
+    pad = ((kernel_size - 1) // 2, kernel_size // 2)
     return nnx.Conv(
         in_channels,
         out_channels,
         (kernel_size, kernel_size),
         strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
+        padding=(pad, pad),
         use_bias=False,
         dtype=dtype,
         param_dtype=jnp.float32,
         kernel_init=he_normal(init_mode),
         rngs=rngs,
     )
+
+
+def layer_factories(
+    *, dtype: jnp.dtype, ghost_size: int, init_mode: str, rngs: nnx.Rngs
+) -> tuple[ConvFactory, NormFactory]:
+    """The conv and norm factories a model builds once and hands to its blocks.
+
+    Both draw initial values from the same `rngs`, in the order the layers
+    are created.
+    """
+    return (
+        partial(conv, dtype=dtype, init_mode=init_mode, rngs=rngs),
+        partial(BatchNorm, ghost_size=ghost_size, rngs=rngs),
+    )
+
+
+def stage_features(stages: nnx.List, x: jax.Array, **block_kwargs) -> list[jax.Array]:
+    """Runs every block of every stage in turn; returns each stage's output map."""
+    features = []
+    for stage in stages:
+        for block in stage:
+            x = block(x, **block_kwargs)
+        features.append(x)
+    return features
 
 
 def pad_channels(x: jax.Array, channels: int) -> jax.Array:

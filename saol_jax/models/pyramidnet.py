@@ -12,10 +12,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from saol_jax.models.layers import ShakeDrop, avg_pool_2x2, conv, pad_channels
-from saol_jax.models.norm import BatchNorm
-
-_INIT = "fan_out"
+from saol_jax.models.layers import (
+    ConvFactory,
+    NormFactory,
+    ShakeDrop,
+    avg_pool_2x2,
+    layer_factories,
+    pad_channels,
+    stage_features,
+)
 
 
 class BasicBranch(nnx.Module):
@@ -23,21 +28,12 @@ class BasicBranch(nnx.Module):
 
     expansion = 1
 
-    def __init__(
-        self,
-        in_channels: int,
-        planes: int,
-        stride: int,
-        *,
-        dtype: jnp.dtype,
-        ghost_size: int,
-        rngs: nnx.Rngs,
-    ):
-        self.bn1 = BatchNorm(in_channels, ghost_size=ghost_size, rngs=rngs)
-        self.conv1 = conv(in_channels, planes, 3, stride, dtype=dtype, rngs=rngs, init_mode=_INIT)
-        self.bn2 = BatchNorm(planes, ghost_size=ghost_size, rngs=rngs)
-        self.conv2 = conv(planes, planes, 3, dtype=dtype, rngs=rngs, init_mode=_INIT)
-        self.bn3 = BatchNorm(planes, ghost_size=ghost_size, rngs=rngs)
+    def __init__(self, in_channels: int, planes: int, stride: int, *, conv: ConvFactory, norm: NormFactory):
+        self.bn1 = norm(in_channels)
+        self.conv1 = conv(in_channels, planes, 3, stride)
+        self.bn2 = norm(planes)
+        self.conv2 = conv(planes, planes, 3)
+        self.bn3 = norm(planes)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = self.conv1(self.bn1(x))
@@ -51,24 +47,15 @@ class BottleneckBranch(nnx.Module):
 
     expansion = 4
 
-    def __init__(
-        self,
-        in_channels: int,
-        planes: int,
-        stride: int,
-        *,
-        dtype: jnp.dtype,
-        ghost_size: int,
-        rngs: nnx.Rngs,
-    ):
+    def __init__(self, in_channels: int, planes: int, stride: int, *, conv: ConvFactory, norm: NormFactory):
         out_channels = planes * self.expansion
-        self.bn1 = BatchNorm(in_channels, ghost_size=ghost_size, rngs=rngs)
-        self.conv1 = conv(in_channels, planes, 1, dtype=dtype, rngs=rngs, init_mode=_INIT)
-        self.bn2 = BatchNorm(planes, ghost_size=ghost_size, rngs=rngs)
-        self.conv2 = conv(planes, planes, 3, stride, dtype=dtype, rngs=rngs, init_mode=_INIT)
-        self.bn3 = BatchNorm(planes, ghost_size=ghost_size, rngs=rngs)
-        self.conv3 = conv(planes, out_channels, 1, dtype=dtype, rngs=rngs, init_mode=_INIT)
-        self.bn4 = BatchNorm(out_channels, ghost_size=ghost_size, rngs=rngs)
+        self.bn1 = norm(in_channels)
+        self.conv1 = conv(in_channels, planes, 1)
+        self.bn2 = norm(planes)
+        self.conv2 = conv(planes, planes, 3, stride)
+        self.bn3 = norm(planes)
+        self.conv3 = conv(planes, out_channels, 1)
+        self.bn4 = norm(out_channels)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = self.conv1(self.bn1(x))
@@ -88,14 +75,11 @@ class PyramidBlock(nnx.Module):
         bottleneck: bool,
         drop_prob: float,
         *,
-        dtype: jnp.dtype,
-        ghost_size: int,
-        rngs: nnx.Rngs,
+        conv: ConvFactory,
+        norm: NormFactory,
     ):
         branch_cls = BottleneckBranch if bottleneck else BasicBranch
-        self.branch = branch_cls(
-            in_channels, planes, stride, dtype=dtype, ghost_size=ghost_size, rngs=rngs
-        )
+        self.branch = branch_cls(in_channels, planes, stride, conv=conv, norm=norm)
         self.shakedrop = ShakeDrop(drop_prob)
         self.stride = stride
         self.out_channels = planes * branch_cls.expansion
@@ -139,8 +123,9 @@ class PyramidNet(nnx.Module):
         blocks_per_stage = (depth - 2) // layers_per_block
         num_blocks = 3 * blocks_per_stage
         stem_channels = 16
-        self.stem_conv = conv(in_channels, stem_channels, 3, dtype=dtype, rngs=rngs, init_mode=_INIT)
-        self.stem_bn = BatchNorm(stem_channels, ghost_size=ghost_size, rngs=rngs)
+        conv, norm = layer_factories(dtype=dtype, ghost_size=ghost_size, init_mode="fan_out", rngs=rngs)
+        self.stem_conv = conv(in_channels, stem_channels, 3)
+        self.stem_bn = norm(stem_channels)
         stages = []
         stage_channels = []
         channels = stem_channels
@@ -156,16 +141,15 @@ class PyramidNet(nnx.Module):
                     2 if s > 0 and b == 0 else 1,
                     bottleneck,
                     shakedrop * index / num_blocks,
-                    dtype=dtype,
-                    ghost_size=ghost_size,
-                    rngs=rngs,
+                    conv=conv,
+                    norm=norm,
                 )
                 blocks.append(block)
                 channels = block.out_channels
             stages.append(nnx.List(blocks))
             stage_channels.append(channels)
         self.stages = nnx.List(stages)
-        self.final_bn = BatchNorm(channels, ghost_size=ghost_size, rngs=rngs)
+        self.final_bn = norm(channels)
         self.stage_channels = tuple(stage_channels)
         self.stage_reductions = (1, 2, 4)
 
@@ -173,10 +157,6 @@ class PyramidNet(nnx.Module):
         """x: [B, H, W, C_in] -> per stage s: [B, H/2^s, W/2^s, stage_channels[s]];
         the last map is after the final BN + ReLU."""
         x = self.stem_bn(self.stem_conv(x))
-        features = []
-        for stage in self.stages:
-            for block in stage:
-                x = block(x, rngs=rngs)
-            features.append(x)
-        features[-1] = nnx.relu(self.final_bn(x))
+        features = stage_features(self.stages, x, rngs=rngs)
+        features[-1] = nnx.relu(self.final_bn(features[-1]))
         return features

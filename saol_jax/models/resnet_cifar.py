@@ -9,8 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from saol_jax.models.layers import conv, pad_channels
-from saol_jax.models.norm import BatchNorm
+from saol_jax.models.layers import ConvFactory, NormFactory, layer_factories, pad_channels, stage_features
 
 
 class BasicBlock(nnx.Module):
@@ -20,22 +19,13 @@ class BasicBlock(nnx.Module):
     so the shortcut has no parameters.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        stride: int,
-        *,
-        dtype: jnp.dtype,
-        ghost_size: int,
-        rngs: nnx.Rngs,
-    ):
+    def __init__(self, in_channels: int, out_channels: int, stride: int, *, conv: ConvFactory, norm: NormFactory):
         self.stride = stride
         self.out_channels = out_channels
-        self.conv1 = conv(in_channels, out_channels, 3, stride, dtype=dtype, rngs=rngs)
-        self.bn1 = BatchNorm(out_channels, ghost_size=ghost_size, rngs=rngs)
-        self.conv2 = conv(out_channels, out_channels, 3, dtype=dtype, rngs=rngs)
-        self.bn2 = BatchNorm(out_channels, ghost_size=ghost_size, rngs=rngs)
+        self.conv1 = conv(in_channels, out_channels, 3, stride)
+        self.bn1 = norm(out_channels)
+        self.conv2 = conv(out_channels, out_channels, 3)
+        self.bn2 = norm(out_channels)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [B, H, W, C_in] -> [B, ceil(H/s), ceil(W/s), C_out]."""
@@ -71,17 +61,16 @@ class ResNetCifar(nnx.Module):
         blocks_per_stage = (depth - 2) // (2 * len(widths))
         self.stage_channels = widths
         self.stage_reductions = tuple(2**s for s in range(len(widths)))
-        self.stem_conv = conv(in_channels, widths[0], 3, dtype=dtype, rngs=rngs)
-        self.stem_bn = BatchNorm(widths[0], ghost_size=ghost_size, rngs=rngs)
+        conv, norm = layer_factories(dtype=dtype, ghost_size=ghost_size, init_mode="fan_in", rngs=rngs)
+        self.stem_conv = conv(in_channels, widths[0], 3)
+        self.stem_bn = norm(widths[0])
         stages = []
         channels = widths[0]
         for s, width in enumerate(widths):
             blocks = []
             for b in range(blocks_per_stage):
                 stride = 2 if s > 0 and b == 0 else 1
-                blocks.append(
-                    BasicBlock(channels, width, stride, dtype=dtype, ghost_size=ghost_size, rngs=rngs)
-                )
+                blocks.append(BasicBlock(channels, width, stride, conv=conv, norm=norm))
                 channels = width
             stages.append(nnx.List(blocks))
         self.stages = nnx.List(stages)
@@ -92,9 +81,5 @@ class ResNetCifar(nnx.Module):
         `rngs` is unused (no stochastic layers); it keeps the common interface.
         """
         x = nnx.relu(self.stem_bn(self.stem_conv(x)))
-        features = []
-        for stage in self.stages:
-            for block in stage:
-                x = block(x)
-            features.append(x)
+        features = stage_features(self.stages, x)
         return features

@@ -11,28 +11,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from saol_jax.models.layers import conv
-from saol_jax.models.norm import BatchNorm
+from saol_jax.models.layers import ConvFactory, NormFactory, layer_factories, stage_features
 
-_INIT = "fan_out"
 _ZEROS = nnx.initializers.zeros
 
 
 class Projection(nnx.Module):
     """Strided conv1x1 + BN shortcut: [B, H, W, C_in] -> [B, H/s, W/s, C_out]."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        stride: int,
-        *,
-        dtype: jnp.dtype,
-        ghost_size: int,
-        rngs: nnx.Rngs,
-    ):
-        self.conv = conv(in_channels, out_channels, 1, stride, dtype=dtype, rngs=rngs, init_mode=_INIT)
-        self.bn = BatchNorm(out_channels, ghost_size=ghost_size, rngs=rngs)
+    def __init__(self, in_channels: int, out_channels: int, stride: int, *, conv: ConvFactory, norm: NormFactory):
+        self.conv = conv(in_channels, out_channels, 1, stride)
+        self.bn = norm(out_channels)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.bn(self.conv(x))
@@ -43,16 +32,13 @@ def _shortcut(
     out_channels: int,
     stride: int,
     *,
-    dtype: jnp.dtype,
-    ghost_size: int,
-    rngs: nnx.Rngs,
+    conv: ConvFactory,
+    norm: NormFactory,
 ) -> Projection | None:
     """A projection when the shape changes, else None (identity)."""
     if stride == 1 and in_channels == out_channels:
         return None
-    return Projection(
-        in_channels, out_channels, stride, dtype=dtype, ghost_size=ghost_size, rngs=rngs
-    )
+    return Projection(in_channels, out_channels, stride, conv=conv, norm=norm)
 
 
 class BasicBlock(nnx.Module):
@@ -60,23 +46,12 @@ class BasicBlock(nnx.Module):
 
     expansion = 1
 
-    def __init__(
-        self,
-        in_channels: int,
-        width: int,
-        stride: int,
-        *,
-        dtype: jnp.dtype,
-        ghost_size: int,
-        rngs: nnx.Rngs,
-    ):
-        self.conv1 = conv(in_channels, width, 3, stride, dtype=dtype, rngs=rngs, init_mode=_INIT)
-        self.bn1 = BatchNorm(width, ghost_size=ghost_size, rngs=rngs)
-        self.conv2 = conv(width, width, 3, dtype=dtype, rngs=rngs, init_mode=_INIT)
-        self.bn2 = BatchNorm(width, ghost_size=ghost_size, scale_init=_ZEROS, rngs=rngs)
-        self.shortcut = _shortcut(
-            in_channels, width, stride, dtype=dtype, ghost_size=ghost_size, rngs=rngs
-        )
+    def __init__(self, in_channels: int, width: int, stride: int, *, conv: ConvFactory, norm: NormFactory):
+        self.conv1 = conv(in_channels, width, 3, stride)
+        self.bn1 = norm(width)
+        self.conv2 = conv(width, width, 3)
+        self.bn2 = norm(width, scale_init=_ZEROS)
+        self.shortcut = _shortcut(in_channels, width, stride, conv=conv, norm=norm)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [B, H, W, C_in] -> [B, H/s, W/s, width]."""
@@ -91,26 +66,15 @@ class Bottleneck(nnx.Module):
 
     expansion = 4
 
-    def __init__(
-        self,
-        in_channels: int,
-        width: int,
-        stride: int,
-        *,
-        dtype: jnp.dtype,
-        ghost_size: int,
-        rngs: nnx.Rngs,
-    ):
+    def __init__(self, in_channels: int, width: int, stride: int, *, conv: ConvFactory, norm: NormFactory):
         out_channels = width * self.expansion
-        self.conv1 = conv(in_channels, width, 1, dtype=dtype, rngs=rngs, init_mode=_INIT)
-        self.bn1 = BatchNorm(width, ghost_size=ghost_size, rngs=rngs)
-        self.conv2 = conv(width, width, 3, stride, dtype=dtype, rngs=rngs, init_mode=_INIT)
-        self.bn2 = BatchNorm(width, ghost_size=ghost_size, rngs=rngs)
-        self.conv3 = conv(width, out_channels, 1, dtype=dtype, rngs=rngs, init_mode=_INIT)
-        self.bn3 = BatchNorm(out_channels, ghost_size=ghost_size, scale_init=_ZEROS, rngs=rngs)
-        self.shortcut = _shortcut(
-            in_channels, out_channels, stride, dtype=dtype, ghost_size=ghost_size, rngs=rngs
-        )
+        self.conv1 = conv(in_channels, width, 1)
+        self.bn1 = norm(width)
+        self.conv2 = conv(width, width, 3, stride)
+        self.bn2 = norm(width)
+        self.conv3 = conv(width, out_channels, 1)
+        self.bn3 = norm(out_channels, scale_init=_ZEROS)
+        self.shortcut = _shortcut(in_channels, out_channels, stride, conv=conv, norm=norm)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [B, H, W, C_in] -> [B, H/s, W/s, 4·width]."""
@@ -142,17 +106,16 @@ class ResNetImageNet(nnx.Module):
         widths = tuple(64 * 2**s for s in range(len(block_sizes)))
         self.stage_channels = tuple(w * block_cls.expansion for w in widths)
         self.stage_reductions = tuple(4 * 2**s for s in range(len(block_sizes)))
-        self.stem_conv = conv(in_channels, 64, 7, 2, dtype=dtype, rngs=rngs, init_mode=_INIT)
-        self.stem_bn = BatchNorm(64, ghost_size=ghost_size, rngs=rngs)
+        conv, norm = layer_factories(dtype=dtype, ghost_size=ghost_size, init_mode="fan_out", rngs=rngs)
+        self.stem_conv = conv(in_channels, 64, 7, 2)
+        self.stem_bn = norm(64)
         stages = []
         channels = 64
         for s, (width, size) in enumerate(zip(widths, block_sizes)):
             blocks = []
             for b in range(size):
                 stride = 2 if s > 0 and b == 0 else 1
-                blocks.append(
-                    block_cls(channels, width, stride, dtype=dtype, ghost_size=ghost_size, rngs=rngs)
-                )
+                blocks.append(block_cls(channels, width, stride, conv=conv, norm=norm))
                 channels = width * block_cls.expansion
             stages.append(nnx.List(blocks))
         self.stages = nnx.List(stages)
@@ -164,9 +127,5 @@ class ResNetImageNet(nnx.Module):
         """
         x = nnx.relu(self.stem_bn(self.stem_conv(x)))
         x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        features = []
-        for stage in self.stages:
-            for block in stage:
-                x = block(x)
-            features.append(x)
+        features = stage_features(self.stages, x)
         return features

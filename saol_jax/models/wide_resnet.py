@@ -7,10 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from saol_jax.models.layers import conv
-from saol_jax.models.norm import BatchNorm
-
-_INIT = "fan_out"
+from saol_jax.models.layers import ConvFactory, NormFactory, layer_factories, stage_features
 
 
 class WideBlock(nnx.Module):
@@ -27,17 +24,16 @@ class WideBlock(nnx.Module):
         stride: int,
         dropout_rate: float,
         *,
-        dtype: jnp.dtype,
-        ghost_size: int,
-        rngs: nnx.Rngs,
+        conv: ConvFactory,
+        norm: NormFactory,
     ):
-        self.bn1 = BatchNorm(in_channels, ghost_size=ghost_size, rngs=rngs)
-        self.conv1 = conv(in_channels, out_channels, 3, stride, dtype=dtype, rngs=rngs, init_mode=_INIT)
-        self.bn2 = BatchNorm(out_channels, ghost_size=ghost_size, rngs=rngs)
+        self.bn1 = norm(in_channels)
+        self.conv1 = conv(in_channels, out_channels, 3, stride)
+        self.bn2 = norm(out_channels)
         self.dropout = nnx.Dropout(dropout_rate)
-        self.conv2 = conv(out_channels, out_channels, 3, dtype=dtype, rngs=rngs, init_mode=_INIT)
+        self.conv2 = conv(out_channels, out_channels, 3)
         self.projection = (
-            conv(in_channels, out_channels, 1, stride, dtype=dtype, rngs=rngs, init_mode=_INIT)
+            conv(in_channels, out_channels, 1, stride)
             if stride != 1 or in_channels != out_channels
             else None
         )
@@ -76,32 +72,24 @@ class WideResNet(nnx.Module):
         widths = tuple(c * widen_factor for c in (16, 32, 64))
         self.stage_channels = widths
         self.stage_reductions = (1, 2, 4)
-        self.stem_conv = conv(in_channels, 16, 3, dtype=dtype, rngs=rngs, init_mode=_INIT)
+        conv, norm = layer_factories(dtype=dtype, ghost_size=ghost_size, init_mode="fan_out", rngs=rngs)
+        self.stem_conv = conv(in_channels, 16, 3)
         stages = []
         channels = 16
         for s, width in enumerate(widths):
             blocks = []
             for b in range(blocks_per_stage):
                 stride = 2 if s > 0 and b == 0 else 1
-                blocks.append(
-                    WideBlock(
-                        channels, width, stride, dropout_rate,
-                        dtype=dtype, ghost_size=ghost_size, rngs=rngs,
-                    )
-                )
+                blocks.append(WideBlock(channels, width, stride, dropout_rate, conv=conv, norm=norm))
                 channels = width
             stages.append(nnx.List(blocks))
         self.stages = nnx.List(stages)
-        self.final_bn = BatchNorm(channels, ghost_size=ghost_size, rngs=rngs)
+        self.final_bn = norm(channels)
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> list[jax.Array]:
         """x: [B, H, W, C_in] -> per stage s: [B, H/2^s, W/2^s, 16k·2^s]; the
         last map is after the final BN + ReLU."""
         x = self.stem_conv(x)
-        features = []
-        for stage in self.stages:
-            for block in stage:
-                x = block(x, rngs=rngs)
-            features.append(x)
-        features[-1] = nnx.relu(self.final_bn(x))
+        features = stage_features(self.stages, x, rngs=rngs)
+        features[-1] = nnx.relu(self.final_bn(features[-1]))
         return features

@@ -1,0 +1,163 @@
+"""Pieces every recipe file (configs/*.py) is built from.
+
+A recipe's `get_config(arg)` receives what follows the colon in
+`--config configs/<recipe>.py:<arg>`, a comma-separated list of typed
+options (saol_jax.options): the common `smoke` (shrink to seconds on CPU),
+`head=gap|saol|saol_ss|saol_ss_sd` (the ablation ladder) and
+`hw=<variant>` (batch size for the hardware, learning rate scaled
+linearly), plus the recipe's own. Recipes import only this library, so a
+recipe file loads by path from any working directory.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from saol_jax.data import default_dataset_config
+from saol_jax.ladder import HEAD_LADDER, apply_head
+from saol_jax.options import Option, parse_options
+
+# Global batch sizes of the hardware variants (learning rate follows linearly).
+HARDWARE_BATCH: dict[str, int] = {
+    "cpu": 64,
+    "gpu1": 64,
+    "gpu8": 512,
+    "tpu_v4_8": 512,
+    "tpu_v4_32": 2048,
+    "tpu_v4_128": 4096,
+}
+
+# Options every recipe accepts.
+COMMON_OPTIONS: dict[str, Option] = {
+    "smoke": Option(False),
+    "head": Option("saol_ss_sd", tuple(HEAD_LADDER)),
+    "hw": Option("", tuple(HARDWARE_BATCH)),  # "": the recipe's own batch
+}
+
+
+def recipe_options(arg: str | None, **own: Option) -> ml_collections.FrozenConfigDict:
+    """Parses `arg` against the common options (smoke, head, hw) and the recipe's `own`."""
+    return parse_options(arg, {**COMMON_OPTIONS, **own})
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Fields every recipe has; recipes override what differs."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.dataset = default_dataset_config()
+    # Per-channel normalisation of [0, 1] pixels, applied on device.
+    c.dataset.mean = (0.5, 0.5, 0.5)
+    c.dataset.std = (0.25, 0.25, 0.25)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.backbone = "resnet20"
+    c.model.backbone_kwargs = ml_collections.ConfigDict()
+    c.model.head = "saol"
+    c.model.saol = ml_collections.ConfigDict(
+        {"num_stages": 3, "att_kernel": 1, "att_width": 128, "mid_width": 128}
+    )
+    c.model.dtype = "float32"
+    c.model.ghost_bn_size = 0
+
+    c.cutmix = ml_collections.ConfigDict({"beta": 1.0, "prob": 0.5, "group_size": 0})
+    c.loss = ml_collections.ConfigDict(HEAD_LADDER["saol_ss_sd"])
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 0.1
+    c.optim.base_batch_size = 0  # > 0: lr is for this batch size, scaled linearly
+    c.optim.momentum = 0.9
+    c.optim.nesterov = True
+    c.optim.weight_decay = 1e-4
+    c.optim.schedule = "step"
+    c.optim.decay_epochs = (150, 225)
+    c.optim.decay_factor = 0.1
+    c.optim.warmup_epochs = 0.0
+
+    c.batch_size = 64
+    c.eval_batch_size = 256
+    c.num_epochs = 300.0
+    c.num_train_steps = -1  # > 0 overrides num_epochs
+    c.log_every_steps = 100
+    c.eval_every_epochs = 10.0
+    c.eval_localization = True  # SAOL heads: also measure localisation on CutMix'ed eval images
+    c.checkpoint_every_steps = 2000
+    c.keep_checkpoints = 3
+    c.init_from = ""  # a workdir whose latest weights initialise a new run
+    c.num_devices = 0  # 0: every visible device
+    c.num_cpu_devices = 0  # > 0: split a CPU host into this many devices
+    return c
+
+
+# Linear warm-up (epochs) once the batch grows this many times over the recipe's
+# (the large-batch practice of Goyal et al., 2017).
+LARGE_BATCH_FACTOR = 4
+LARGE_BATCH_WARMUP_EPOCHS = 5.0
+
+
+def apply_hardware(config: ml_collections.ConfigDict, hw: str) -> None:
+    """Sets the global batch for `hw` and scales the learning rate linearly from the recipe's.
+
+    Batches at least LARGE_BATCH_FACTOR times the recipe's also get a linear
+    warm-up of LARGE_BATCH_WARMUP_EPOCHS epochs.
+    """
+    if not hw:
+        return
+    if hw not in HARDWARE_BATCH:
+        raise ValueError(f"hw must be one of {', '.join(HARDWARE_BATCH)}, got {hw!r}")
+    if config.optim.base_batch_size <= 0:
+        config.optim.base_batch_size = config.batch_size
+    config.batch_size = HARDWARE_BATCH[hw]
+    config.eval_batch_size = max(config.eval_batch_size, config.batch_size)
+    if config.batch_size >= LARGE_BATCH_FACTOR * config.optim.base_batch_size:
+        config.optim.warmup_epochs = max(config.optim.warmup_epochs, LARGE_BATCH_WARMUP_EPOCHS)
+
+
+def apply_smoke(config: ml_collections.ConfigDict, backbone: str, **backbone_kwargs) -> None:
+    """Shrinks a recipe to a few seconds on CPU: tiny backbone, batch and run."""
+    config.model.backbone = backbone
+    config.model.backbone_kwargs = ml_collections.ConfigDict(backbone_kwargs)
+    config.model.saol.update({"att_width": 8, "mid_width": 8})
+    config.batch_size = 16
+    config.eval_batch_size = 32
+    config.num_train_steps = 4
+    config.log_every_steps = 2
+    config.eval_every_epochs = 1e9  # only the final evaluation
+    config.checkpoint_every_steps = 2
+    config.dataset.shuffle_buffer = 256
+    config.optim.base_batch_size = 0
+    config.optim.warmup_epochs = 0.0
+
+
+def finalise(config: ml_collections.ConfigDict, options: ml_collections.FrozenConfigDict) -> ml_collections.ConfigDict:
+    """Applies the common options; the returned config is locked (typos in overrides fail)."""
+    apply_head(config, options.head)
+    apply_hardware(config, options.hw)
+    config.lock()
+    return config
+
+
+CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+# The `dataset=` option of the CIFAR recipes.
+CIFAR_DATASET = Option("cifar100", tuple(CIFAR_STATS))
+
+
+def cifar_base(dataset: str) -> ml_collections.ConfigDict:
+    """CIFAR-10/100 with pad-4 crop + flip and CutMix p=0.5 (docs/method.md §9)."""
+    if dataset not in CIFAR_STATS:
+        raise ValueError(f"dataset must be one of {', '.join(CIFAR_STATS)}, got {dataset!r}")
+    c = base_config()
+    c.dataset.name = dataset
+    c.dataset.augment = "cifar"
+    c.dataset.mean, c.dataset.std = CIFAR_STATS[dataset]
+    c.model.saol.update({"att_width": 128, "mid_width": 128})
+    c.cutmix.prob = 0.5
+    c.eval_batch_size = 1000
+    c.eval_every_epochs = 5.0
+    c.log_every_steps = 100
+    c.checkpoint_every_steps = 2000
+    return c
