@@ -28,6 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from saol_jax import paths, sharding  # noqa: E402
+from saol_jax.config_check import parse_flags_or_exit  # noqa: E402
 from saol_jax.ladder import HEAD_LADDER, apply_head  # noqa: E402
 from saol_jax.trainer import USER_ERRORS, train_and_evaluate  # noqa: E402
 
@@ -172,16 +173,6 @@ def define_flags() -> None:
     flags.mark_flag_as_required("config")
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """Flag parsing that reports a bad flag or config override in one line."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as error:
-        sys.exit(f"error: {error}")
-    except (AttributeError, KeyError, TypeError, ValueError) as error:
-        sys.exit(f"error: bad --config override: {error}")
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -203,4 +194,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=parse_flags_or_exit)

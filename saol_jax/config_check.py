@@ -8,8 +8,10 @@ run (or, worse, a run that silently does something else).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import ml_collections
+from absl import flags
 
 from saol_jax import paths
 from saol_jax.data import DatasetInfo
@@ -54,6 +56,22 @@ def _problems(config: ml_collections.ConfigDict, info: DatasetInfo, num_devices:
     if info.num_train < config.batch_size:
         yield (f"the train split {info.train_split!r} of {info.name} has {info.num_train} examples, "
                f"fewer than batch_size={config.batch_size}")
+
+
+def parse_flags_or_exit(argv: Sequence[str]) -> list[str]:
+    """absl flag parsing for the command lines: a bad flag, recipe option or `--config.*` override
+    ends the program with one `error:` line instead of a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        message = str(error)
+        if "Traceback (most recent call last)" in message:  # config_flags quotes the recipe's traceback
+            lines = [line for line in message.splitlines() if line.strip()]
+            message = f"{lines[0].rstrip(': ')}: {lines[-1]}"
+        raise SystemExit(f"error: {message}\nPass --helpfull to see the flags.") from None
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        message = str(error).strip("'\"").replace("\\n", " ").replace("\\'", "'")
+        raise SystemExit(f"error: bad --config override: {message}") from None
 
 
 def check_workdir(workdir: str) -> None:

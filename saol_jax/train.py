@@ -26,6 +26,7 @@ from absl import logging as absl_logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from saol_jax import distributed, sharding  # noqa: E402
+from saol_jax.config_check import parse_flags_or_exit  # noqa: E402
 from saol_jax.trainer import USER_ERRORS, train_and_evaluate  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/fashion_mnist.py[:options].", lock_config=True)
@@ -66,16 +67,5 @@ def main(argv: list[str]) -> None:
         print("final evaluation:", json.dumps({k: round(v, 4) for k, v in results.items()}))
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing that reports a bad config override in one line, not a traceback."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        sys.exit(f"error: {error}\nPass --helpfull to see the flags.")
-    except (AttributeError, KeyError, TypeError, ValueError) as error:
-        message = str(error).strip("'\"").replace("\\n", " ").replace("\\'", "'")
-        sys.exit(f"error: bad --config override: {message}")
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=parse_flags_or_exit)

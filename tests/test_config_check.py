@@ -68,3 +68,13 @@ def test_command_line_prints_the_error_line_without_traceback(override, phrase, 
     assert "Traceback" not in output
     errors = [line for line in output.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and phrase in errors[0], output[-2000:]
+
+
+@pytest.mark.parametrize("command", ["train", "ablate"])
+def test_bad_recipe_option_is_one_line(command, tmp_path):
+    proc = run_command(command, ["--config", "configs/fashion_mnist.py:hw=gpu9", "--workdir", str(tmp_path)],
+                       timeout=120)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in output
+    assert "error: flag --config=configs/fashion_mnist.py:hw=gpu9: Error whilst parsing config file: " \
+           "ValueError: hw must be one of cpu, gpu1" in output
