@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import types
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
 from benchmarks import default_out, format_table, write_json
@@ -48,19 +48,23 @@ TINY_SETTINGS = [Setting("resnet_cifar", 16, 10, 16, (("depth", 8), ("widths", (
 
 def model_config(
     backbone: str, head: str, width: int, *, dtype: str = "float32", ghost_bn_size: int = 0, **backbone_kwargs
-) -> ml_collections.ConfigDict:
-    """A `config.model` for `build_model`: S = 3 stages, k_att = 1, C_att = C_mid = `width`."""
-    return ml_collections.ConfigDict({
-        "backbone": backbone,
-        "backbone_kwargs": dict(backbone_kwargs),
-        "head": head,
-        "saol": {"num_stages": 3, "att_kernel": 1, "att_width": width, "mid_width": width},
-        "dtype": dtype,
-        "ghost_bn_size": ghost_bn_size,
-    })
+) -> types.SimpleNamespace:
+    """A `config.model` for `build_model`: S = 3 stages, k_att = 1, C_att = C_mid = `width`.
+
+    A plain namespace rather than a ConfigDict, so that the benchmarks run
+    where ml-collections is not installed.
+    """
+    return types.SimpleNamespace(
+        backbone=backbone,
+        backbone_kwargs=dict(backbone_kwargs),
+        head=head,
+        saol={"num_stages": 3, "att_kernel": 1, "att_width": width, "mid_width": width},
+        dtype=dtype,
+        ghost_bn_size=ghost_bn_size,
+    )
 
 
-def forward_cost(config: ml_collections.ConfigDict, image_size: int, num_classes: int) -> tuple[int, float]:
+def forward_cost(config: types.SimpleNamespace, image_size: int, num_classes: int) -> tuple[int, float]:
     """(parameter count, forward FLOPs per image) of the model `config` describes."""
     model = nnx.eval_shape(
         lambda: build_model(config, num_classes=num_classes, in_channels=3, rngs=nnx.Rngs(0))

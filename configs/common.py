@@ -12,18 +12,7 @@ from __future__ import annotations
 import ml_collections
 
 from saol_jax.data import default_dataset_config
-
-# The ablation ladder of SPEC 6: loss weights (saol, ss1, ss2, sd, gap) per rung.
-HEAD_LADDER: dict[str, dict[str, float]] = {
-    # GAP-FC + CutMix: the baseline.
-    "gap": {"saol": 0.0, "ss1": 0.0, "ss2": 0.0, "sd": 0.0, "gap": 1.0},
-    # SAOL trained by its own mixed-label CE; the GAP-FC branch is left untrained.
-    "saol": {"saol": 1.0, "ss1": 0.0, "ss2": 0.0, "sd": 0.0, "gap": 0.0},
-    # + location-specific self-supervision (SS-1, SS-2).
-    "saol_ss": {"saol": 1.0, "ss1": 1.0, "ss2": 1.0, "sd": 0.0, "gap": 0.0},
-    # + self-distillation into the GAP-FC branch, which also gets its own CE.
-    "saol_ss_sd": {"saol": 1.0, "ss1": 1.0, "ss2": 1.0, "sd": 1.0, "gap": 1.0},
-}
+from saol_jax.losses import HEAD_LADDER
 
 # Global batch sizes of the hardware variants (learning rate follows linearly).
 HARDWARE_BATCH: dict[str, int] = {

@@ -16,7 +16,6 @@ import time
 from collections.abc import Mapping
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -24,7 +23,7 @@ from flax import nnx
 from saol_jax import checkpoint, data, localization, optim, sharding
 from saol_jax.metrics import MetricWriter, Progress
 from saol_jax.models import DTYPES, build_model
-from saol_jax.train_step import StepConfig, TrainState, create_train_state, make_eval_step, make_train_step
+from saol_jax.train_step import StepConfig, create_train_state, make_eval_step, make_train_step, output_grid
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +44,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return run.train()
     finally:
         run.close()
-
-
-def output_grid(graphdef: nnx.GraphDef, state: TrainState, image_shape: tuple[int, int, int]) -> tuple[int, int]:
-    """H_o x W_o of the last backbone stage for `image_shape` inputs (traced, not run)."""
-
-    def last_stage(params, batch_stats, images):
-        model = nnx.merge(graphdef, params, batch_stats, copy=True)
-        return model.backbone(images)[-1]
-
-    images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-    shape = jax.eval_shape(last_stage, state.params, state.batch_stats, images).shape
-    return shape[1], shape[2]
 
 
 class _Run:
