@@ -34,7 +34,8 @@ def parse_status(item: str) -> tuple[str, dict[str, object]]:
 
 def _step_time(p: dict) -> list[tuple[str, str]]:
     w, v = p["workload"], p["variants"]
-    setting = f"{w['backbone']} {w['image_size']}² {w['dtype']}, batch {w['batch']} on {p['devices']} x {p['device_kind']}"
+    setting = (f"{w['backbone']} {w['image_size']}² {w['dtype']}, batch {w['batch']} "
+               f"on {p['devices']} x {p['device_kind']}")
     return [
         (f"GAP-FC img/s ({setting})", f"{v['gap']['img_per_s_median']:.1f}"),
         ("SAOL+SS+SD img/s", f"{v['saol_ss_sd']['img_per_s_median']:.1f}"),

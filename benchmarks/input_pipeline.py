@@ -80,7 +80,7 @@ def write_dataset(data_dir: str, num_images: int, seed: int = 0) -> tfds.core.Da
                 yield index, {"image": image, "label": int(rng.integers(1000))}
 
     builder = SyntheticJpegs(data_dir=data_dir)
-    builder.download_and_prepare()
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     return builder
 
 

@@ -1,6 +1,7 @@
 """Compiled peak memory of the train step, GAP-FC vs SAOL + SS + SD.
 
-    python -m benchmarks.memory [--settings resnet50_fp32,resnet50_bf16,cifar] [--rungs gap,saol_ss_sd] [--tiny] [--out PATH]
+    python -m benchmarks.memory [--settings resnet50_fp32,resnet50_bf16,cifar] [--rungs gap,saol_ss_sd]
+                                [--tiny] [--out PATH]
 
 Each figure is XLA's memory analysis of the real jitted train step
 (`benchmarks.step_time.prepare`: CutMix on device, every loss term of the
