@@ -1,6 +1,7 @@
 """Images per second per CPU core of the ImageNet recipe's train and eval transforms.
 
-    python -m benchmarks.input_pipeline [--threads 1,2] [--images 512] [--seconds 8] [--tiny] [--out PATH]
+    python -m benchmarks.input_pipeline [--threads 1,2] [--images 512] [--seconds 8] [--stages] [--tiny]
+                                        [--out PATH]
 
 The benchmark writes a tfds dataset of JPEGs (quality 90, 500x375 or
 375x500, smooth content with sensor-like noise) into a temporary directory,
@@ -12,7 +13,10 @@ lighting):
 - `train_fused`: `preprocess.inception_train_jpeg`, which decodes only the
   random-resized-crop window (`tf.image.decode_and_crop_jpeg`);
 - `train_decode_then_crop`: `tf.io.decode_jpeg`, then `preprocess.inception_train`;
-- `eval`: `tf.io.decode_jpeg`, then `preprocess.resize_center_crop` (resize 256, centre 224).
+- `eval`: `tf.io.decode_jpeg`, then `preprocess.resize_center_crop` (resize 256, centre 224);
+- with `--stages`, where the train transform's time goes: `decode_only`
+  (`tf.io.decode_jpeg` of the whole image) and `train_fused_no_colour`
+  (the fused transform without colour jitter and lighting).
 
 Each runs with a private tf.data threadpool of N threads and intra-op
 parallelism 1, so N is the number of cores it may use; "per core" divides
@@ -41,6 +45,7 @@ TRAIN_PER_CORE_GOAL = 190.0  # img/s per core: 16 host cores feed ~3,000 img/s (
 SIZES = ((375, 500), (500, 375))
 BATCH = 64
 TRANSFORMS = ("train_fused", "train_decode_then_crop", "eval")
+STAGES = ("decode_only", "train_fused_no_colour")
 
 
 def synthetic_jpeg(rng: np.random.Generator, height: int, width: int, quality: int = 90) -> bytes:
@@ -84,20 +89,27 @@ def write_dataset(data_dir: str, num_images: int, seed: int = 0) -> tfds.core.Da
     return builder
 
 
-def transforms() -> dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]]:
-    """(JPEG string, seed [2]) -> uint8 [224, 224, 3], per transform, with the imagenet recipe's settings."""
+def transforms(stages: bool = False) -> dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]]:
+    """(JPEG string, seed [2]) -> uint8 image, per transform, with the imagenet recipe's settings."""
     d = imagenet_resnet.get_config().dataset
     size, jitter, lighting = d.image_size, d.color_jitter, d.lighting
-    return {
+    chosen = {
         "train_fused": lambda jpeg, seed: preprocess.inception_train_jpeg(jpeg, seed, size, jitter, lighting),
         "train_decode_then_crop": lambda jpeg, seed: preprocess.inception_train(
             tf.io.decode_jpeg(jpeg, channels=3), seed, size, jitter, lighting),
         "eval": lambda jpeg, seed: preprocess.resize_center_crop(tf.io.decode_jpeg(jpeg, channels=3), size),
     }
+    if stages:
+        chosen["decode_only"] = lambda jpeg, seed: tf.io.decode_jpeg(jpeg, channels=3)
+        chosen["train_fused_no_colour"] = lambda jpeg, seed: preprocess.inception_train_jpeg(jpeg, seed, size)
+    return chosen
 
 
 def batches(builder: tfds.core.DatasetBuilder, transform: Callable, threads: int) -> tf.data.Dataset:
-    """Endless batches of transformed images read from the dataset's files, on `threads` threads."""
+    """Endless batches of transformed images read from the dataset's files, on `threads` threads.
+
+    Images of different sizes (`decode_only`) are batched ragged.
+    """
     options = tf.data.Options()
     options.threading.private_threadpool_size = threads
     options.threading.max_intra_op_parallelism = 1
@@ -111,7 +123,8 @@ def batches(builder: tfds.core.DatasetBuilder, transform: Callable, threads: int
         return {"image": transform(record["image"], seed), "label": tf.cast(record["label"], tf.int32)}
 
     ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-    return ds.batch(BATCH).prefetch(tf.data.AUTOTUNE).with_options(options)
+    ds = ds.ragged_batch(BATCH) if ds.element_spec["image"].shape[0] is None else ds.batch(BATCH)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def throughput(ds: tf.data.Dataset, *, warmup_s: float, seconds: float) -> dict[str, float]:
@@ -127,11 +140,12 @@ def throughput(ds: tf.data.Dataset, *, warmup_s: float, seconds: float) -> dict[
     return {"images": images, "img_per_s": images / wall, "img_per_cpu_s": images / cpu}
 
 
-def measure(builder: tfds.core.DatasetBuilder, threads: list[int], *, warmup_s: float, seconds: float) -> dict:
+def measure(builder: tfds.core.DatasetBuilder, threads: list[int], *, warmup_s: float, seconds: float,
+            stages: bool = False) -> dict:
     """Every transform at every thread count; the fused/plain train ratio per thread count; the goal."""
     rows = []
     for n in threads:
-        for name, transform in transforms().items():
+        for name, transform in transforms(stages).items():
             figures = throughput(batches(builder, transform, n), warmup_s=warmup_s, seconds=seconds)
             rows.append({"transform": name, "threads": n, **figures, "img_per_s_per_core": figures["img_per_s"] / n})
             print(f"{name}, {n} thread(s): {figures['img_per_s']:.0f} img/s", flush=True)
@@ -159,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--images", type=int, default=512, help="distinct JPEGs in the dataset")
     parser.add_argument("--seconds", type=float, default=8.0, help="timed seconds per measurement")
     parser.add_argument("--warmup", type=float, default=2.0, help="untimed seconds first (autotuning)")
+    parser.add_argument("--stages", action="store_true", help=f"also time {' and '.join(STAGES)}")
     parser.add_argument("--tiny", action="store_true", help="16 images, short measurements (for tests)")
     parser.add_argument("--out", default=default_out("input_pipeline"))
     args = parser.parse_args(argv)
@@ -173,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
         mean_kb = sum(os.path.getsize(f) for f in files) / args.images / 1024
         print(f"wrote {args.images} JPEGs ({mean_kb:.0f} KB each on average) in "
               f"{time.perf_counter() - start:.1f} s", flush=True)
-        result = measure(builder, threads, warmup_s=args.warmup, seconds=args.seconds)
+        result = measure(builder, threads, warmup_s=args.warmup, seconds=args.seconds, stages=args.stages)
     result = {"images": args.images, "mean_record_kb": mean_kb, "batch": BATCH, "cores": os.cpu_count(), **result}
     print(table(result))
     for ratio_threads, ratio in result["fused_over_plain"].items():

@@ -70,9 +70,9 @@ def test_memory_settings_expand_groups():
 
 def test_input_pipeline_tiny(tmp_path):
     out = tmp_path / "input_pipeline.json"
-    result = input_pipeline.main(["--tiny", "--out", str(out)])
+    result = input_pipeline.main(["--tiny", "--stages", "--out", str(out)])
     assert [(r["transform"], r["threads"]) for r in result["rows"]] == [
-        (name, 1) for name in input_pipeline.TRANSFORMS]
+        (name, 1) for name in (*input_pipeline.TRANSFORMS, *input_pipeline.STAGES)]
     assert all(r["images"] > 0 and r["img_per_s"] > 0 for r in result["rows"])
     fused, plain = (r["img_per_s"] for r in result["rows"][:2])
     assert result["fused_over_plain"]["1"] == pytest.approx(fused / plain)
