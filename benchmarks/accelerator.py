@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 from benchmarks import format_table, write_json
 
-PARTS = ("step_time", "input_pipeline", "end_to_end", "memory")
+PARTS = ("step_time", "memory", "input_pipeline", "end_to_end")
 TIMEOUT_EXIT_CODES = ("124", "137")
 
 
