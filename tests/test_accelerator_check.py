@@ -58,7 +58,7 @@ def test_memory_tiny(tmp_path):
                                            - rung["alias_size_in_bytes"] + rung["temp_size_in_bytes"])
         assert rung["alias_size_in_bytes"] > 0  # the state is donated
     assert result["saol_over_gap_footprint"] == saol["footprint_bytes"] / gap["footprint_bytes"]
-    assert read(out)["settings"] == payload["settings"]
+    assert read(out)["settings"]["tiny"]["rungs"] == result["rungs"]
 
 
 def test_memory_settings_expand_groups():
