@@ -49,7 +49,7 @@ def _memory(p: dict) -> list[tuple[str, str]]:
         gap, saol = s["rungs"].get("gap"), s["rungs"].get("saol_ss_sd")
         if gap and saol:
             rows.append((f"{name} footprint MiB GAP-FC / SAOL+SS+SD (batch {s['workload']['batch']})",
-                         f"{gap['footprint_bytes'] / 2**20:.0f} / {saol['footprint_bytes'] / 2**20:.0f} "
+                         f"{gap['footprint_bytes'] / 2**20:.1f} / {saol['footprint_bytes'] / 2**20:.1f} "
                          f"(x{s['saol_over_gap_footprint']:.3f})"))
     return rows
 
