@@ -83,13 +83,15 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --f
 
 if "$PYTHON" -c 'import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ("tensorflow", "tensorflow_datasets")))'; then
   HAS_TF=1
+  STEP_CAP=240
   MEMORY_CAP=120  # leaves time for the input pipeline and the end-to-end run
 else
   HAS_TF=0
+  STEP_CAP=300
   MEMORY_CAP=$BUDGET_S
 fi
 
-run_part step_time 240 "$PYTHON" -m benchmarks.step_time "${STEP_ARGS[@]}" --out "$OUT/step_time.json"
+run_part step_time "$STEP_CAP" "$PYTHON" -m benchmarks.step_time "${STEP_ARGS[@]}" --out "$OUT/step_time.json"
 run_part memory "$MEMORY_CAP" "$PYTHON" -m benchmarks.memory "${MEMORY_ARGS[@]}" --out "$OUT/memory.json"
 if ((HAS_TF)); then
   run_part input_pipeline 60 "$PYTHON" -m benchmarks.input_pipeline "${PIPELINE_ARGS[@]}" --out "$OUT/input_pipeline.json"
