@@ -61,10 +61,10 @@ def inception_train_jpeg(encoded: tf.Tensor, seed: tf.Tensor, size: int, color_j
 
     The window is drawn from the JPEG header's size with the same seeds as
     `inception_train(decode_jpeg(encoded), ...)` uses, and
-    `tf.image.decode_and_crop_jpeg` skips the blocks outside it, which makes
-    decoding several times cheaper. The two outputs differ only where
-    chroma upsampling meets the window's edge (well under 1% of the pixels,
-    by a few levels).
+    `tf.image.decode_and_crop_jpeg` skips the pixel reconstruction outside
+    it (see benchmarks/README.md for what that saves). The two outputs
+    differ only where chroma upsampling meets the window's edge (well under
+    1% of the pixels, by a few levels).
     """
     crop_seed, *rest = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
     begin, crop_size = _random_crop_window(tf.image.extract_jpeg_shape(encoded), crop_seed)
