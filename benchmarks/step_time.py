@@ -19,24 +19,23 @@ import dataclasses
 import os
 import statistics
 import time
+import types
 from collections.abc import Callable
 
 import jax
-import ml_collections
 import numpy as np
 from flax import nnx
 
 from benchmarks import default_out, format_table, write_json
 from benchmarks.head_cost import model_config
-from configs.common import HEAD_LADDER
 from saol_jax import optim, sharding
+from saol_jax.ladder import HEAD_LADDER
 from saol_jax.models import DTYPES, build_model
-from saol_jax.train_step import StepConfig, create_train_state, make_train_step
-from saol_jax.trainer import output_grid
+from saol_jax.train_step import StepConfig, create_train_state, make_train_step, output_grid
 
 VARIANTS = ("gap", "saol_ss_sd")
 RUNG_NAMES = {"gap": "GAP-FC", "saol": "SAOL", "saol_ss": "SAOL+SS", "saol_ss_sd": "SAOL+SS+SD"}
-SAOL_SLOWDOWN_GOAL = 0.05  # SPEC 3: the head adds <= 5% train-step time
+SAOL_SLOWDOWN_GOAL = 0.05  # docs/method.md §3.5: the head adds <= 5% train-step time
 RESNET56_IMG_S_GOAL = 100.0
 
 
@@ -61,11 +60,12 @@ TINY = Workload(backbone="resnet_cifar", batch=16, image_size=12, num_classes=4,
                 backbone_kwargs=(("depth", 8), ("widths", (8, 16, 32))))
 
 
-def _optim_config(lr: float) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        "lr": lr, "base_batch_size": 0, "momentum": 0.9, "nesterov": True,
-        "weight_decay": 1e-4, "schedule": "constant", "warmup_epochs": 0.0,
-    })
+def _optim_config(lr: float) -> types.SimpleNamespace:
+    """A constant-lr `config.optim` (a namespace: no ml-collections needed)."""
+    return types.SimpleNamespace(
+        lr=lr, base_batch_size=0, momentum=0.9, nesterov=True,
+        weight_decay=1e-4, schedule="constant", warmup_epochs=0.0,
+    )
 
 
 @dataclasses.dataclass
@@ -173,6 +173,7 @@ def measure(work: Workload, *, devices: int = 0, reps: int = 5, steps: int = 5, 
     cpu_ratio = variants["gap"]["cpu_ms_per_step_median"] / variants["saol_ss_sd"]["cpu_ms_per_step_median"]
     result = {
         "workload": dataclasses.asdict(work),
+        "device_kind": jax.devices()[0].device_kind,
         "devices": mesh.devices.size,
         "per_device_batch": work.batch // mesh.devices.size,
         "reps": reps,

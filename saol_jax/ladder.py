@@ -6,7 +6,10 @@ recipes select one with `:head=RUNG`, `saol_jax.ablate` trains them all.
 
 from __future__ import annotations
 
-import ml_collections
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the ladder itself is imported where ml_collections is not installed
+    import ml_collections
 
 # Loss weights (saol, ss1, ss2, sd, gap) per rung.
 HEAD_LADDER: dict[str, dict[str, float]] = {
@@ -23,6 +26,8 @@ HEAD_LADDER: dict[str, dict[str, float]] = {
 
 def apply_head(config: ml_collections.ConfigDict, head: str) -> None:
     """Sets `config.model.head` and `config.loss` to the rung `head`."""
+    import ml_collections
+
     if head not in HEAD_LADDER:
         raise ValueError(f"head must be one of {', '.join(HEAD_LADDER)}, got {head!r}")
     config.model.head = "gap" if head == "gap" else "saol"

@@ -1,4 +1,4 @@
-"""Loss terms of SAOL training as pure functions (SPEC sections 4-6).
+"""Loss terms of SAOL training as pure functions (docs/method.md §4-§7).
 
 Each term function returns a per-example vector [B]; :func:`loss_terms`
 reduces them over the batch (weighted mean) and combines them into ``total``.
@@ -181,7 +181,7 @@ def loss_terms(
     weights: Mapping[str, float],
     example_weight: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
-    """Batch-reduced loss terms and their weighted total (SPEC 6).
+    """Batch-reduced loss terms and their weighted total (docs/method.md §7).
 
     Args:
       outputs: the model's output dict (``log_attention``, ``log_spatial``,

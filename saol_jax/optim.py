@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import ml_collections
+from typing import TYPE_CHECKING
+
 import optax
+
+if TYPE_CHECKING:  # configs are ConfigDicts; only attribute access is used
+    import ml_collections
 
 
 def scaled_learning_rate(optim: ml_collections.ConfigDict, global_batch_size: int) -> float:

@@ -71,6 +71,18 @@ def create_train_state(model: nnx.Module, tx: optax.GradientTransformation) -> t
     return graphdef, state
 
 
+def output_grid(graphdef: nnx.GraphDef, state: TrainState, image_shape: tuple[int, int, int]) -> tuple[int, int]:
+    """H_o x W_o of the last backbone stage for `image_shape` inputs (traced, not run)."""
+
+    def last_stage(params, batch_stats, images):
+        model = nnx.merge(graphdef, params, batch_stats, copy=True)
+        return model.backbone(images)[-1]
+
+    images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    shape = jax.eval_shape(last_stage, state.params, state.batch_stats, images).shape
+    return shape[1], shape[2]
+
+
 def _accuracy_metrics(prefix: str, scores: jax.Array, labels: jax.Array, weight: jax.Array) -> dict[str, jax.Array]:
     return {
         f"{prefix}_top1": jnp.sum(losses.topk_correct(scores, labels, 1) * weight),

@@ -24,7 +24,8 @@ from saol_jax import checkpoint, data, localization, optim, paths, run_identity,
 from saol_jax.config_check import ConfigError, check_config, check_workdir
 from saol_jax.metrics import MetricWriter, Progress, final_eval
 from saol_jax.models import DTYPES, build_model
-from saol_jax.train_step import StepConfig, TrainState, create_train_state, make_eval_step, make_train_step
+from saol_jax.prefetch import DevicePrefetcher
+from saol_jax.train_step import StepConfig, create_train_state, make_eval_step, make_train_step, output_grid
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +72,6 @@ def _with_resolved_paths(config: ml_collections.ConfigDict) -> ml_collections.Co
     config.dataset.data_dir = paths.resolve_optional(config.dataset.data_dir)
     config.lock()
     return config
-
-
-def output_grid(graphdef: nnx.GraphDef, state: TrainState, image_shape: tuple[int, int, int]) -> tuple[int, int]:
-    """H_o x W_o of the last backbone stage for `image_shape` inputs (traced, not run)."""
-
-    def last_stage(params, batch_stats, images):
-        model = nnx.merge(graphdef, params, batch_stats, copy=True)
-        return model.backbone(images)[-1]
-
-    images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-    shape = jax.eval_shape(last_stage, state.params, state.batch_stats, images).shape
-    return shape[1], shape[2]
 
 
 class _Run:
@@ -192,9 +181,11 @@ class _Run:
             return self._finished(start_step)
         self._save_config()
         self._install_sigterm_handler()
-        batches = data.host_train_batches(
+        host_batches = data.host_train_batches(
             config.dataset, global_batch_size=self.batch_size, seed=config.seed, start_step=start_step
         )
+        # The next batches are checked and placed on the devices while the current step runs.
+        batches = DevicePrefetcher(host_batches, self._checked_global_batch, depth=2)
         eval_every = max(1, int(round(config.eval_every_epochs * self.steps_per_epoch)))
         progress = Progress(self.total_steps, start_step)
         pending: list[dict[str, jax.Array]] = []
@@ -203,9 +194,7 @@ class _Run:
         step = start_step
         try:
             while step < self.total_steps:
-                host_batch = next(batches)
-                self._check_labels(host_batch["label"], step)
-                batch = sharding.global_batch(host_batch, self.mesh)
+                batch = next(batches)
                 self.state, metrics = self.train_step(self.state, batch, self.key)
                 pending.append(metrics)
                 step += 1
@@ -229,18 +218,21 @@ class _Run:
                 if step % eval_every == 0 or last:
                     last_eval = self.evaluate(step)
         finally:
+            batches.close()
             progress.close()
         return last_eval
 
-    def _check_labels(self, labels: np.ndarray, step: int) -> None:
-        """Out-of-range labels would give NaN losses much later: stop at the first batch that has one."""
+    def _checked_global_batch(self, host_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """The global batch on the mesh; out-of-range labels (NaN losses much later) stop the run here."""
+        labels = host_batch["label"]
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= self.info.num_classes:
-            bad = low if low < 0 else high
             raise data.DatasetFormatError(
-                f"label {bad} at step {step + 1} is outside [0, {self.info.num_classes}): the dataset's "
-                f"label feature declares {self.info.num_classes} classes; fix its ClassLabel or the labels"
+                f"a training batch has label {low if low < 0 else high}, outside [0, {self.info.num_classes}): "
+                f"the dataset's label feature declares {self.info.num_classes} classes; fix its ClassLabel "
+                "or the labels"
             )
+        return sharding.global_batch(host_batch, self.mesh)
 
     def _check_finite_parameters(self, step: int) -> None:
         """A checkpoint is only ever written with finite parameters and BN statistics."""

@@ -49,21 +49,51 @@ def inception_train(image: tf.Tensor, seed: tf.Tensor, size: int, color_jitter: 
     ImageNet recipe), `lighting` the std of the PCA lighting noise (0.1); 0
     disables either.
     """
-    crop_seed, flip_seed, jitter_seed, light_seed = tf.unstack(
-        tf.random.experimental.stateless_split(seed, 4))
+    crop_seed, *rest = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+    begin, crop_size = _random_crop_window(tf.shape(image), crop_seed)
+    crop = tf.slice(image, begin, crop_size)
+    return _resize_flip_jitter(crop, image.shape[-1], rest, size, color_jitter, lighting)
+
+
+def inception_train_jpeg(encoded: tf.Tensor, seed: tf.Tensor, size: int, color_jitter: float = 0.0,
+                         lighting: float = 0.0, channels: int = 3) -> tf.Tensor:
+    """`inception_train` on a JPEG string, decoding only the crop window.
+
+    The window is drawn from the JPEG header's size with the same seeds as
+    `inception_train(decode_jpeg(encoded), ...)` uses, and
+    `tf.image.decode_and_crop_jpeg` skips the pixel reconstruction outside
+    it (see benchmarks/README.md for what that saves). The two outputs
+    differ only where chroma upsampling meets the window's edge (well under
+    1% of the pixels, by a few levels).
+    """
+    crop_seed, *rest = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+    begin, crop_size = _random_crop_window(tf.image.extract_jpeg_shape(encoded), crop_seed)
+    window = tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
+    crop = tf.image.decode_and_crop_jpeg(encoded, window, channels=channels)
+    return _resize_flip_jitter(crop, channels, rest, size, color_jitter, lighting)
+
+
+def _random_crop_window(image_shape: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(begin, size) [3] of a random-resized-crop window: area 0.08-1, aspect ratio 3/4-4/3."""
     begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image),
+        image_shape,
         bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-        seed=crop_seed,
+        seed=seed,
         min_object_covered=0.0,
         aspect_ratio_range=(3 / 4, 4 / 3),
         area_range=(0.08, 1.0),
         max_attempts=10,
         use_image_if_no_bounding_boxes=True,
     )
-    crop = tf.slice(image, begin, crop_size)
+    return begin, crop_size
+
+
+def _resize_flip_jitter(crop: tf.Tensor, channels: int, seeds: list[tf.Tensor], size: int,
+                        color_jitter: float, lighting: float) -> tf.Tensor:
+    """The steps of `inception_train` after the crop; `seeds` = (flip, jitter, lighting)."""
+    flip_seed, jitter_seed, light_seed = seeds
     out = tf.image.resize(crop, (size, size), method="bilinear", antialias=True) / 255.0
-    out = tf.ensure_shape(out, (size, size, image.shape[-1]))
+    out = tf.ensure_shape(out, (size, size, channels))
     out = tf.image.stateless_random_flip_left_right(out, seed=flip_seed)
     if color_jitter > 0:
         out = _color_jitter(out, color_jitter, jitter_seed)

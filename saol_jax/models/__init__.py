@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
 from saol_jax.models.backbones import BACKBONES, build_backbone
 from saol_jax.models.classifier import HEADS, Classifier
 from saol_jax.models.heads import GapFcHead, SaolHead
+
+if TYPE_CHECKING:  # configs are ConfigDicts; building a model needs only attribute access
+    import ml_collections
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -31,7 +35,7 @@ def build_model(
     in_channels: int,
     rngs: nnx.Rngs,
 ) -> Classifier:
-    """Builds the classifier described by `config.model`.
+    """Builds the classifier described by `config.model` (a ConfigDict or any object with its fields).
 
     Fields: `backbone` (a name in BACKBONES), `backbone_kwargs`
     (architecture overrides), `head` ('gap' or 'saol'), `saol` (num_stages,

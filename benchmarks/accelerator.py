@@ -1,0 +1,117 @@
+"""Collects the parts of `benchmarks/accelerator.sh` into one JSON and one markdown table.
+
+    python -m benchmarks.accelerator OUT_DIR [PART=STATUS:SECONDS ...]
+
+Each part has written `<part>.json` into OUT_DIR (or nothing, if it failed
+or was skipped); STATUS is the part's exit code, `timeout`, or
+`skipped` with a reason after a colon (`end_to_end=skipped:no tensorflow`).
+Writes OUT_DIR/accelerator.json (every part's payload and status) and
+OUT_DIR/accelerator.md (the headline figures) and prints the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from benchmarks import format_table, write_json
+
+PARTS = ("step_time", "memory", "input_pipeline", "end_to_end")
+TIMEOUT_EXIT_CODES = ("124", "137")
+
+
+def parse_status(item: str) -> tuple[str, dict[str, object]]:
+    """'memory=0:81' -> ('memory', {'status': 'ok', 'seconds': 81.0}); skips and failures likewise."""
+    name, _, rest = item.partition("=")
+    if rest.startswith("skipped:"):
+        return name, {"status": rest, "seconds": 0.0}
+    code, _, seconds = rest.rpartition(":")
+    status = "ok" if code == "0" else "timed out" if code in TIMEOUT_EXIT_CODES else f"failed (exit {code})"
+    return name, {"status": status, "seconds": float(seconds)}
+
+
+def _step_time(p: dict) -> list[tuple[str, str]]:
+    w, v = p["workload"], p["variants"]
+    setting = (f"{w['backbone']} {w['image_size']}² {w['dtype']}, batch {w['batch']} "
+               f"on {p['devices']} x {p['device_kind']}")
+    return [
+        (f"GAP-FC img/s ({setting})", f"{v['gap']['img_per_s_median']:.1f}"),
+        ("SAOL+SS+SD img/s", f"{v['saol_ss_sd']['img_per_s_median']:.1f}"),
+        ("SAOL+SS+SD / GAP-FC throughput", f"{p['saol_over_gap_throughput']:.3f}"),
+    ]
+
+
+def _memory(p: dict) -> list[tuple[str, str]]:
+    rows = []
+    for name, s in p["settings"].items():
+        gap, saol = s["rungs"].get("gap"), s["rungs"].get("saol_ss_sd")
+        if gap and saol:
+            rows.append((f"{name} footprint MiB GAP-FC / SAOL+SS+SD (batch {s['workload']['batch']})",
+                         f"{gap['footprint_bytes'] / 2**20:.1f} / {saol['footprint_bytes'] / 2**20:.1f} "
+                         f"(x{s['saol_over_gap_footprint']:.3f})"))
+    return rows
+
+
+def _input_pipeline(p: dict) -> list[tuple[str, str]]:
+    return [(f"{r['transform']} img/s, {r['threads']} thread(s)",
+             f"{r['img_per_s']:.0f} ({r['img_per_s'] / r['threads']:.0f} per core)") for r in p["rows"]] + [
+        (f"fused / plain train, {threads} thread(s)", f"{ratio:.2f}")
+        for threads, ratio in p["fused_over_plain"].items()
+    ]
+
+
+def _end_to_end(p: dict) -> list[tuple[str, str]]:
+    e = p["eval"]
+    return [(f"{p['config']} wall s", f"{p['wall_s']:.1f}"),
+            ("test top-1 SAOL / GAP-FC", f"{e.get('eval/saol_top1', float('nan')):.4f} / "
+                                         f"{e.get('eval/gap_top1', float('nan')):.4f}")]
+
+
+HEADLINES: dict[str, Callable[[dict], list[tuple[str, str]]]] = {
+    "step_time": _step_time, "input_pipeline": _input_pipeline, "end_to_end": _end_to_end, "memory": _memory,
+}
+
+
+def read_part(out_dir: str, name: str) -> dict | None:
+    path = os.path.join(out_dir, f"{name}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def summarise(out_dir: str, statuses: dict[str, dict[str, object]]) -> dict:
+    """Writes accelerator.json and accelerator.md into `out_dir`; returns the JSON payload."""
+    parts, rows = {}, []
+    for name in PARTS:
+        status = statuses.get(name, {"status": "not run", "seconds": 0.0})
+        payload = read_part(out_dir, name)
+        if payload and "skipped" in payload:
+            status = {**status, "status": f"skipped:{payload['skipped']}"}
+        parts[name] = {**status, "result": payload}
+        headline = HEADLINES[name](payload) if payload and "skipped" not in payload else []
+        goals = (payload or {}).get("goals", {})
+        headline += [(f"goal {goal}", f"{g['measured']:.3f} vs {g['limit']}: {'met' if g['met'] else 'MISSED'}")
+                     for goal, g in goals.items()]
+        for what, value in headline or [("-", "-")]:
+            rows.append([name, status["status"], f"{status['seconds']:.0f}", what, value])
+    md = format_table(["part", "status", "s", "figure", "value"], rows)
+    with open(os.path.join(out_dir, "accelerator.md"), "w", encoding="utf-8") as f:
+        f.write(md + "\n")
+    payload = {"parts": parts}
+    write_json(os.path.join(out_dir, "accelerator.json"), payload)
+    print(md)
+    return payload
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        raise SystemExit(__doc__)
+    return summarise(args[0], dict(parse_status(item) for item in args[1:]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# One accelerator check in at most 8 minutes, from the repo root, no install needed:
+#
+#   benchmarks/accelerator.sh [--tiny] [--dataset NAME] [--data_dir DIR] [OUT_DIR]
+#
+# Parts, in this order, each time-bounded (they share one budget; a part cut short says so):
+#   step_time       ResNet-50 224² bfloat16 train-step img/s, GAP-FC vs SAOL+SS+SD
+#                   (synthetic batch resident on the device)
+#   memory          compiled train-step memory, GAP-FC vs SAOL+SS+SD, ResNet-50 then CIFAR backbones
+#                   (all the time left where the TensorFlow parts are skipped)
+#   input_pipeline  ImageNet train/eval transforms, img/s on 1 and all host cores  [needs TensorFlow]
+#   end_to_end      the default recipe (configs/fashion_mnist.py): wall time and test top-1  [needs TensorFlow]
+# then writes OUT_DIR/accelerator.json and OUT_DIR/accelerator.md (7 files in OUT_DIR at most,
+# default benchmarks/results/accelerator/<UTC time>). Parts that need TensorFlow are skipped with
+# a line saying so where it is not installed. --tiny: tiny settings that run on CPU in the tests.
+# --dataset/--data_dir are passed to end_to_end. PYTHON selects the interpreter (default python3).
+set -u -o pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}"
+PYTHON="${PYTHON:-python3}"
+
+TINY=0
+OUT=""
+E2E_ARGS=()
+while (($#)); do
+  case "$1" in
+    --tiny) TINY=1 ;;
+    --dataset | --data_dir) E2E_ARGS+=("$1" "$2"); shift ;;
+    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) OUT="$1" ;;
+  esac
+  shift
+done
+OUT="${OUT:-benchmarks/results/accelerator/$(date -u +%Y%m%dT%H%M%SZ)}"
+mkdir -p "$OUT"
+exec > >(tee "$OUT/accelerator.log") 2>&1
+
+if ((TINY)); then
+  BUDGET_S=240
+  STEP_ARGS=(--tiny --reps 2 --steps 1)
+  PIPELINE_ARGS=(--tiny)
+  E2E_ARGS+=(--tiny)
+  MEMORY_ARGS=(--tiny)
+else
+  BUDGET_S=450  # leaves time for the summary within 8 minutes
+  STEP_ARGS=(--backbone resnet50 --image_size 224 --num_classes 1000 --width 256 --dtype bfloat16
+             --batch 256 --reps 5 --steps 10)
+  PIPELINE_ARGS=(--threads "1,$(nproc)")
+  MEMORY_ARGS=(--settings resnet50_bf16,resnet50_fp32,cifar)
+fi
+START=$SECONDS
+STATUS=()
+
+# run_part NAME CAP_S COMMAND...: runs COMMAND for at most min(CAP_S, time left) seconds.
+run_part() {
+  local name="$1" cap="$2"
+  shift 2
+  local left=$((BUDGET_S - (SECONDS - START)))
+  local limit=$((cap < left ? cap : left))
+  if ((limit < 10)); then
+    skip_part "$name" "no time left in the ${BUDGET_S} s budget"
+    return
+  fi
+  echo "== $name (at most ${limit} s): $*"
+  local t0=$SECONDS
+  timeout -k 10 "$limit" "$@"
+  local rc=$?
+  ((rc == 124 || rc == 137)) && echo "== $name: stopped at its ${limit} s limit"
+  STATUS+=("$name=$rc:$((SECONDS - t0))")
+}
+
+skip_part() {
+  echo "== $1: skipped: $2"
+  STATUS+=("$1=skipped:$2")
+}
+
+echo "== accelerator check in $OUT, budget ${BUDGET_S} s, $("$PYTHON" --version 2>&1), $(nproc) host cores"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+
+if "$PYTHON" -c 'import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ("tensorflow", "tensorflow_datasets")))'; then
+  HAS_TF=1
+  STEP_CAP=240
+  MEMORY_CAP=120  # leaves time for the input pipeline and the end-to-end run
+else
+  HAS_TF=0
+  STEP_CAP=300
+  MEMORY_CAP=$BUDGET_S
+fi
+
+run_part step_time "$STEP_CAP" "$PYTHON" -m benchmarks.step_time "${STEP_ARGS[@]}" --out "$OUT/step_time.json"
+run_part memory "$MEMORY_CAP" "$PYTHON" -m benchmarks.memory "${MEMORY_ARGS[@]}" --out "$OUT/memory.json"
+if ((HAS_TF)); then
+  run_part input_pipeline 60 "$PYTHON" -m benchmarks.input_pipeline "${PIPELINE_ARGS[@]}" --out "$OUT/input_pipeline.json"
+  run_part end_to_end 120 "$PYTHON" -m benchmarks.end_to_end "${E2E_ARGS[@]}" --out "$OUT/end_to_end.json"
+else
+  skip_part input_pipeline "tensorflow / tensorflow-datasets not installed"
+  skip_part end_to_end "tensorflow / tensorflow-datasets not installed"
+fi
+
+echo "== summary after $((SECONDS - START)) s"
+"$PYTHON" -m benchmarks.accelerator "$OUT" "${STATUS[@]}"
