@@ -57,6 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.cutmix = ml_collections.ConfigDict({"beta": 1.0, "prob": 0.5, "group_size": 0})
     c.loss = ml_collections.ConfigDict(HEAD_LADDER["saol_ss_sd"])
+    c.loss.ss2_form = "renorm"  # SS-2 form: renorm | mass_mix | paste (saol_jax.losses)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 0.1
@@ -75,7 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_train_steps = -1  # > 0 overrides num_epochs
     c.log_every_steps = 100
     c.eval_every_epochs = 10.0
-    c.eval_localization = True  # SAOL heads: also measure localisation on CutMix'ed eval images
+    # SAOL heads: also measure how the maps follow the pasted box on CutMix'ed eval
+    # images (eval/cutmix_*: a check of label mixing, not object localisation).
+    c.eval_cutmix_maps = True
     c.checkpoint_every_steps = 2000
     c.keep_checkpoints = 3
     c.init_from = ""  # a workdir whose latest weights initialise a new run
@@ -100,11 +103,11 @@ def parse_options(arg: str | None, **defaults: str) -> dict[str, str]:
 
 
 def apply_head(config: ml_collections.ConfigDict, head: str) -> None:
-    """Selects a rung of the ablation ladder."""
+    """Selects a rung of the ablation ladder: head and loss weights (`loss.ss2_form` is kept)."""
     if head not in HEAD_LADDER:
         raise ValueError(f"head must be one of {', '.join(HEAD_LADDER)}, got {head!r}")
     config.model.head = "gap" if head == "gap" else "saol"
-    config.loss = ml_collections.ConfigDict(HEAD_LADDER[head])
+    config.loss.update(HEAD_LADDER[head])
 
 
 # Linear warm-up (epochs) once the batch grows this many times over the recipe's

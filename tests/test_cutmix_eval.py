@@ -1,4 +1,4 @@
-"""Localisation measures on hand-made 2x2 maps whose answers are worked out by hand."""
+"""CutMix-box measures on hand-made 2x2 maps whose answers are worked out by hand."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from saol_jax import cutmix, localization
+from saol_jax import cutmix, cutmix_eval
 
 
 def log_spatial_from_winners(winners: np.ndarray, num_classes: int = 3) -> jax.Array:
@@ -29,15 +29,15 @@ ATTENTION = jnp.array([[[0.4, 0.3], [0.2, 0.1]], [[0.25, 0.25], [0.25, 0.25]], [
 
 def test_box_and_partner_cells():
     np.testing.assert_array_equal(
-        localization.box_cells(COVERAGE)[:2],
+        cutmix_eval.box_cells(COVERAGE)[:2],
         [[[True, True], [False, False]], [[True, False], [False, False]]],
     )
-    partner = localization.partner_cells(log_spatial_from_winners(WINNERS), LABELS_A, LABELS_B)
+    partner = cutmix_eval.partner_cells(log_spatial_from_winners(WINNERS), LABELS_A, LABELS_B)
     np.testing.assert_array_equal(partner[:2], [[[True, True], [False, True]], [[False, False], [False, False]]])
 
 
 def test_partner_iou_by_hand():
-    iou, valid = localization.partner_iou(log_spatial_from_winners(WINNERS), LABELS_A, LABELS_B, COVERAGE)
+    iou, valid = cutmix_eval.partner_iou(log_spatial_from_winners(WINNERS), LABELS_A, LABELS_B, COVERAGE)
     np.testing.assert_allclose(iou[:2], [2 / 3, 0.0], rtol=1e-6)
     np.testing.assert_array_equal(valid, [True, True, False])
 
@@ -45,27 +45,27 @@ def test_partner_iou_by_hand():
 def test_iou_of_empty_sets_is_zero_and_perfect_match_is_one():
     empty = jnp.zeros((1, 2, 2), bool)
     full = jnp.ones((1, 2, 2), bool)
-    assert float(localization.cell_iou(empty, empty)[0]) == 0.0
-    assert float(localization.cell_iou(full, full)[0]) == 1.0
+    assert float(cutmix_eval.cell_iou(empty, empty)[0]) == 0.0
+    assert float(cutmix_eval.cell_iou(full, full)[0]) == 1.0
 
 
 def test_attention_in_box_by_hand():
-    mass, area = localization.attention_in_box(jnp.log(ATTENTION), COVERAGE)
+    mass, area = cutmix_eval.attention_in_box(jnp.log(ATTENTION), COVERAGE)
     np.testing.assert_allclose(mass, [0.7, 0.25 * 0.75, 1.0], rtol=1e-6)
     np.testing.assert_allclose(area, [0.5, 0.75 / 4, 1.0], rtol=1e-6)
 
 
 def test_sums_respect_the_mask_and_give_means():
-    sums = jax.jit(localization.localization_sums)(
+    sums = jax.jit(cutmix_eval.cutmix_sums)(
         jnp.log(ATTENTION), log_spatial_from_winners(WINNERS), LABELS_A, LABELS_B, COVERAGE,
         jnp.array([True, True, False]),
     )
     got = {k: float(v) for k, v in sums.items()}
-    assert set(got) == set(localization.SUM_KEYS)
+    assert set(got) == set(cutmix_eval.SUM_KEYS)
     np.testing.assert_allclose(
-        [got[k] for k in localization.SUM_KEYS], [2 / 3, 2.0, 0.7 + 0.1875, 0.5 + 0.1875, 2.0], rtol=1e-6
+        [got[k] for k in cutmix_eval.SUM_KEYS], [2 / 3, 2.0, 0.7 + 0.1875, 0.5 + 0.1875, 2.0], rtol=1e-6
     )
-    metrics = localization.localization_metrics(got)
+    metrics = cutmix_eval.cutmix_metrics(got)
     assert metrics["partner_iou"] == pytest.approx(1 / 3)
     assert metrics["att_mass_in_box"] == pytest.approx(0.44375)
     assert metrics["box_area_share"] == pytest.approx(0.34375)
@@ -73,7 +73,7 @@ def test_sums_respect_the_mask_and_give_means():
 
 
 def test_metrics_of_nothing_counted_are_nan():
-    metrics = localization.localization_metrics(dict.fromkeys(localization.SUM_KEYS, 0.0))
+    metrics = cutmix_eval.cutmix_metrics(dict.fromkeys(cutmix_eval.SUM_KEYS, 0.0))
     assert all(np.isnan(v) for v in metrics.values())
 
 
@@ -83,10 +83,10 @@ def test_with_coverage_from_cutmix_boxes():
     coverage = cutmix.cell_coverage(jnp.array([[0, 0, 4, 8], [0, 0, 2, 2]]), (8, 8), (2, 2))
     log_spatial = log_spatial_from_winners(np.array([[[1, 1], [0, 0]], [[1, 0], [0, 0]]]))
     labels_a, labels_b = jnp.array([0, 0]), jnp.array([1, 1])
-    iou, valid = localization.partner_iou(log_spatial, labels_a, labels_b, coverage)
+    iou, valid = cutmix_eval.partner_iou(log_spatial, labels_a, labels_b, coverage)
     np.testing.assert_allclose(iou, [1.0, 0.0])
     np.testing.assert_array_equal(valid, [True, False])
     uniform = jnp.full((2, 2, 2), jnp.log(0.25))
-    mass, area = localization.attention_in_box(uniform, coverage)
+    mass, area = cutmix_eval.attention_in_box(uniform, coverage)
     np.testing.assert_allclose(mass, area, rtol=1e-6)
     np.testing.assert_allclose(area, [0.5, 1 / 16], rtol=1e-6)
