@@ -10,6 +10,7 @@ import ml_collections
 import pytest
 
 from configs import common
+from saol_jax import losses
 from saol_jax.trainer import train_and_evaluate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +41,8 @@ def test_recipe_docstring_is_its_manual(recipe):
 def test_ladder_options(recipe, head):
     config = load(recipe, f"head={head}")
     assert config.model.head == ("gap" if head == "gap" else "saol")
-    assert dict(config.loss) == common.HEAD_LADDER[head]
+    assert losses.loss_weights(config.loss) == common.HEAD_LADDER[head]
+    assert config.loss.ss2_form == "renorm"
     with pytest.raises(AttributeError):
         config.no_such_field = 1  # locked: typos are errors
 

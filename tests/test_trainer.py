@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from configs import fashion_mnist
-from saol_jax import checkpoint, optim, sharding
+from saol_jax import checkpoint, losses, optim, sharding
 from saol_jax.models import build_model
 from saol_jax.train_step import StepConfig, create_train_state, make_train_step
 from saol_jax.trainer import NonFiniteLossError, train_and_evaluate
@@ -118,7 +118,7 @@ def _one_step(num_devices: int, config: ml_collections.ConfigDict, batch: dict):
     graphdef, state = create_train_state(model, tx)
     state = jax.device_put(state, sharding.replicated(mesh))
     step_config = StepConfig(
-        loss_weights=dict(config.loss), mean=(0.5,), std=(0.25,), grid_hw=(3, 3),
+        loss_weights=losses.loss_weights(config.loss), mean=(0.5,), std=(0.25,), grid_hw=(3, 3),
         cutmix_beta=1.0, cutmix_prob=1.0, cutmix_group_size=2,
     )
     train_step = make_train_step(graphdef, tx, schedule, step_config, mesh)
