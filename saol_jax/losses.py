@@ -13,8 +13,9 @@ covered by the pasted box, y_A / y_B the own / pasted labels:
 - ``renorm`` (:func:`attention_loss`): attention renormalised inside each
   source region must name that region's label,
   -log(Σ (1-m) A Y[y_A] / Σ (1-m) A) - log(Σ m A Y[y_B] / Σ m A).
-  It moves attention only within each region (the scores' gradient sums to
-  zero over each region), never between them.
+  It moves attention only within each region, never between them (where
+  every cell lies wholly in one region, the gradient on the attention
+  scores sums to zero over each region).
 - ``mass_mix`` (:func:`mass_mix_loss`): the image-level target is mixed by
   the attention's mass per region, λ_A = Σ (1-m) A, instead of by the area:
   -λ_A log ŷ[y_A] - (1-λ_A) log ŷ[y_B], with gradients through λ_A too.
