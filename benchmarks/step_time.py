@@ -1,6 +1,7 @@
 """Train-step throughput of GAP-FC vs SAOL + SS + SD on the same backbone.
 
     python -m benchmarks.step_time [--devices N] [--backbone resnet56] [--batch 64] [--tiny] [--out PATH]
+        [--rungs gap,saol_ss_sd,saol_ss_sd@paste] [--backbone_kwargs JSON] [--channels C]
 
 Both variants run the real sharded train step (`saol_jax.train_step`, CutMix
 on device, every loss term of their ablation rung, SGD update) on one fixed
@@ -10,12 +11,15 @@ that drifting machine load hits both alike. Compile time is reported apart.
 machine it moves less with other processes' load than the wall time does.
 `--devices N` splits the CPU host into N devices (the global batch is
 sharded over them), which is what makes XLA's CPU convolutions fast.
+A rung `<rung>@<form>` uses that SS-2 form (`loss.ss2_form`); `paste` adds a
+forward pass of the un-mixed batch to every step.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import statistics
 import time
@@ -29,7 +33,8 @@ from flax import nnx
 from benchmarks import default_out, format_table, write_json
 from benchmarks.head_cost import model_config
 from saol_jax import optim, sharding
-from saol_jax.ladder import HEAD_LADDER
+from saol_jax.ladder import HEAD_LADDER, split_rung
+from saol_jax.losses import SS2_FORMS
 from saol_jax.models import DTYPES, build_model
 from saol_jax.train_step import StepConfig, create_train_state, make_train_step, output_grid
 
@@ -58,6 +63,11 @@ class Workload:
 
 TINY = Workload(backbone="resnet_cifar", batch=16, image_size=12, num_classes=4, width=8,
                 backbone_kwargs=(("depth", 8), ("widths", (8, 16, 32))))
+
+
+def rung_name(rung: str) -> str:
+    base, form = split_rung(rung)
+    return RUNG_NAMES[base] + (f" ({form})" if "@" in rung else "")
 
 
 def _optim_config(lr: float) -> types.SimpleNamespace:
@@ -102,7 +112,8 @@ def prepare(work: Workload, rung: str, mesh: jax.sharding.Mesh) -> tuple[Prepare
     """
     timings = {}
     start = time.perf_counter()
-    config = model_config(work.backbone, "gap" if rung == "gap" else "saol", work.width,
+    base, form = split_rung(rung)
+    config = model_config(work.backbone, "gap" if base == "gap" else "saol", work.width,
                           dtype=work.dtype, ghost_bn_size=work.ghost_bn_size, **dict(work.backbone_kwargs))
     with jax.threefry_partitionable(False):
         model = build_model(config, num_classes=work.num_classes, in_channels=work.channels, rngs=nnx.Rngs(0))
@@ -113,7 +124,8 @@ def prepare(work: Workload, rung: str, mesh: jax.sharding.Mesh) -> tuple[Prepare
     graphdef, state = create_train_state(model, tx)
     per_device = sharding.check_batch_size(work.batch, mesh)
     step_config = StepConfig(
-        loss_weights=HEAD_LADDER[rung],
+        loss_weights=HEAD_LADDER[base],
+        ss2_form=form or "renorm",
         mean=(0.5,) * work.channels,
         std=(0.25,) * work.channels,
         grid_hw=output_grid(graphdef, state, (work.image_size, work.image_size, work.channels)),
@@ -198,7 +210,7 @@ def table(result: dict) -> str:
     rows = []
     for rung, v in result["variants"].items():
         rows.append([
-            RUNG_NAMES[rung], result["devices"], result["per_device_batch"],
+            rung_name(rung), result["devices"], result["per_device_batch"],
             f"{v['img_per_s_median']:.1f}", f"{v['img_per_s_min']:.1f}-{v['img_per_s_max']:.1f}",
             f"{v['step_ms_median']:.0f}", f"{v['cpu_ms_per_step_median']:.0f}", f"{v['compile_s']:.1f}",
         ])
@@ -228,6 +240,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=defaults.batch, help="global batch")
     parser.add_argument("--image_size", type=int, default=defaults.image_size)
     parser.add_argument("--num_classes", type=int, default=defaults.num_classes)
+    parser.add_argument("--channels", type=int, default=defaults.channels)
+    parser.add_argument("--backbone_kwargs", type=json.loads, default={},
+                        help='JSON, e.g. \'{"depth": 10, "widths": [16, 32, 64, 128]}\'')
     parser.add_argument("--width", type=int, default=defaults.width, help="SAOL C_att = C_mid")
     parser.add_argument("--dtype", default=defaults.dtype, choices=sorted(DTYPES))
     parser.add_argument("--ghost_bn_size", type=int, default=defaults.ghost_bn_size,
@@ -235,13 +250,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--steps", type=int, default=5, help="steps per timed repetition")
     parser.add_argument("--rungs", default=",".join(VARIANTS),
-                        help=f"ablation rungs to time, among {','.join(RUNG_NAMES)}; must include gap,saol_ss_sd")
+                        help=f"ablation rungs to time, among {','.join(RUNG_NAMES)}, each optionally "
+                             f"@<SS-2 form> ({','.join(SS2_FORMS)}); must include gap,saol_ss_sd")
     parser.add_argument("--tiny", action="store_true", help="a tiny model and batch (for tests)")
     parser.add_argument("--out", default=default_out("step_time"))
     args = parser.parse_args(argv)
     args.rungs = tuple(args.rungs.split(","))
-    if not set(VARIANTS) <= set(args.rungs) <= set(RUNG_NAMES):
-        parser.error(f"--rungs must include {','.join(VARIANTS)} and only name {','.join(RUNG_NAMES)}")
+    bad = [r for r in args.rungs if split_rung(r)[0] not in RUNG_NAMES or split_rung(r)[1] not in (None, *SS2_FORMS)]
+    if not set(VARIANTS) <= set(args.rungs) or bad:
+        parser.error(f"--rungs must include {','.join(VARIANTS)} and only name {','.join(RUNG_NAMES)}"
+                     f"[@{'|'.join(SS2_FORMS)}]")
     return args
 
 
@@ -251,6 +269,8 @@ def main(argv: list[str] | None = None) -> dict:
     work = TINY if args.tiny else Workload(
         backbone=args.backbone, batch=args.batch, image_size=args.image_size,
         num_classes=args.num_classes, width=args.width, dtype=args.dtype, ghost_bn_size=args.ghost_bn_size,
+        channels=args.channels,
+        backbone_kwargs=tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in args.backbone_kwargs.items()),
     )
     result = measure(work, devices=args.devices, reps=args.reps, steps=args.steps, rungs=args.rungs)
     report(result)

@@ -1,13 +1,21 @@
-"""The ablation ladder over several seeds: GAP-FC, SAOL, SAOL + SS, SAOL + SS + SD.
+"""The ablation ladder over several seeds: GAP-FC, SAOL, SAOL + SS, SAOL + SS + SD, each SS-2 form.
 
-    python -m saol_jax.ablate --config configs/fashion_mnist.py --seeds 3 [--workdir DIR]
-        [--rungs gap,saol,saol_ss,saol_ss_sd] [--config.field=value ...]
+    python -m saol_jax.ablate --config configs/cluttered_fashion_mnist.py --seeds 3 [--workdir DIR]
+        [--rungs gap,saol,saol_ss@renorm,...] [--config.field=value ...]
+
+A rung is a ladder head (`gap`, `saol`, `saol_ss`, `saol_ss_sd`), optionally
+with an SS-2 form after `@` (`saol_ss@paste`; without one, the recipe's
+`loss.ss2_form`). The default rungs are the whole study: GAP-FC + CutMix,
+SAOL, and SAOL + SS and SAOL + SS + SD with each SS-2 form.
 
 Each (rung, seed) trains in `<workdir>/<rung>/seed<seed>` with the recipe's
-config, the rung's head and loss weights (docs/method.md §8; they replace
-any `loss.*` override) and seed `config.seed + i`. Re-running resumes unfinished runs and
-skips finished ones. Writes `ablation.md` (mean ± std of the test top-1
-error, %, of the SAOL output and of the GAP-FC output), `ablation.png` and
+config, the rung's head and loss weights (docs/method.md §8; they replace any
+`loss.*` weight override) and seed `config.seed + i`. Re-running the same command
+resumes unfinished runs and skips finished ones, so an interrupted study
+goes on where it stopped. Writes `ablation.md` (mean ± std of the test
+top-1 error, %, of the SAOL output and of the GAP-FC output, each rung's
+difference from the GAP-FC baseline against two standard errors, and, on a
+dataset with boxes, the localisation of each map), `ablation.png` and
 `ablation.json` to the workdir.
 """
 
@@ -29,7 +37,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from saol_jax import paths, sharding  # noqa: E402
 from saol_jax.config_check import parse_flags_or_exit  # noqa: E402
-from saol_jax.ladder import HEAD_LADDER, apply_head  # noqa: E402
+from saol_jax.ladder import HEAD_LADDER, apply_head, split_rung  # noqa: E402
+from saol_jax.localization import MAPS  # noqa: E402
+from saol_jax.losses import SS2_FORMS  # noqa: E402
 from saol_jax.trainer import USER_ERRORS, train_and_evaluate  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -44,10 +54,23 @@ REPORTED = {
 }
 
 
+STUDY_RUNGS = (
+    "gap", "saol",
+    *(f"saol_ss@{form}" for form in SS2_FORMS),
+    *(f"saol_ss_sd@{form}" for form in SS2_FORMS),
+)
+# Localisation scores in the table (saol_jax.localization), with their column titles.
+LOC_SCORES = {"pointing": "pointing", "mass_ratio": "mass / area", "gt_known": "GT-known loc",
+              "top1_loc": "top-1 loc", "iou": "mean IoU"}
+
+
 def rung_config(base: ml_collections.ConfigDict, rung: str, seed: int) -> ml_collections.ConfigDict:
-    """`base` with the rung's head and loss weights and the given seed."""
+    """`base` with the rung's head, loss weights and SS-2 form, and the given seed."""
+    head, form = split_rung(rung)
     config = ml_collections.ConfigDict(base.to_dict())
-    apply_head(config, rung)
+    apply_head(config, head)
+    if form is not None:
+        config.loss.ss2_form = form
     config.seed = seed
     return config
 
@@ -59,7 +82,13 @@ def run_one(config: ml_collections.ConfigDict, run_dir: str) -> dict[str, float]
 
 def errors(results: dict[str, float], rung: str) -> dict[str, float]:
     """Top-1 error (%) of the outputs reported for `rung`."""
-    return {out: 100.0 * (1.0 - results[f"eval/{out}_top1"]) for out in REPORTED[rung]}
+    return {out: 100.0 * (1.0 - results[f"eval/{out}_top1"]) for out in REPORTED[split_rung(rung)[0]]}
+
+
+def localisation(results: dict[str, float]) -> dict[str, float]:
+    """The true-box localisation scores of an eval, `<map>_<score>` (empty without boxes)."""
+    return {f"{kind}_{score}": results[f"eval/loc_{kind}_{score}"]
+            for kind in MAPS for score in LOC_SCORES if f"eval/loc_{kind}_{score}" in results}
 
 
 def summarise(values: Sequence[float]) -> dict[str, float]:
@@ -68,13 +97,26 @@ def summarise(values: Sequence[float]) -> dict[str, float]:
 
 
 def check_rungs(rungs: Sequence[str]) -> None:
-    unknown = [r for r in rungs if r not in HEAD_LADDER]
+    unknown = [r for r in rungs if split_rung(r)[0] not in HEAD_LADDER or split_rung(r)[1] not in (None, *SS2_FORMS)]
     if unknown:
-        raise ValueError(f"unknown rungs {unknown}; valid: {', '.join(HEAD_LADDER)}")
+        raise ValueError(f"unknown rungs {unknown}; valid: {', '.join(HEAD_LADDER)}, "
+                         f"each optionally @{'|'.join(SS2_FORMS)}")
+
+
+def versus_baseline(entry: dict, baseline: dict) -> dict[str, dict[str, float | bool]]:
+    """Each output's mean error minus the GAP-FC baseline's, its standard error and |diff| > 2 SE."""
+    base = baseline["top1_error"]["gap"]
+    base_n = len(baseline["runs"])
+    out = {}
+    for output, stats in entry["top1_error"].items():
+        se = math.sqrt(stats["std"] ** 2 / len(entry["runs"]) + base["std"] ** 2 / base_n)
+        diff = stats["mean"] - base["mean"]
+        out[output] = {"diff": diff, "se": se, "beyond_2se": bool(abs(diff) > 2 * se)}
+    return out
 
 
 def run_ladder(
-    base: ml_collections.ConfigDict, workdir: str, *, seeds: int, rungs: Sequence[str] = tuple(HEAD_LADDER)
+    base: ml_collections.ConfigDict, workdir: str, *, seeds: int, rungs: Sequence[str] = STUDY_RUNGS
 ) -> dict:
     """Trains every (rung, seed), then writes the table, plot and JSON; returns the JSON payload."""
     check_rungs(rungs)
@@ -86,12 +128,20 @@ def run_ladder(
         for seed in seed_values:
             run_dir = paths.join(workdir, rung, f"seed{seed}")
             log.info("ablation: %s, seed %d in %s", rung, seed, run_dir)
-            runs.append({"seed": seed, "workdir": run_dir,
-                         "top1_error": errors(run_one(rung_config(base, rung, seed), run_dir), rung)})
+            results = run_one(rung_config(base, rung, seed), run_dir)
+            runs.append({"seed": seed, "workdir": run_dir, "top1_error": errors(results, rung),
+                         "localisation": localisation(results)})
         per_rung[rung] = {
             "runs": runs,
-            "top1_error": {out: summarise([r["top1_error"][out] for r in runs]) for out in REPORTED[rung]},
+            "top1_error": {out: summarise([r["top1_error"][out] for r in runs])
+                           for out in REPORTED[split_rung(rung)[0]]},
+            "localisation": {name: summarise([r["localisation"][name] for r in runs])
+                             for name in runs[0]["localisation"]},
         }
+    if "gap" in per_rung and len(seed_values) > 1:
+        for rung, entry in per_rung.items():
+            if rung != "gap":
+                entry["vs_gap"] = versus_baseline(entry, per_rung["gap"])
     payload = {
         "dataset": base.dataset.name,
         "backbone": base.model.backbone,
@@ -125,6 +175,25 @@ def markdown(payload: dict) -> str:
     for rung, entry in payload["rungs"].items():
         cells = [_cell(entry["top1_error"].get(out)) for out in OUTPUTS]
         lines.append(f"| {rung} | " + " | ".join(cells) + " |")
+    compared = {rung: entry["vs_gap"] for rung, entry in payload["rungs"].items() if "vs_gap" in entry}
+    if compared:
+        lines += ["", "Difference of mean top-1 error from GAP-FC + CutMix (points; SE from the seeds' spread; "
+                      "* = beyond two standard errors):", "",
+                  "| rung | " + " | ".join(OUTPUTS.values()) + " |", "|---|" + "---|" * len(OUTPUTS)]
+        for rung, vs in compared.items():
+            cells = [f"{vs[out]['diff']:+.2f} ± {vs[out]['se']:.2f}{' *' if vs[out]['beyond_2se'] else ''}"
+                     if out in vs else "n/a" for out in OUTPUTS]
+            lines.append(f"| {rung} | " + " | ".join(cells) + " |")
+    located = {rung: entry["localisation"] for rung, entry in payload["rungs"].items() if entry["localisation"]}
+    if located:
+        lines += ["", "Localisation against the true boxes (saol_jax.localization), mean ± std over seeds:", "",
+                  "| rung | map | " + " | ".join(LOC_SCORES.values()) + " |",
+                  "|---|---|" + "---|" * len(LOC_SCORES)]
+        for rung, scores in located.items():
+            for kind in MAPS:
+                if f"{kind}_pointing" in scores:
+                    cells = [_cell(scores.get(f"{kind}_{score}")) for score in LOC_SCORES]
+                    lines.append(f"| {rung} | {kind} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -169,7 +238,7 @@ def define_flags() -> None:
                                     lock_config=True)
     flags.DEFINE_string("workdir", "workdirs/ablation", "Folder of the runs and the results.")
     flags.DEFINE_integer("seeds", 3, "Seeds per rung: config.seed, config.seed + 1, ...")
-    flags.DEFINE_list("rungs", list(HEAD_LADDER), "Rungs of the ladder to run.")
+    flags.DEFINE_list("rungs", list(STUDY_RUNGS), "Rungs to run: a ladder head, optionally @<SS-2 form>.")
     flags.mark_flag_as_required("config")
 
 

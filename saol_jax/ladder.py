@@ -26,9 +26,13 @@ HEAD_LADDER: dict[str, dict[str, float]] = {
 
 def apply_head(config: ml_collections.ConfigDict, head: str) -> None:
     """Sets `config.model.head` and `config.loss` to the rung `head`."""
-    import ml_collections
-
     if head not in HEAD_LADDER:
         raise ValueError(f"head must be one of {', '.join(HEAD_LADDER)}, got {head!r}")
     config.model.head = "gap" if head == "gap" else "saol"
-    config.loss = ml_collections.ConfigDict(HEAD_LADDER[head])
+    config.loss.update(HEAD_LADDER[head])  # other loss fields (ss2_form) are kept
+
+
+def split_rung(rung: str) -> tuple[str, str | None]:
+    """'saol_ss@paste' -> ('saol_ss', 'paste'): a ladder head and an SS-2 form; 'gap' -> ('gap', None)."""
+    head, _, form = rung.partition("@")
+    return head, form or None

@@ -1,16 +1,27 @@
-"""How well SAOL's maps locate a CutMix-pasted box (pure jax, jit-able).
+"""Object localisation by a model's maps, scored against true boxes.
 
-On an image whose box region came from a partner image (see
-`saol_jax.cutmix`), the box cells are those at least half covered by it
-(coverage m >= 0.5). Two measures:
+Maps, each [B, Ho, Wo] on the head's output grid (`cell_maps`):
+  attention  SAOL's attention A;
+  spatial    SAOL's spatial probability Y_c of the predicted class c;
+  product    A * Y_c, each cell's share of the output probability of c;
+  cam        the GAP-FC branch's class activation map of its predicted class.
 
-- partner IoU: IoU between the cells where the partner class's spatial
-  probability beats the own class's and the box cells;
-- attention in box: the attention mass inside the box, sum_ij A_ij m_ij,
-  next to the box's area share, mean_ij m_ij (what uniform attention gets).
+Scores of one image with true box b (normalised [ymin, xmin, ymax, xmax]):
+  pointing    the map's maximum cell has its centre inside b;
+  mass_ratio  the map's mass inside b divided by b's area share (1 for a
+              uniform map); the map is made a distribution by subtracting
+              its minimum and dividing by the sum, which treats a signed
+              CAM with its bias and the probability maps alike;
+  iou         IoU with b of the box around the thresholded map (the CAM /
+              CutMix WSOL protocol: upsample bilinearly to the input size,
+              min-max normalise, keep pixels >= threshold, take the largest
+              4-connected component, bound it);
+  gt_known    iou >= 0.5;  top1_loc  gt_known and the predicted class right.
 
-`localization_sums` returns masked sums over a batch for an eval loop to
-accumulate; `localization_metrics` turns the accumulated sums into means.
+`pointing`, `mass_ratio` and `upsample_normalised` are pure jax (run inside
+jit); `threshold_box` and `box_iou` are numpy, because connected components
+are found on the host. `box_scores` and `iou_sums` combine them for an
+evaluation loop.
 """
 
 from __future__ import annotations
@@ -19,116 +30,195 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import scipy.ndimage
 
-BOX_THRESHOLD = 0.5
+from saol_jax.cutmix import cell_coverage
 
-SUM_KEYS = ("loc_iou_sum", "loc_iou_count", "loc_att_mass_sum", "loc_box_area_sum", "loc_box_count")
-
-
-def box_cells(coverage: jax.Array) -> jax.Array:
-    """coverage m [B, Ho, Wo] -> bool [B, Ho, Wo], cells at least half covered by the box."""
-    return coverage >= BOX_THRESHOLD
-
-
-def partner_cells(log_spatial: jax.Array, labels_a: jax.Array, labels_b: jax.Array) -> jax.Array:
-    """bool [B, Ho, Wo]: cells where p(label_b) > p(label_a) in log_spatial [B, Ho, Wo, K]."""
-    own = jnp.take_along_axis(log_spatial, labels_a[:, None, None, None], axis=-1)[..., 0]
-    partner = jnp.take_along_axis(log_spatial, labels_b[:, None, None, None], axis=-1)[..., 0]
-    return partner > own
+MAPS = ("attention", "spatial", "product", "cam")
+SAOL_MAPS = ("attention", "spatial", "product")
+IOU_THRESHOLD = 0.5
+DEFAULT_THRESHOLD = 0.2
+PER_EXAMPLE = "per_example"  # key of the per-example values an eval step hands to `iou_sums`
 
 
-def cell_iou(pred: jax.Array, target: jax.Array) -> jax.Array:
-    """IoU of two bool cell sets [B, Ho, Wo] -> [B] float32 (0 where both are empty)."""
-    inter = jnp.sum(pred & target, axis=(1, 2)).astype(jnp.float32)
-    union = jnp.sum(pred | target, axis=(1, 2)).astype(jnp.float32)
-    return jnp.where(union > 0, inter / jnp.maximum(union, 1.0), 0.0)
+# ------------------------------------------------------------------ maps (device)
 
 
-def partner_iou(
-    log_spatial: jax.Array, labels_a: jax.Array, labels_b: jax.Array, coverage: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """IoU between the partner-class cells and the box cells.
+def cell_maps(outputs: Mapping[str, jax.Array], kind: str, classes: jax.Array) -> jax.Array:
+    """[B, Ho, Wo] map `kind` (one of MAPS) for the given classes [B].
 
-    Args:
-      log_spatial: [B, Ho, Wo, K] log class probabilities per cell.
-      labels_a, labels_b: [B] int, own and partner labels.
-      coverage: [B, Ho, Wo] box coverage per cell.
-    Returns:
-      iou [B] float32 and valid [B] bool: the box covers a cell at least half
-      and the two labels differ (otherwise the partner region is undefined).
+    `outputs` holds the model outputs the map needs: `log_attention`,
+    `log_spatial` (SAOL) and `cam` [B, Ho, Wo, K] (GAP-FC).
     """
-    target = box_cells(coverage)
-    iou = cell_iou(partner_cells(log_spatial, labels_a, labels_b), target)
-    valid = jnp.any(target, axis=(1, 2)) & (labels_a != labels_b)
-    return iou, valid
+    if kind == "attention":
+        return jnp.exp(outputs["log_attention"])
+    if kind == "cam":
+        return _take_class(outputs["cam"], classes)
+    spatial = jnp.exp(_take_class(outputs["log_spatial"], classes))
+    if kind == "spatial":
+        return spatial
+    if kind == "product":
+        return jnp.exp(outputs["log_attention"]) * spatial
+    raise ValueError(f"map must be one of {MAPS}, got {kind!r}")
 
 
-def attention_in_box(log_attention: jax.Array, coverage: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Attention mass inside the box and the box's area share.
+def _take_class(per_class: jax.Array, classes: jax.Array) -> jax.Array:
+    """[B, Ho, Wo, K], [B] -> [B, Ho, Wo]."""
+    return jnp.take_along_axis(per_class, classes[:, None, None, None], axis=-1)[..., 0]
 
-    Args:
-      log_attention: [B, Ho, Wo] log attention (sums to 1 over cells after exp).
-      coverage: [B, Ho, Wo] box coverage m per cell.
-    Returns:
-      mass [B] = sum_ij A_ij m_ij and area [B] = mean_ij m_ij, both float32.
+
+def pixel_boxes(boxes: jax.Array, image_hw: tuple[int, int]) -> jax.Array:
+    """Normalised boxes [B, 4] -> int32 half-open pixel boxes (y0, x0, y1, x1), edges rounded."""
+    scale = jnp.asarray([image_hw[0], image_hw[1], image_hw[0], image_hw[1]], jnp.float32)
+    return jnp.round(boxes.astype(jnp.float32) * scale).astype(jnp.int32)
+
+
+def pointing(maps: jax.Array, boxes: jax.Array) -> jax.Array:
+    """[B] bool: the centre of the highest cell of maps [B, Ho, Wo] lies inside boxes [B, 4] (normalised).
+
+    Ties go to the first cell in row-major order.
     """
-    coverage = coverage.astype(jnp.float32)
-    mass = jnp.sum(jnp.exp(log_attention.astype(jnp.float32)) * coverage, axis=(1, 2))
-    return mass, jnp.mean(coverage, axis=(1, 2))
+    batch, grid_h, grid_w = maps.shape
+    flat = jnp.argmax(maps.reshape(batch, grid_h * grid_w), axis=-1)
+    cy = (flat // grid_w + 0.5) / grid_h
+    cx = (flat % grid_w + 0.5) / grid_w
+    return (boxes[:, 0] <= cy) & (cy < boxes[:, 2]) & (boxes[:, 1] <= cx) & (cx < boxes[:, 3])
 
 
-def localization_sums(
-    log_attention: jax.Array,
-    log_spatial: jax.Array,
-    labels_a: jax.Array,
-    labels_b: jax.Array,
-    coverage: jax.Array,
-    mask: jax.Array,
-) -> dict[str, jax.Array]:
-    """Masked sums over a batch, to accumulate over an eval split.
+def as_distribution(maps: jax.Array) -> jax.Array:
+    """[B, Ho, Wo] -> map minus its minimum, divided by its sum (uniform where the map is constant)."""
+    shifted = maps.astype(jnp.float32) - maps.min(axis=(1, 2), keepdims=True).astype(jnp.float32)
+    total = shifted.sum(axis=(1, 2), keepdims=True)
+    uniform = jnp.full_like(shifted, 1.0 / (maps.shape[1] * maps.shape[2]))
+    return jnp.where(total > 0, shifted / jnp.where(total > 0, total, 1.0), uniform)
+
+
+def mass_ratio(maps: jax.Array, boxes: jax.Array, image_hw: tuple[int, int]) -> jax.Array:
+    """[B] float32: mass of `as_distribution(maps)` inside the box / the box's area share.
 
     Args:
-      log_attention: [B, Ho, Wo]; log_spatial: [B, Ho, Wo, K] (SAOL outputs
-        on the CutMix'ed images).
-      labels_a, labels_b: [B] int, own and partner labels.
-      coverage: [B, Ho, Wo] box coverage from `cutmix`.
-      mask: [B] bool or 0/1, examples to count (for padded eval batches pass
-        `mask & mask[partner]`, so that no padding slot is a partner either).
+      maps: [B, Ho, Wo]; boxes: [B, 4] normalised; image_hw: the input size,
+        at whose pixels the box edges are rounded before each cell's covered
+        fraction is computed exactly (`saol_jax.cutmix.cell_coverage`).
     Returns:
-      float32 scalars `loc_iou_sum`, `loc_iou_count` (examples with a valid
-      partner IoU), `loc_att_mass_sum`, `loc_box_area_sum`, `loc_box_count`
-      (examples with a non-empty box).
+      The ratio, 0 for an empty box.
+    """
+    coverage = cell_coverage(pixel_boxes(boxes, image_hw), image_hw, maps.shape[1:])
+    mass = jnp.sum(as_distribution(maps) * coverage, axis=(1, 2))
+    area = jnp.mean(coverage, axis=(1, 2))
+    return jnp.where(area > 0, mass / jnp.where(area > 0, area, 1.0), 0.0)
+
+
+def upsample_normalised(maps: jax.Array, image_hw: tuple[int, int]) -> jax.Array:
+    """[B, Ho, Wo] -> [B, H, W] bilinear upsampling, min-max normalised to [0, 1] per image.
+
+    A constant map becomes all ones (every pixel is as likely as any other).
+    """
+    up = jax.image.resize(maps.astype(jnp.float32), (maps.shape[0], *image_hw), method="bilinear")
+    low = up.min(axis=(1, 2), keepdims=True)
+    span = up.max(axis=(1, 2), keepdims=True) - low
+    return jnp.where(span > 0, (up - low) / jnp.where(span > 0, span, 1.0), 1.0)
+
+
+# ------------------------------------------------------------------ boxes (host)
+
+
+def threshold_box(heatmap: np.ndarray, threshold: float, component: str = "largest") -> np.ndarray:
+    """Normalised box [ymin, xmin, ymax, xmax] around the pixels of `heatmap` [H, W] >= threshold.
+
+    `heatmap` is min-max normalised (its maximum is 1, so the set is never
+    empty for threshold <= 1); `component='largest'` keeps only the largest
+    4-connected component, 'all' every pixel. The box spans whole pixels:
+    [y0 / H, (y1 + 1) / H).
+    """
+    mask = heatmap >= threshold
+    if component == "largest":
+        labels, count = scipy.ndimage.label(mask)
+        if count > 1:
+            sizes = np.bincount(labels.ravel())[1:]
+            mask = labels == 1 + int(np.argmax(sizes))
+    ys, xs = np.nonzero(mask)
+    height, width = heatmap.shape
+    return np.array([ys.min() / height, xs.min() / width, (ys.max() + 1) / height, (xs.max() + 1) / width])
+
+
+def box_iou(box: np.ndarray, gt_boxes: np.ndarray) -> float:
+    """Largest IoU between a normalised box [4] and the ground-truth boxes [N, 4] (or [4])."""
+    gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)
+    top = np.maximum(box[0], gt_boxes[:, 0])
+    left = np.maximum(box[1], gt_boxes[:, 1])
+    bottom = np.minimum(box[2], gt_boxes[:, 2])
+    right = np.minimum(box[3], gt_boxes[:, 3])
+    inter = np.clip(bottom - top, 0, None) * np.clip(right - left, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    gt_area = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])
+    union = area + gt_area - inter
+    return float(np.max(np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)))
+
+
+# ------------------------------------------------------------------ an eval loop's pieces
+
+
+def box_scores(
+    outputs: Mapping[str, jax.Array], labels: jax.Array, boxes: jax.Array, mask: jax.Array,
+    image_hw: tuple[int, int],
+) -> dict:
+    """Localisation of every map the outputs allow, for one eval batch (jit-able).
+
+    SAOL's maps use SAOL's predicted class, the CAM the GAP-FC branch's.
+
+    Args:
+      outputs: model outputs with `cam` (and SAOL's, if any).
+      labels: [B] int; boxes: [B, 4] normalised true boxes; mask: [B] bool,
+        the examples to count.
+    Returns:
+      Masked sums `loc_<map>_pointing` and `loc_<map>_mass_ratio`, and under
+      PER_EXAMPLE the values `iou_sums` needs on the host: `heatmap/<map>`
+      [B, H, W], `correct/<map>` [B], `bbox` [B, 4] and `mask` [B].
     """
     weight = mask.astype(jnp.float32)
-    iou, valid = partner_iou(log_spatial, labels_a, labels_b, coverage)
-    mass, area = attention_in_box(log_attention, coverage)
-    iou_weight = weight * valid.astype(jnp.float32)
-    box_weight = weight * (area > 0).astype(jnp.float32)
-    return {
-        "loc_iou_sum": jnp.sum(iou * iou_weight),
-        "loc_iou_count": jnp.sum(iou_weight),
-        "loc_att_mass_sum": jnp.sum(mass * box_weight),
-        "loc_box_area_sum": jnp.sum(area * box_weight),
-        "loc_box_count": jnp.sum(box_weight),
-    }
+    predicted = {"cam": jnp.argmax(outputs["gap_logits"], axis=-1)}
+    kinds = ["cam"]
+    if "log_attention" in outputs:
+        kinds = [*SAOL_MAPS, "cam"]
+        predicted.update(dict.fromkeys(SAOL_MAPS, jnp.argmax(outputs["log_probs"], axis=-1)))
+    sums = {}
+    per_example = {"bbox": boxes.astype(jnp.float32), "mask": mask}
+    for kind in kinds:
+        maps = cell_maps(outputs, kind, predicted[kind])
+        sums[f"loc_{kind}_pointing"] = jnp.sum(pointing(maps, boxes).astype(jnp.float32) * weight)
+        sums[f"loc_{kind}_mass_ratio"] = jnp.sum(mass_ratio(maps, boxes, image_hw) * weight)
+        per_example[f"heatmap/{kind}"] = upsample_normalised(maps, image_hw)
+        per_example[f"correct/{kind}"] = predicted[kind] == labels
+    sums[PER_EXAMPLE] = per_example
+    return sums
 
 
-def localization_metrics(totals: Mapping[str, float]) -> dict[str, float]:
-    """Accumulated `localization_sums` -> means.
+def iou_sums(
+    sums: Mapping, threshold: float = DEFAULT_THRESHOLD, component: str = "largest"
+) -> dict[str, float]:
+    """Host side of `box_scores`: replaces its PER_EXAMPLE values by masked sums.
 
-    Returns `partner_iou` (mean over valid examples), `att_mass_in_box` and
-    `box_area_share` (means over examples with a box) and their ratio
-    `att_box_concentration` (1 = the attention of a uniform map; NaN when no
-    example counted).
+    Adds `loc_<map>_iou`, `loc_<map>_gt_known` and `loc_<map>_top1_loc`;
+    the other entries of `sums` pass through. Sums without PER_EXAMPLE are
+    returned unchanged.
     """
-    def ratio(num: float, den: float) -> float:
-        return float(num) / float(den) if den > 0 else float("nan")
-
-    mass = ratio(totals["loc_att_mass_sum"], totals["loc_box_count"])
-    area = ratio(totals["loc_box_area_sum"], totals["loc_box_count"])
-    return {
-        "partner_iou": ratio(totals["loc_iou_sum"], totals["loc_iou_count"]),
-        "att_mass_in_box": mass,
-        "box_area_share": area,
-        "att_box_concentration": ratio(totals["loc_att_mass_sum"], totals["loc_box_area_sum"]),
-    }
+    sums = dict(sums)
+    per_example = sums.pop(PER_EXAMPLE, None)
+    if per_example is None:
+        return sums
+    keep = np.flatnonzero(np.asarray(per_example["mask"]))
+    boxes = np.asarray(per_example["bbox"])
+    for key, heatmaps in per_example.items():
+        if not key.startswith("heatmap/"):
+            continue
+        kind = key.split("/", 1)[1]
+        heatmaps = np.asarray(heatmaps)
+        ious = np.array([box_iou(threshold_box(heatmaps[b], threshold, component), boxes[b]) for b in keep])
+        located = ious >= IOU_THRESHOLD
+        correct = np.asarray(per_example[f"correct/{kind}"])[keep]
+        sums[f"loc_{kind}_iou"] = float(ious.sum())
+        sums[f"loc_{kind}_gt_known"] = float(located.sum())
+        sums[f"loc_{kind}_top1_loc"] = float((located & correct).sum())
+    return sums

@@ -3,6 +3,32 @@
 Each term function returns a per-example vector [B]; :func:`loss_terms`
 reduces them over the batch (weighted mean) and combines them into ``total``.
 All math is float32 and in log space.
+
+The attention loss SS-2 has three forms (config `loss.ss2_form`), three
+readings of the paper's "attention must select the region of each pasted
+label" (its exact form is not public). With A the attention, Y the spatial
+class distributions, ŷ = Σ_ij A_ij Y_ij, m_ij the fraction of cell (i, j)
+covered by the pasted box, y_A / y_B the own / pasted labels:
+
+- ``renorm`` (:func:`attention_loss`): attention renormalised inside each
+  source region must name that region's label,
+  -log(Σ (1-m) A Y[y_A] / Σ (1-m) A) - log(Σ m A Y[y_B] / Σ m A).
+  It moves attention only within each region, never between them (where
+  every cell lies wholly in one region, the gradient on the attention
+  scores sums to zero over each region).
+- ``mass_mix`` (:func:`mass_mix_loss`): the image-level target is mixed by
+  the attention's mass per region, λ_A = Σ (1-m) A, instead of by the area:
+  -λ_A log ŷ[y_A] - (1-λ_A) log ŷ[y_B], with gradients through λ_A too.
+  With region-pure Y this is the binary entropy of λ_A: it moves mass
+  towards the region whose label ŷ already favours, so the attention
+  commits to one source.
+- ``paste`` (:func:`pasted_attention_target`, :func:`paste_loss`): the
+  model's own attention and spatial maps of the un-mixed images are cut and
+  pasted with the pixels and serve as a stop-gradient target: the cells'
+  responsibility for each image's label, R_ij = A_ij Y_ij[y] / ŷ[y], cut by
+  the box, T ∝ (1-m) R^A + m R^B[partner], and the loss is the
+  cross-entropy -Σ T log A. It needs one extra forward pass of the un-mixed
+  batch per train step (done in `saol_jax.train_step`).
 """
 
 from __future__ import annotations
@@ -17,6 +43,11 @@ __all__ = [
     "mixed_cross_entropy",
     "spatial_logit_loss",
     "attention_loss",
+    "mass_mix_loss",
+    "pasted_attention_target",
+    "paste_loss",
+    "SS2_FORMS",
+    "loss_weights",
     "distillation_loss",
     "loss_terms",
     "topk_correct",
@@ -31,11 +62,13 @@ WEIGHT_TO_TERM: dict[str, str] = {
     "gap": "gap_ce",
 }
 
+SS2_FORMS = ("renorm", "mass_mix", "paste")
+
 # Model outputs each term needs.
 _REQUIRED_OUTPUTS: dict[str, tuple[str, ...]] = {
     "saol": ("log_probs",),
     "ss1": ("log_spatial",),
-    "ss2": ("log_attention", "log_spatial"),
+    "ss2": ("log_attention", "log_spatial", "log_probs"),
     "sd": ("log_probs", "gap_logits"),
     "gap": ("gap_logits",),
 }
@@ -146,6 +179,75 @@ def attention_loss(
     return term_a + term_b, count
 
 
+def mass_mix_loss(
+    log_attention: jax.Array,
+    log_probs: jax.Array,
+    labels_a: jax.Array,
+    labels_b: jax.Array,
+    coverage: jax.Array,
+) -> jax.Array:
+    """SS-2 ``mass_mix``: -(λ_A log ŷ[y_a] + (1 - λ_A) log ŷ[y_b]), λ_A = Σ_ij (1 - m_ij) A_ij.
+
+    The gradient flows through λ_A as well as through ŷ.
+
+    Args:
+      log_attention: [B, Ho, Wo] log softmax over positions.
+      log_probs: [B, K] SAOL's log ŷ (computed from the same attention).
+      labels_a, labels_b: [B] int.
+      coverage: [B, Ho, Wo] m_ij.
+    Returns:
+      [B] float32.
+    """
+    attention = jnp.exp(log_attention.astype(jnp.float32))
+    mass_a = jnp.clip(jnp.sum((1.0 - coverage.astype(jnp.float32)) * attention, axis=(1, 2)), 0.0, 1.0)
+    return mixed_cross_entropy(log_probs, labels_a, labels_b, mass_a)
+
+
+def pasted_attention_target(
+    log_attention: jax.Array,
+    log_spatial: jax.Array,
+    labels: jax.Array,
+    partner: jax.Array,
+    coverage: jax.Array,
+) -> jax.Array:
+    """SS-2 ``paste`` target: the un-mixed images' responsibilities, cut and pasted like the pixels.
+
+    R_ij = A_ij Y_ij[y] / ŷ[y] on each un-mixed image; for the mixed image
+    T ∝ (1 - m_ij) R_ij + m_ij R[partner]_ij, normalised over cells. No
+    gradient flows into the target.
+
+    Args:
+      log_attention: [B, Ho, Wo], log_spatial: [B, Ho, Wo, K]: the model on
+        the un-mixed images.
+      labels: [B] int; partner: [B] int, the batch index pasted into each
+        example; coverage: [B, Ho, Wo] m_ij of the mixed batch.
+    Returns:
+      [B, Ho, Wo] float32 log T.
+    """
+    log_attention = jax.lax.stop_gradient(log_attention.astype(jnp.float32))
+    log_spatial = jax.lax.stop_gradient(log_spatial.astype(jnp.float32))
+    joint = log_attention + _pick(log_spatial, labels)
+    log_resp = joint - jax.nn.logsumexp(joint, axis=(1, 2), keepdims=True)
+    m = coverage.astype(jnp.float32)
+    own = jnp.where(m < 1.0, jnp.log1p(-jnp.minimum(m, 1.0 - 1e-7)) + log_resp, -jnp.inf)
+    pasted = jnp.where(m > 0.0, jnp.log(jnp.maximum(m, 1e-30)) + log_resp[partner], -jnp.inf)
+    log_target = jnp.logaddexp(own, pasted)
+    return log_target - jax.nn.logsumexp(log_target, axis=(1, 2), keepdims=True)
+
+
+def paste_loss(log_attention: jax.Array, log_target: jax.Array) -> jax.Array:
+    """SS-2 ``paste``: cross-entropy -Σ_ij T_ij log A_ij of the attention against a target T.
+
+    Args:
+      log_attention: [B, Ho, Wo] log softmax over positions.
+      log_target: [B, Ho, Wo] log T (from :func:`pasted_attention_target`).
+    Returns:
+      [B] float32.
+    """
+    target = jnp.exp(jax.lax.stop_gradient(log_target.astype(jnp.float32)))
+    return -jnp.sum(jnp.where(target > 0, target * log_attention.astype(jnp.float32), 0.0), axis=(1, 2))
+
+
 def distillation_loss(teacher_log_probs: jax.Array, student_logits: jax.Array) -> jax.Array:
     """Self-distillation: -sum_k p_k log q_k, p = stop_gradient(exp(teacher)), q = softmax(student).
 
@@ -160,6 +262,11 @@ def distillation_loss(teacher_log_probs: jax.Array, student_logits: jax.Array) -
     p = jnp.exp(jax.lax.stop_gradient(teacher_log_probs.astype(jnp.float32)))
     log_q = jax.nn.log_softmax(student_logits.astype(jnp.float32), axis=-1)
     return -jnp.sum(jnp.where(p > 0, p * log_q, 0.0), axis=-1)
+
+
+def loss_weights(loss_config: Mapping[str, object]) -> dict[str, float]:
+    """The term weights of a config's `loss` field (which also holds `ss2_form`)."""
+    return {name: float(loss_config[name]) for name in WEIGHT_TO_TERM if name in loss_config}
 
 
 def _weighted_mean(values: jax.Array, weight: jax.Array, denom: jax.Array | None = None) -> jax.Array:
@@ -180,6 +287,9 @@ def loss_terms(
     coverage: jax.Array | None,
     weights: Mapping[str, float],
     example_weight: jax.Array | None = None,
+    *,
+    ss2_form: str = "renorm",
+    ss2_target: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
     """Batch-reduced loss terms and their weighted total (docs/method.md §7).
 
@@ -192,18 +302,25 @@ def loss_terms(
       weights: static Python floats keyed ``saol, ss1, ss2, sd, gap``. A term
         whose weight is 0 or missing is not computed and absent from the result.
       example_weight: [B] per-example weights (e.g. a 0/1 padding mask); None =
-        all ones. Each term is a weighted mean over the batch; SS-2 divides the
-        weighted sum of region terms by the weighted number of valid regions.
+        all ones. Each term is a weighted mean over the batch; SS-2 ``renorm``
+        divides the weighted sum of region terms by the weighted number of
+        valid regions.
+      ss2_form: one of SS2_FORMS (see the module docstring).
+      ss2_target: [B, Ho, Wo] log target of the ``paste`` form
+        (:func:`pasted_attention_target`); needed only by that form.
     Returns:
       dict with the computed terms among ``saol_ce, ss1, ss2, sd, gap_ce`` and
       ``total`` = sum of weight * term, all float32 scalars.
     Raises:
-      ValueError: unknown weight key, or a non-zero weight whose term needs an
-        output the model did not produce.
+      ValueError: unknown weight key or SS-2 form, a non-zero weight whose
+        term needs an output the model did not produce, or the ``paste``
+        form without its target.
     """
     unknown = set(weights) - set(WEIGHT_TO_TERM)
     if unknown:
         raise ValueError(f"Unknown loss weight keys {sorted(unknown)}; expected {list(WEIGHT_TO_TERM)}")
+    if ss2_form not in SS2_FORMS:
+        raise ValueError(f"loss.ss2_form must be one of {SS2_FORMS}, got {ss2_form!r}")
     active = {name: float(weights.get(name, 0.0)) for name in WEIGHT_TO_TERM}
     active = {name: w for name, w in active.items() if w != 0.0}
     for name in active:
@@ -232,10 +349,7 @@ def loss_terms(
         per_ex = spatial_logit_loss(outputs["log_spatial"], labels_a, labels_b, coverage)
         terms["ss1"] = _weighted_mean(per_ex, ew)
     if "ss2" in active:
-        per_ex, count = attention_loss(
-            outputs["log_attention"], outputs["log_spatial"], labels_a, labels_b, coverage
-        )
-        terms["ss2"] = _weighted_mean(per_ex, ew, denom=jnp.sum(ew * count))
+        terms["ss2"] = _ss2(outputs, labels_a, labels_b, coverage, ew, ss2_form, ss2_target)
     if "sd" in active:
         per_ex = distillation_loss(outputs["log_probs"], outputs["gap_logits"])
         terms["sd"] = _weighted_mean(per_ex, ew)
@@ -249,6 +363,29 @@ def loss_terms(
         total = total + w * terms[WEIGHT_TO_TERM[name]]
     terms["total"] = total
     return terms
+
+
+def _ss2(
+    outputs: Mapping[str, jax.Array],
+    labels_a: jax.Array,
+    labels_b: jax.Array,
+    coverage: jax.Array,
+    ew: jax.Array,
+    form: str,
+    target: jax.Array | None,
+) -> jax.Array:
+    """The batch-reduced SS-2 term of the given form."""
+    if form == "renorm":
+        per_ex, count = attention_loss(
+            outputs["log_attention"], outputs["log_spatial"], labels_a, labels_b, coverage
+        )
+        return _weighted_mean(per_ex, ew, denom=jnp.sum(ew * count))
+    if form == "mass_mix":
+        per_ex = mass_mix_loss(outputs["log_attention"], outputs["log_probs"], labels_a, labels_b, coverage)
+        return _weighted_mean(per_ex, ew)
+    if target is None:
+        raise ValueError("loss.ss2_form='paste' needs ss2_target, the pasted maps of the un-mixed batch")
+    return _weighted_mean(paste_loss(outputs["log_attention"], target), ew)
 
 
 def topk_correct(scores: jax.Array, labels: jax.Array, k: int) -> jax.Array:

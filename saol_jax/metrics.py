@@ -12,10 +12,17 @@ metrics.jsonl holds one JSON object per event with keys:
            images, against the first label), `train/lr`, `train/grad_norm`,
            `train/img_per_s`;
   eval:    `eval/<head>_top1`, `eval/<head>_top5`, `eval/<head>_loss` for
-           head in {saol, gap}, `eval/count` (examples evaluated); with a
-           SAOL head, on CutMix'ed eval images (saol_jax.localization):
-           `eval/loc_partner_iou`, `eval/loc_att_mass_in_box`,
-           `eval/loc_box_area_share`, `eval/loc_att_box_concentration`.
+           head in {saol, gap}, `eval/count` (examples evaluated);
+           on a dataset with true boxes (saol_jax.localization), for map in
+           {attention, spatial, product} (SAOL) and cam (GAP-FC):
+           `eval/loc_<map>_pointing`, `eval/loc_<map>_mass_ratio`,
+           `eval/loc_<map>_iou`, `eval/loc_<map>_gt_known`,
+           `eval/loc_<map>_top1_loc`;
+           with a SAOL head, how its maps follow the pasted box on CutMix'ed
+           eval images (saol_jax.cutmix_eval; a check of label mixing, not
+           localisation): `eval/cutmix_partner_iou`,
+           `eval/cutmix_att_mass_in_box`, `eval/cutmix_box_area_share`,
+           `eval/cutmix_att_box_concentration`.
 """
 
 from __future__ import annotations

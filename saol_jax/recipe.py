@@ -61,6 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.cutmix = ml_collections.ConfigDict({"beta": 1.0, "prob": 0.5, "group_size": 0})
     c.loss = ml_collections.ConfigDict(HEAD_LADDER["saol_ss_sd"])
+    c.loss.ss2_form = "renorm"  # SS-2 form: renorm | mass_mix | paste (saol_jax.losses)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 0.1
@@ -79,7 +80,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_train_steps = -1  # > 0 overrides num_epochs
     c.log_every_steps = 100
     c.eval_every_epochs = 10.0
-    c.eval_localization = True  # SAOL heads: also measure localisation on CutMix'ed eval images
+    # SAOL heads: also measure how the maps follow the pasted box on CutMix'ed eval
+    # images (eval/cutmix_*: a check of label mixing, not object localisation).
+    c.eval_cutmix_maps = True
     c.checkpoint_every_steps = 2000
     c.keep_checkpoints = 3
     c.init_from = ""  # a workdir whose latest weights initialise a new run

@@ -6,7 +6,6 @@ import dataclasses
 from collections.abc import Callable, Mapping
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
@@ -72,11 +71,6 @@ def load_trained(workdir: str, dataset_overrides: Mapping[str, object] | None = 
 
     def apply(params: nnx.State, batch_stats: nnx.State, images: jax.Array) -> dict[str, jax.Array]:
         model = nnx.merge(graphdef, params, batch_stats, copy=True)
-        features = model.backbone(normalise(images, mean, std, dtype))
-        last = features[-1].astype(jnp.float32)
-        outputs = {"gap_logits": model.gap_fc(last), "cam": model.gap_fc.fc(last)}
-        if model.saol is not None:
-            outputs.update(model.saol(features))
-        return outputs
+        return model(normalise(images, mean, std, dtype), with_cam=True)
 
     return Trained(config=config, info=info, params=params, batch_stats=batch_stats, apply=apply)

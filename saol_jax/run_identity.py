@@ -20,7 +20,7 @@ from saol_jax import paths
 IDENTITY_FILE = "run.json"
 # Top-level config fields that do not change what is trained.
 FREE_FIELDS = frozenset({
-    "log_every_steps", "eval_every_epochs", "eval_localization", "checkpoint_every_steps",
+    "log_every_steps", "eval_every_epochs", "eval_cutmix_maps", "checkpoint_every_steps",
     "keep_checkpoints", "eval_batch_size", "init_from", "num_cpu_devices", "num_devices",
 })
 # Dataset fields that only say where or how fast data is read.

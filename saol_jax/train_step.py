@@ -19,7 +19,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh
 
 from saol_jax import cutmix as cutmix_lib
-from saol_jax import localization, losses
+from saol_jax import cutmix_eval, localization, losses
 from saol_jax.sharding import replicated
 
 
@@ -43,12 +43,13 @@ class StepConfig:
     cutmix_beta: float
     cutmix_prob: float
     cutmix_group_size: int
-    eval_group_size: int = 0  # CutMix partners for the localisation eval: per-device eval batch
-    eval_localization: bool = False
+    eval_group_size: int = 0  # CutMix partners for the CutMix-map eval: per-device eval batch
+    eval_cutmix_maps: bool = False
     dtype: jnp.dtype = jnp.float32
+    ss2_form: str = "renorm"  # losses.SS2_FORMS; 'paste' adds a forward pass of the un-mixed batch
 
 # Eval images are CutMix'ed with this fixed key so every evaluation measures
-# localisation on the same boxes and partners.
+# the CutMix maps on the same boxes and partners.
 EVAL_CUTMIX_SEED = 1234
 
 
@@ -101,8 +102,21 @@ def make_train_step(
 
     `batch` holds uint8 `image` [B, H, W, C] and int32 `label` [B], sharded
     on the mesh's data axis; `key` is the run's base PRNG key, folded with the
-    step so that a resumed run draws the same randomness.
+    step so that a resumed run draws the same randomness. With SS-2 in its
+    ``paste`` form the step first runs the model on the un-mixed batch (BN
+    in train mode, its statistics discarded, no gradient) for the target.
     """
+    if cfg.ss2_form not in losses.SS2_FORMS:
+        raise ValueError(f"loss.ss2_form must be one of {losses.SS2_FORMS}, got {cfg.ss2_form!r}")
+    paste = cfg.ss2_form == "paste" and cfg.loss_weights.get("ss2", 0.0) != 0.0
+
+    def pasted_target(state: TrainState, images: jax.Array, labels: jax.Array, mixed, key: jax.Array) -> jax.Array:
+        """[B, Ho, Wo] log target of SS-2 'paste': the un-mixed batch's maps, cut and pasted."""
+        model = nnx.merge(graphdef, state.params, state.batch_stats, copy=True)
+        clean = model(images, rngs=nnx.Rngs(dropout=key))
+        return losses.pasted_attention_target(
+            clean["log_attention"], clean["log_spatial"], labels, mixed.partner, mixed.coverage
+        )
 
     def train_step(state: TrainState, batch: Mapping[str, jax.Array], key: jax.Array):
         step_key = jax.random.fold_in(key, state.step)
@@ -118,12 +132,14 @@ def make_train_step(
             group_size=cfg.cutmix_group_size,
         )
         partner_labels = labels[mixed.partner]
+        ss2_target = pasted_target(state, images, labels, mixed, jax.random.fold_in(model_key, 1)) if paste else None
 
         def loss_fn(params):
             model = nnx.merge(graphdef, params, state.batch_stats, copy=True)
             outputs = model(mixed.images, rngs=nnx.Rngs(dropout=model_key))
             terms = losses.loss_terms(
-                outputs, labels, partner_labels, mixed.lam, mixed.coverage, cfg.loss_weights
+                outputs, labels, partner_labels, mixed.lam, mixed.coverage, cfg.loss_weights,
+                ss2_form=cfg.ss2_form, ss2_target=ss2_target,
             )
             return terms["total"], (terms, outputs, nnx.state(model, nnx.BatchStat))
 
@@ -164,15 +180,18 @@ def make_eval_step(
     `graphdef` must come from the model in eval mode (running BN statistics,
     no dropout). `batch` adds a bool `mask` [B] for padding; the result holds
     masked sums (top-1/top-5 correct and cross-entropy of each head, and the
-    example `count`) for the caller to accumulate and divide. With
-    `eval_localization` and a SAOL head it also holds the sums of
-    `localization.localization_sums` on CutMix'ed copies of the images.
+    example `count`) for the caller to accumulate and divide. When the batch
+    has true boxes (`bbox` [B, 4], normalised) it also holds
+    `localization.box_scores` of every map (the caller passes the result
+    through `localization.iou_sums`). With `eval_cutmix_maps` and a SAOL
+    head it holds the sums of `cutmix_eval.cutmix_sums` on CutMix'ed copies
+    of the images.
     """
 
     def eval_step(params: nnx.State, batch_stats: nnx.State, batch: Mapping[str, jax.Array]):
         model = nnx.merge(graphdef, params, batch_stats, copy=True)
         images = normalise(batch["image"], cfg.mean, cfg.std, cfg.dtype)
-        outputs = model(images)
+        outputs = model(images, with_cam="bbox" in batch)
         labels = batch["label"]
         weight = batch["mask"].astype(jnp.float32)
         sums = {"count": jnp.sum(weight)}
@@ -181,18 +200,20 @@ def make_eval_step(
             nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
             sums[f"{head}_loss"] = jnp.sum(nll * weight)
             sums.update(_accuracy_metrics(head, scores, labels, weight))
-        if cfg.eval_localization and "log_attention" in outputs:
-            sums.update(mixed_localization_sums(model, images, labels, batch["mask"]))
+        if "bbox" in batch:
+            sums.update(localization.box_scores(outputs, labels, batch["bbox"], batch["mask"], images.shape[1:3]))
+        if cfg.eval_cutmix_maps and "log_attention" in outputs:
+            sums.update(cutmix_map_sums(model, images, labels, batch["mask"]))
         return sums
 
-    def mixed_localization_sums(model, images, labels, mask):
-        """SAOL's maps on eval images CutMix'ed with a fixed key (see saol_jax.localization)."""
+    def cutmix_map_sums(model, images, labels, mask):
+        """SAOL's maps on eval images CutMix'ed with a fixed key (see saol_jax.cutmix_eval)."""
         mixed = cutmix_lib.cutmix(
             jax.random.key(EVAL_CUTMIX_SEED), images, grid_hw=cfg.grid_hw, beta=1.0, prob=1.0,
             group_size=cfg.eval_group_size or None,
         )
         outputs = model(mixed.images)
-        return localization.localization_sums(
+        return cutmix_eval.cutmix_sums(
             outputs["log_attention"], outputs["log_spatial"], labels, labels[mixed.partner],
             mixed.coverage, mask & mask[mixed.partner],
         )

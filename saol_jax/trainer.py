@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from saol_jax import checkpoint, data, localization, optim, paths, run_identity, sharding
+from saol_jax import checkpoint, cutmix_eval, data, localization, losses, optim, paths, run_identity, sharding
 from saol_jax.config_check import ConfigError, check_config, check_workdir
 from saol_jax.metrics import MetricWriter, Progress, final_eval
 from saol_jax.models import DTYPES, build_model
@@ -113,7 +113,8 @@ class _Run:
         self.state = _replicate(state, self.mesh)
 
         step_config = StepConfig(
-            loss_weights=dict(config.loss),
+            loss_weights=losses.loss_weights(config.loss),
+            ss2_form=config.loss.ss2_form,
             mean=tuple(config.dataset.mean),
             std=tuple(config.dataset.std),
             grid_hw=output_grid(graphdef, state, self.info.image_shape),
@@ -121,7 +122,7 @@ class _Run:
             cutmix_prob=config.cutmix.prob,
             cutmix_group_size=config.cutmix.group_size or per_device,
             eval_group_size=config.eval_batch_size // self.mesh.devices.size,
-            eval_localization=config.eval_localization,
+            eval_cutmix_maps=config.eval_cutmix_maps,
             dtype=DTYPES[config.model.dtype],
         )
         self.train_step = make_train_step(graphdef, tx, self.schedule, step_config, self.mesh)
@@ -286,15 +287,15 @@ class _Run:
         totals: dict[str, float] = {}
         for host_batch in data.host_eval_batches(self.config.dataset, global_batch_size=self.config.eval_batch_size):
             batch = sharding.global_batch(host_batch, self.mesh)
-            sums = _fetch(self.eval_step(self.state.params, self.state.batch_stats, batch))
+            sums = localization.iou_sums(_fetch(self.eval_step(self.state.params, self.state.batch_stats, batch)))
             for name, value in sums.items():
                 totals[name] = totals.get(name, 0.0) + float(value)
         count = totals.pop("count")
-        located = {name: totals.pop(name) for name in localization.SUM_KEYS if name in totals}
+        located = {name: totals.pop(name) for name in cutmix_eval.SUM_KEYS if name in totals}
         results = {f"eval/{name}": value / max(count, 1.0) for name, value in totals.items()}
         results["eval/count"] = count
         if located:
-            results.update({f"eval/loc_{k}": v for k, v in localization.localization_metrics(located).items()})
+            results.update({f"eval/cutmix_{k}": v for k, v in cutmix_eval.cutmix_metrics(located).items()})
         self.writer.write("eval", step, results, epoch=step / self.steps_per_epoch)
         log.info("eval at step %d: %s", step, _summary(results))
         return results

@@ -25,7 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from saol_jax import cutmix, data, localization, paths, sharding  # noqa: E402
+from saol_jax import cutmix, cutmix_eval, data, paths, sharding  # noqa: E402
 from saol_jax.restore import Trained, load_trained, read_config  # noqa: E402
 
 BOX_SEED = 0
@@ -124,7 +124,7 @@ def cutmix_grid(maps: Maps, boxes: np.ndarray, partner: np.ndarray, names: list[
     """Mixed input with its box, attention, both classes' spatial maps and the partner-wins cells."""
     num = len(maps.images)
     labels_b = maps.labels[partner]
-    wins = np.asarray(localization.partner_cells(
+    wins = np.asarray(cutmix_eval.partner_cells(
         jnp.log(jnp.asarray(maps.spatial)), jnp.asarray(maps.labels), jnp.asarray(labels_b)))
     fig, axes = plt.subplots(num, 5, figsize=(5 * PANEL_INCHES, num * PANEL_INCHES), squeeze=False)
     for b in range(num):

@@ -1,7 +1,7 @@
 """Weakly supervised object localisation (WSOL) of a trained model on a tfds dataset with boxes.
 
     python -m saol_jax.wsol --workdir DIR --dataset caltech_birds2011 [--data_dir D] [--split test]
-        [--map attention|spatial|cam] [--threshold 0.2] [--component largest|all] [--out FILE]
+        [--map attention|spatial|product|cam] [--threshold 0.2] [--component largest|all] [--out FILE]
 
 Protocol (that of CAM and CutMix on CUB-200-2011): each image is resized to
 the model input (no crop, so normalised boxes keep their meaning); the
@@ -12,8 +12,10 @@ Top-1 localisation counts an image when the class is right AND the IoU with
 a ground-truth box is >= 0.5; GT-known localisation ignores the class.
 
 Maps: `attention` (SAOL's A), `spatial` (SAOL's Y for the predicted class),
-`cam` (class activation map of the GAP-FC branch for the predicted class;
-works for GAP-FC-only models too). The dataset needs (image, label)
+`product` (A times that Y), `cam` (class activation map of the GAP-FC
+branch for the predicted class; works for GAP-FC-only models too). Besides
+the box IoU it reports pointing accuracy and the map's mass in the box over
+the box's area share (definitions in `saol_jax.localization`). The dataset needs (image, label)
 supervised keys and a top-level box feature (`--bbox_key`, default `bbox`:
 a tfds BBoxFeature, normalised [ymin, xmin, ymax, xmax], or a sequence of
 them; with several boxes the best IoU counts).
@@ -29,74 +31,31 @@ from collections.abc import Iterator, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.ndimage
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from saol_jax import data, paths, sharding
 from saol_jax.data import preprocess
+from saol_jax.localization import (
+    DEFAULT_THRESHOLD,
+    IOU_THRESHOLD,
+    MAPS,
+    box_iou,
+    cell_maps,
+    mass_ratio,
+    pointing,
+    threshold_box,
+    upsample_normalised,
+)
 from saol_jax.restore import Trained, load_trained, read_config
 
-MAPS = ("attention", "spatial", "cam")
 COMPONENTS = ("largest", "all")
-IOU_THRESHOLD = 0.5
 
 
 def predicted_class(outputs: Mapping[str, jax.Array], head: str) -> jax.Array:
     """[B] argmax class of the SAOL output (`head='saol'`) or of the GAP-FC logits ('gap')."""
     scores = outputs["log_probs"] if head == "saol" else outputs["gap_logits"]
     return jnp.argmax(scores, axis=-1)
-
-
-def cell_maps(outputs: Mapping[str, jax.Array], kind: str, classes: jax.Array) -> jax.Array:
-    """[B, Ho, Wo] localisation map of `kind` for the given classes [B]."""
-    if kind == "attention":
-        return jnp.exp(outputs["log_attention"])
-    per_class = jnp.exp(outputs["log_spatial"]) if kind == "spatial" else outputs["cam"]
-    return jnp.take_along_axis(per_class, classes[:, None, None, None], axis=-1)[..., 0]
-
-
-def upsample_normalised(maps: jax.Array, image_hw: tuple[int, int]) -> jax.Array:
-    """[B, Ho, Wo] -> [B, H, W] bilinear upsampling, min-max normalised to [0, 1] per image.
-
-    A constant map becomes all ones (every pixel is as likely as any other).
-    """
-    up = jax.image.resize(maps.astype(jnp.float32), (maps.shape[0], *image_hw), method="bilinear")
-    low = up.min(axis=(1, 2), keepdims=True)
-    span = up.max(axis=(1, 2), keepdims=True) - low
-    return jnp.where(span > 0, (up - low) / jnp.where(span > 0, span, 1.0), 1.0)
-
-
-def threshold_box(heatmap: np.ndarray, threshold: float, component: str = "largest") -> np.ndarray:
-    """Normalised box [ymin, xmin, ymax, xmax] around the pixels of `heatmap` [H, W] >= threshold.
-
-    `heatmap` is min-max normalised (its maximum is 1, so the set is never
-    empty for threshold <= 1); `component='largest'` keeps only the largest
-    4-connected component. The box spans whole pixels: [y0 / H, (y1 + 1) / H).
-    """
-    mask = heatmap >= threshold
-    if component == "largest":
-        labels, count = scipy.ndimage.label(mask)
-        if count > 1:
-            sizes = np.bincount(labels.ravel())[1:]
-            mask = labels == 1 + int(np.argmax(sizes))
-    ys, xs = np.nonzero(mask)
-    height, width = heatmap.shape
-    return np.array([ys.min() / height, xs.min() / width, (ys.max() + 1) / height, (xs.max() + 1) / width])
-
-
-def box_iou(box: np.ndarray, gt_boxes: np.ndarray) -> float:
-    """Largest IoU between a normalised box [4] and the ground-truth boxes [N, 4] (or [4])."""
-    gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)
-    top = np.maximum(box[0], gt_boxes[:, 0])
-    left = np.maximum(box[1], gt_boxes[:, 1])
-    bottom = np.minimum(box[2], gt_boxes[:, 2])
-    right = np.minimum(box[3], gt_boxes[:, 3])
-    inter = np.clip(bottom - top, 0, None) * np.clip(right - left, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    gt_area = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])
-    union = area + gt_area - inter
-    return float(np.max(np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)))
 
 
 def examples(trained: Trained, split: str, bbox_key: str) -> Iterator[tuple[np.ndarray, int, np.ndarray]]:
@@ -140,13 +99,17 @@ def evaluate(
     split: str | None = None,
     bbox_key: str = "bbox",
     kind: str = "attention",
-    threshold: float = 0.2,
+    threshold: float = DEFAULT_THRESHOLD,
     component: str = "largest",
     head: str = "auto",
     batch_size: int = 64,
     max_examples: int = 0,
 ) -> dict[str, float]:
-    """Top-1 / GT-known localisation accuracy, top-1 classification accuracy and mean IoU."""
+    """Top-1 / GT-known localisation, top-1 classification, mean IoU, pointing and mass ratio of one map.
+
+    Scores as in `saol_jax.localization`; with several boxes per image the
+    IoU takes the best box, pointing and mass ratio the first.
+    """
     if kind not in MAPS or component not in COMPONENTS or not 0.0 <= threshold <= 1.0:
         raise ValueError(f"need map in {MAPS}, component in {COMPONENTS}, 0 <= threshold <= 1; "
                          f"got {kind!r}, {component!r}, {threshold}")
@@ -159,19 +122,23 @@ def evaluate(
     split = split or trained.info.eval_split
 
     @jax.jit
-    def heatmaps(params, batch_stats, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def scores(params, batch_stats, images: jax.Array, boxes: jax.Array):
         outputs = trained.apply(params, batch_stats, images)
         pred = predicted_class(outputs, head)
-        return pred, upsample_normalised(cell_maps(outputs, kind, pred), images.shape[1:3])
+        maps = cell_maps(outputs, kind, pred)
+        hw = images.shape[1:3]
+        return pred, upsample_normalised(maps, hw), pointing(maps, boxes), mass_ratio(maps, boxes, hw)
 
-    totals = {"count": 0, "correct": 0, "gt_known": 0, "top1_loc": 0, "iou": 0.0}
+    totals = {"count": 0, "correct": 0, "gt_known": 0, "top1_loc": 0, "iou": 0.0, "pointing": 0, "mass_ratio": 0.0}
     stream = examples(trained, split, bbox_key)
     if max_examples:
         stream = itertools.islice(stream, max_examples)
     for images, labels, boxes in batches(stream, batch_size):
         num = len(labels)
         padded = np.concatenate([images, np.repeat(images[-1:], batch_size - num, axis=0)])
-        pred, heat = jax.device_get(heatmaps(trained.params, trained.batch_stats, jnp.asarray(padded)))
+        first_boxes = np.stack([b[0] for b in boxes] + [boxes[-1][0]] * (batch_size - num))
+        pred, heat, points, ratios = jax.device_get(
+            scores(trained.params, trained.batch_stats, jnp.asarray(padded), jnp.asarray(first_boxes)))
         for b in range(num):
             iou = box_iou(threshold_box(heat[b], threshold, component), boxes[b])
             correct = int(pred[b] == labels[b])
@@ -180,6 +147,8 @@ def evaluate(
             totals["gt_known"] += int(iou >= IOU_THRESHOLD)
             totals["top1_loc"] += int(iou >= IOU_THRESHOLD and correct)
             totals["iou"] += iou
+            totals["pointing"] += int(points[b])
+            totals["mass_ratio"] += float(ratios[b])
     count = max(totals["count"], 1)
     return {
         "dataset": trained.config.dataset.name,
@@ -193,6 +162,8 @@ def evaluate(
         "gt_known_loc": totals["gt_known"] / count,
         "top1_cls": totals["correct"] / count,
         "mean_iou": totals["iou"] / count,
+        "pointing": totals["pointing"] / count,
+        "mass_ratio": totals["mass_ratio"] / count,
     }
 
 
@@ -204,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--split", default=None, help="default: the run's eval split")
     parser.add_argument("--bbox_key", default="bbox")
     parser.add_argument("--map", dest="kind", default="attention", choices=MAPS)
-    parser.add_argument("--threshold", type=float, default=0.2, help="fraction of the map's range")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="fraction of the map's range")
     parser.add_argument("--component", default="largest", choices=COMPONENTS)
     parser.add_argument("--head", default="auto", choices=("auto", "saol", "gap"),
                         help="output whose class is used (auto: SAOL when present)")

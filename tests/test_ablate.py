@@ -12,7 +12,7 @@ from commands import run_command
 from configs import fashion_mnist
 from saol_jax import ablate
 
-RUNGS = ("gap", "saol_ss_sd")
+RUNGS = ("gap", "saol_ss_sd@paste")  # the paste form also checks its extra forward pass in the trainer
 
 
 def smoke_config(dataset: dict):
@@ -41,13 +41,16 @@ def test_every_rung_and_seed_has_its_own_run(ladder):
                 config = json.load(f)
             assert config["seed"] == run["seed"]
             assert config["model"]["head"] == ("gap" if rung == "gap" else "saol")
+            assert config["loss"]["ss2_form"] == ("paste" if rung == RUNGS[1] else "renorm")
             assert all(0.0 <= e <= 100.0 for e in run["top1_error"].values())
 
 
 def test_outputs_reported_per_rung(ladder):
     _, payload = ladder
     assert set(payload["rungs"]["gap"]["top1_error"]) == {"gap"}
-    assert set(payload["rungs"]["saol_ss_sd"]["top1_error"]) == {"saol", "gap"}
+    assert set(payload["rungs"][RUNGS[1]]["top1_error"]) == {"saol", "gap"}
+    assert set(payload["rungs"][RUNGS[1]]["vs_gap"]) == {"saol", "gap"}
+    assert "vs_gap" not in payload["rungs"]["gap"]
 
 
 def test_table_plot_and_json_are_written(ladder):
@@ -56,7 +59,9 @@ def test_table_plot_and_json_are_written(ladder):
         table = f.read()
     rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
     assert "n/a" in rows["gap"].split("|")[2]  # no SAOL output on the GAP-FC baseline
-    assert "±" in rows["saol_ss_sd"].split("|")[2] and "±" in rows["saol_ss_sd"].split("|")[3]
+    assert "±" in rows[RUNGS[1]].split("|")[2] and "±" in rows[RUNGS[1]].split("|")[3]
+    assert "Difference of mean top-1 error from GAP-FC" in table
+    assert "Localisation" not in table  # the tiny dataset has no boxes
     with open(os.path.join(workdir, "ablation.json"), encoding="utf-8") as f:
         assert json.load(f) == payload
     image = matplotlib.image.imread(os.path.join(workdir, "ablation.png"))
@@ -72,6 +77,35 @@ def test_rerun_skips_finished_runs(ladder, tiny_dataset):
     assert again == payload
     with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
         assert f.read() == before
+
+
+def test_rungs_with_an_ss2_form():
+    base = smoke_config({"name": "tiny_shapes", "data_dir": None})
+    config = ablate.rung_config(base, "saol_ss@mass_mix", seed=3)
+    assert (config.model.head, config.loss.ss2_form, config.loss.sd, config.seed) == ("saol", "mass_mix", 0.0, 3)
+    assert ablate.rung_config(base, "saol_ss", seed=0).loss.ss2_form == base.loss.ss2_form
+    ablate.check_rungs(ablate.STUDY_RUNGS)
+    with pytest.raises(ValueError, match="saol_ss@area"):
+        ablate.check_rungs(["saol_ss@area"])
+
+
+def test_versus_baseline_and_localisation_table():
+    def entry(errors, pointing=None):
+        runs = [{"top1_error": {"gap": e}, "localisation": {}} for e in errors]
+        loc = {} if pointing is None else {"cam_pointing": ablate.summarise(pointing)}
+        return {"runs": runs, "top1_error": {"gap": ablate.summarise(errors)}, "localisation": loc}
+
+    base, better = entry([10.0, 10.2, 9.8]), entry([9.0, 9.1, 8.9], pointing=[0.5, 0.7])
+    vs = ablate.versus_baseline(better, base)["gap"]
+    # diff -1.0; SE = sqrt(0.01 / 3 + 0.04 / 3) = 0.129: beyond two standard errors.
+    assert vs["diff"] == pytest.approx(-1.0) and vs["se"] == pytest.approx((0.05 / 3) ** 0.5)
+    assert vs["beyond_2se"]
+    assert not ablate.versus_baseline(entry([10.1, 9.6, 10.3]), base)["gap"]["beyond_2se"]
+    better["vs_gap"] = {"gap": vs}
+    table = ablate.markdown({"dataset": "d", "backbone": "b", "seeds": [0, 1, 2],
+                             "rungs": {"gap": base, "saol_ss_sd": better}})
+    assert "| saol_ss_sd | n/a | -1.00 ± 0.13 * |" in table
+    assert "| saol_ss_sd | cam | 0.60 ± 0.14 |" in table
 
 
 def test_summary_statistics():

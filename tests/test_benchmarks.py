@@ -62,3 +62,13 @@ def test_scaling_tiny_losses_agree_and_pipeline_is_timed(tmp_path, tiny_dataset)
 
 def test_pipeline_dataset_missing_is_skipped(tmp_path):
     assert scaling.pipeline_dataset("fashion_mnist", str(tmp_path / "nowhere")) is None
+
+
+def test_step_time_of_an_ss2_form(tmp_path, capsys):
+    out = tmp_path / "step_time.json"
+    result = step_time.main(["--tiny", "--reps", "1", "--steps", "1", "--out", str(out),
+                             "--rungs", "gap,saol_ss_sd,saol_ss_sd@paste"])
+    assert result["variants"].keys() == {"gap", "saol_ss_sd", "saol_ss_sd@paste"}
+    assert "SAOL+SS+SD (paste)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        step_time.main(["--tiny", "--rungs", "gap,saol_ss_sd,saol_ss_sd@area"])

@@ -9,6 +9,7 @@ import os
 import ml_collections
 import pytest
 
+from saol_jax import losses
 from saol_jax.ladder import HEAD_LADDER
 from saol_jax.options import Option, parse_options
 from saol_jax.recipe import HARDWARE_BATCH, LARGE_BATCH_FACTOR, LARGE_BATCH_WARMUP_EPOCHS
@@ -42,7 +43,8 @@ def test_recipe_docstring_is_its_manual(recipe):
 def test_ladder_options(recipe, head):
     config = load(recipe, f"head={head}")
     assert config.model.head == ("gap" if head == "gap" else "saol")
-    assert dict(config.loss) == HEAD_LADDER[head]
+    assert losses.loss_weights(config.loss) == HEAD_LADDER[head]
+    assert config.loss.ss2_form == "renorm"
     with pytest.raises(AttributeError):
         config.no_such_field = 1  # locked: typos are errors
 

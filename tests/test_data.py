@@ -255,8 +255,11 @@ def test_prepared_fashion_mnist_reads_like_tfds(fashion_dir):
 
 
 def test_prepare_cli_is_idempotent(fashion_dir, capsys):
-    assert prepare.main(["--data_dir", fashion_dir]) == 0
-    assert fashion_dir in capsys.readouterr().out
+    args = ["--data_dir", fashion_dir, "--cluttered_train", "20", "--cluttered_test", "10"]
+    assert prepare.main(args) == 0
+    assert prepare.main(args) == 0
+    out = capsys.readouterr().out
+    assert fashion_dir in out and "cluttered_fashion_mnist ready" in out
 
 
 # ----------------------------------------------------------------- datasets without supervised keys

@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 from configs import fashion_mnist
-from saol_jax import optim, sharding
+from saol_jax import losses, optim, sharding
 from saol_jax.models import build_model
 from saol_jax.models.norm import BatchNorm
 from saol_jax.train_step import StepConfig, create_train_state, make_train_step, output_grid
@@ -122,7 +122,7 @@ def _train(ghost_bn_size: int, num_devices: int, steps: int = 2):
     tx = optim.sgd(config.optim, schedule)
     graphdef, state = create_train_state(model, tx)
     step_config = StepConfig(
-        loss_weights=dict(config.loss), mean=(0.5,), std=(0.25,),
+        loss_weights=losses.loss_weights(config.loss), mean=(0.5,), std=(0.25,),
         grid_hw=output_grid(graphdef, state, (12, 12, 3)),
         cutmix_beta=1.0, cutmix_prob=1.0, cutmix_group_size=2,
     )

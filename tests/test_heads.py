@@ -95,6 +95,15 @@ def test_gap_fc_head_averages_then_classifies():
     np.testing.assert_allclose(head(x), expected, rtol=1e-5)
 
 
+def test_class_activation_maps_average_to_the_logits():
+    head = GapFcHead(4, 3, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(5), (2, 5, 5, 4))
+    cam = head.cam(x)
+    assert cam.shape == (2, 5, 5, 3)
+    np.testing.assert_allclose(cam[1, 2, 3], x[1, 2, 3] @ head.fc.kernel[...] + head.fc.bias[...], rtol=1e-5)
+    np.testing.assert_allclose(cam.mean((1, 2)), head(x), rtol=1e-5, atol=1e-6)
+
+
 def _forward_flops(head: str) -> float:
     """XLA cost-analysis FLOPs of the eval forward of ResNet-50 at 224x224, 1000 classes."""
     import ml_collections

@@ -1,4 +1,4 @@
-"""Localisation measures on hand-made 2x2 maps whose answers are worked out by hand."""
+"""True-box localisation scores on hand-made maps whose answers are worked out by hand."""
 
 from __future__ import annotations
 
@@ -7,86 +7,163 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from saol_jax import cutmix, localization
+from saol_jax import localization as loc
+
+# A 4x4 grid on a 16x16 image (4 pixels a cell). The box covers the top-left 2x2 cells.
+BOX = jnp.array([[0.0, 0.0, 0.5, 0.5]])
 
 
-def log_spatial_from_winners(winners: np.ndarray, num_classes: int = 3) -> jax.Array:
-    """[B, Ho, Wo] winning class per cell -> log probabilities: 0.8 on the winner, 0.1 elsewhere."""
-    probs = np.full((*winners.shape, num_classes), 0.2 / (num_classes - 1), np.float32)
-    np.put_along_axis(probs, winners[..., None], 0.8, axis=-1)
-    return jnp.log(jnp.asarray(probs))
+def one_hot_cell(i: int, j: int, value: float = 1.0) -> jax.Array:
+    return jnp.zeros((1, 4, 4)).at[0, i, j].set(value)
 
 
-# Example 0: own class 0, partner 1, box = top row; class 1 wins the top row and cell (1, 1).
-# Example 1: own 2, partner 0, box = cell (0, 0) only (coverage 0.5), class 0 wins nowhere.
-# Example 2: own == partner: the partner region is undefined.
-WINNERS = np.array([[[1, 1], [0, 1]], [[2, 2], [2, 2]], [[1, 1], [1, 1]]])
-LABELS_A = jnp.array([0, 2, 1])
-LABELS_B = jnp.array([1, 0, 1])
-COVERAGE = jnp.array([[[1.0, 1.0], [0.0, 0.0]], [[0.5, 0.25], [0.0, 0.0]], [[1.0, 1.0], [1.0, 1.0]]])
-ATTENTION = jnp.array([[[0.4, 0.3], [0.2, 0.1]], [[0.25, 0.25], [0.25, 0.25]], [[0.1, 0.2], [0.3, 0.4]]])
+def test_pointing_checks_the_peak_cell_centre():
+    assert bool(loc.pointing(one_hot_cell(1, 1), BOX)[0])
+    assert not bool(loc.pointing(one_hot_cell(2, 1), BOX)[0])
+    # Cell (1, 1) spans [0.25, 0.5): its centre 0.375 is inside a box ending at 0.4, not at 0.3.
+    assert bool(loc.pointing(one_hot_cell(1, 1), jnp.array([[0.0, 0.0, 0.4, 0.4]]))[0])
+    assert not bool(loc.pointing(one_hot_cell(1, 1), jnp.array([[0.0, 0.0, 0.3, 0.3]]))[0])
 
 
-def test_box_and_partner_cells():
-    np.testing.assert_array_equal(
-        localization.box_cells(COVERAGE)[:2],
-        [[[True, True], [False, False]], [[True, False], [False, False]]],
-    )
-    partner = localization.partner_cells(log_spatial_from_winners(WINNERS), LABELS_A, LABELS_B)
-    np.testing.assert_array_equal(partner[:2], [[[True, True], [False, True]], [[False, False], [False, False]]])
+def test_mass_ratio_by_hand():
+    uniform = jnp.full((1, 4, 4), 1 / 16)
+    np.testing.assert_allclose(loc.mass_ratio(uniform, BOX, (16, 16)), [1.0], rtol=1e-6)
+    # All mass in one box cell: mass 1 over an area share of 1/4.
+    np.testing.assert_allclose(loc.mass_ratio(one_hot_cell(0, 1), BOX, (16, 16)), [4.0], rtol=1e-6)
+    np.testing.assert_allclose(loc.mass_ratio(one_hot_cell(3, 3), BOX, (16, 16)), [0.0], atol=1e-7)
+    # Half the mass in the box, half outside: ratio 2.
+    split = one_hot_cell(0, 0, 0.5) + one_hot_cell(3, 3, 0.5)
+    np.testing.assert_allclose(loc.mass_ratio(split, BOX, (16, 16)), [2.0], rtol=1e-6)
+    # A box edge inside a cell: rows [0, 6) of 16 cover cell row 1 by half; area share 6/16 * 1/2.
+    half = jnp.array([[0.0, 0.0, 6 / 16, 0.5]])
+    np.testing.assert_allclose(loc.mass_ratio(one_hot_cell(1, 0), half, (16, 16)), [0.5 / (6 / 32)], rtol=1e-6)
 
 
-def test_partner_iou_by_hand():
-    iou, valid = localization.partner_iou(log_spatial_from_winners(WINNERS), LABELS_A, LABELS_B, COVERAGE)
-    np.testing.assert_allclose(iou[:2], [2 / 3, 0.0], rtol=1e-6)
-    np.testing.assert_array_equal(valid, [True, True, False])
+def test_mass_ratio_ignores_a_shift_and_a_scale_of_the_map():
+    # A signed CAM with a bias reads like the same map without it.
+    cam = jnp.arange(16, dtype=jnp.float32).reshape(1, 4, 4)
+    base = loc.mass_ratio(cam, BOX, (16, 16))
+    np.testing.assert_allclose(loc.mass_ratio(3.0 * cam - 7.0, BOX, (16, 16)), base, rtol=1e-5)
+    # cam - min = arange(16): in the box cells 0, 1, 4, 5 (sum 10 of 120), area share 1/4.
+    np.testing.assert_allclose(base, [10 / 120 / 0.25], rtol=1e-6)
+    constant = jnp.full((1, 4, 4), -2.0)
+    np.testing.assert_allclose(loc.mass_ratio(constant, BOX, (16, 16)), [1.0], rtol=1e-6)
 
 
-def test_iou_of_empty_sets_is_zero_and_perfect_match_is_one():
-    empty = jnp.zeros((1, 2, 2), bool)
-    full = jnp.ones((1, 2, 2), bool)
-    assert float(localization.cell_iou(empty, empty)[0]) == 0.0
-    assert float(localization.cell_iou(full, full)[0]) == 1.0
+def test_cell_maps_pick_the_predicted_class():
+    attention = jnp.array([[[0.1, 0.2], [0.3, 0.4]]] * 2)
+    spatial = jnp.stack([jnp.full((2, 2, 2), 0.1), jnp.full((2, 2, 2), 0.9)], -1)
+    outputs = {
+        "log_attention": jnp.log(attention),
+        "log_spatial": jnp.log(spatial),
+        "cam": jnp.arange(2 * 2 * 2 * 2, dtype=jnp.float32).reshape(2, 2, 2, 2),
+    }
+    classes = jnp.array([0, 1])
+    np.testing.assert_allclose(loc.cell_maps(outputs, "attention", classes), attention, rtol=1e-6)
+    np.testing.assert_allclose(loc.cell_maps(outputs, "spatial", classes)[0], 0.1, rtol=1e-6)
+    np.testing.assert_allclose(loc.cell_maps(outputs, "spatial", classes)[1], 0.9, rtol=1e-6)
+    np.testing.assert_allclose(loc.cell_maps(outputs, "product", classes)[1], 0.9 * attention[1], rtol=1e-6)
+    np.testing.assert_array_equal(loc.cell_maps(outputs, "cam", classes)[1], [[9, 11], [13, 15]])
+    with pytest.raises(ValueError, match="map must be one of"):
+        loc.cell_maps(outputs, "saliency", classes)
 
 
-def test_attention_in_box_by_hand():
-    mass, area = localization.attention_in_box(jnp.log(ATTENTION), COVERAGE)
-    np.testing.assert_allclose(mass, [0.7, 0.25 * 0.75, 1.0], rtol=1e-6)
-    np.testing.assert_allclose(area, [0.5, 0.75 / 4, 1.0], rtol=1e-6)
+# ----------------------------------------------------------------- boxes from maps (host)
 
 
-def test_sums_respect_the_mask_and_give_means():
-    sums = jax.jit(localization.localization_sums)(
-        jnp.log(ATTENTION), log_spatial_from_winners(WINNERS), LABELS_A, LABELS_B, COVERAGE,
-        jnp.array([True, True, False]),
-    )
-    got = {k: float(v) for k, v in sums.items()}
-    assert set(got) == set(localization.SUM_KEYS)
-    np.testing.assert_allclose(
-        [got[k] for k in localization.SUM_KEYS], [2 / 3, 2.0, 0.7 + 0.1875, 0.5 + 0.1875, 2.0], rtol=1e-6
-    )
-    metrics = localization.localization_metrics(got)
-    assert metrics["partner_iou"] == pytest.approx(1 / 3)
-    assert metrics["att_mass_in_box"] == pytest.approx(0.44375)
-    assert metrics["box_area_share"] == pytest.approx(0.34375)
-    assert metrics["att_box_concentration"] == pytest.approx(0.8875 / 0.6875)
+def test_box_iou_by_hand():
+    assert loc.box_iou(np.array([0, 0, 0.5, 0.5]), np.array([0, 0, 1, 1])) == pytest.approx(0.25)
+    assert loc.box_iou(np.array([0, 0, 0.5, 0.5]), np.array([0.5, 0.5, 1, 1])) == 0.0
+    assert loc.box_iou(np.array([0, 0, 0.5, 1]), np.array([0, 0.5, 0.5, 1])) == pytest.approx(0.5)
+    # Several ground-truth boxes: the best one counts.
+    gt = np.array([[0.5, 0.5, 1, 1], [0, 0, 0.5, 0.5]])
+    assert loc.box_iou(np.array([0, 0, 0.5, 0.5]), gt) == pytest.approx(1.0)
 
 
-def test_metrics_of_nothing_counted_are_nan():
-    metrics = localization.localization_metrics(dict.fromkeys(localization.SUM_KEYS, 0.0))
-    assert all(np.isnan(v) for v in metrics.values())
+def test_threshold_box_keeps_the_largest_component_or_all():
+    heat = np.zeros((8, 8))
+    heat[1:4, 1:3] = 1.0  # 6 pixels: rows 1-3, columns 1-2
+    heat[6, 5:7] = 0.5  # 2 pixels
+    np.testing.assert_allclose(loc.threshold_box(heat, 0.4, "largest"), [1 / 8, 1 / 8, 4 / 8, 3 / 8])
+    np.testing.assert_allclose(loc.threshold_box(heat, 0.4, "all"), [1 / 8, 1 / 8, 7 / 8, 7 / 8])
+    # Above the threshold only the brighter blob remains.
+    np.testing.assert_allclose(loc.threshold_box(heat, 0.6, "all"), [1 / 8, 1 / 8, 4 / 8, 3 / 8])
 
 
-def test_with_coverage_from_cutmix_boxes():
-    # An 8x8 image on a 2x2 grid: the box [0, 4) x [0, 8) covers the top row exactly,
-    # the box [0, 2) x [0, 2) a quarter of cell (0, 0), so no cell counts as box.
-    coverage = cutmix.cell_coverage(jnp.array([[0, 0, 4, 8], [0, 0, 2, 2]]), (8, 8), (2, 2))
-    log_spatial = log_spatial_from_winners(np.array([[[1, 1], [0, 0]], [[1, 0], [0, 0]]]))
-    labels_a, labels_b = jnp.array([0, 0]), jnp.array([1, 1])
-    iou, valid = localization.partner_iou(log_spatial, labels_a, labels_b, coverage)
-    np.testing.assert_allclose(iou, [1.0, 0.0])
-    np.testing.assert_array_equal(valid, [True, False])
-    uniform = jnp.full((2, 2, 2), jnp.log(0.25))
-    mass, area = localization.attention_in_box(uniform, coverage)
-    np.testing.assert_allclose(mass, area, rtol=1e-6)
-    np.testing.assert_allclose(area, [0.5, 1 / 16], rtol=1e-6)
+def test_largest_component_is_four_connected():
+    heat = np.zeros((4, 4))
+    heat[0, 0] = heat[1, 1] = heat[2, 2] = 1.0  # diagonal: three components of one pixel
+    box = loc.threshold_box(heat, 0.5, "largest")
+    assert (box[2] - box[0]) * (box[3] - box[1]) == pytest.approx(1 / 16)
+
+
+def test_one_hot_cell_upsamples_to_its_own_pixels():
+    # A 4x4 grid on an 8x8 image: bilinear upsampling gives the cell's own 2x2 pixels
+    # 0.75^2 = 0.5625 of the peak and every other pixel at most 0.75 * 0.25.
+    cells = jnp.zeros((1, 4, 4)).at[0, 2, 1].set(1.0)
+    heat = np.asarray(loc.upsample_normalised(cells, (8, 8)))[0]
+    assert heat.max() == pytest.approx(1.0) and heat.min() == pytest.approx(0.0)
+    np.testing.assert_allclose(loc.threshold_box(heat, 0.5), [4 / 8, 2 / 8, 6 / 8, 4 / 8])
+
+
+def test_constant_map_gives_the_whole_image():
+    heat = np.asarray(loc.upsample_normalised(jnp.full((1, 3, 3), 1 / 9), (6, 6)))[0]
+    np.testing.assert_array_equal(heat, 1.0)
+    np.testing.assert_allclose(loc.threshold_box(heat, 0.2), [0, 0, 1, 1])
+
+
+# ----------------------------------------------------------------- an eval batch
+
+
+def test_box_scores_and_iou_sums_on_a_hand_made_batch():
+    # Two 8x8 images on a 2x2 grid, 2 classes. Example 0: box = top-left cell; the attention
+    # and the CAM peak there. Example 1: box = bottom row; the attention peaks at the top
+    # right, the CAM is flat. Example 2 is padding (mask False) and must not count.
+    boxes = jnp.array([[0.0, 0.0, 0.5, 0.5], [0.5, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]])
+    attention = jnp.array([[[0.7, 0.1], [0.1, 0.1]], [[0.1, 0.7], [0.1, 0.1]], [[0.25] * 2] * 2])
+    spatial_c0 = jnp.full((3, 2, 2), 0.8)
+    cam = jnp.stack([jnp.array([[[5.0, 0.0], [0.0, 0.0]], [[1.0, 1.0], [1.0, 1.0]], [[0.0] * 2] * 2]),
+                     jnp.zeros((3, 2, 2))], -1)
+    log_attention = jnp.log(attention)
+    log_spatial = jnp.log(jnp.stack([spatial_c0, 1.0 - spatial_c0], -1))
+    outputs = {
+        "log_attention": log_attention,
+        "log_spatial": log_spatial,
+        "log_probs": jax.nn.logsumexp(log_attention[..., None] + log_spatial, axis=(1, 2)),  # class 0
+        "gap_logits": jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]),  # classes 0, 1, 0
+        "cam": cam,
+    }
+    labels = jnp.array([0, 0, 0])
+    mask = jnp.array([True, True, False])
+    sums = jax.jit(loc.box_scores, static_argnums=4)(outputs, labels, boxes, mask, (8, 8))
+    # Pointing: attention right on example 0 only; the flat CAM of example 1 points at cell
+    # (0, 0), outside its box.
+    assert float(sums["loc_attention_pointing"]) == 1.0
+    assert float(sums["loc_cam_pointing"]) == 1.0
+    # Mass ratio of the attention: example 0, (0.7 - 0.1) / 0.6 = all mass in a quarter -> 4;
+    # example 1, nothing in the bottom row -> 0.
+    assert float(sums["loc_attention_mass_ratio"]) == pytest.approx(4.0, rel=1e-5)
+    # The spatial map is flat: ratio 1 for each counted example.
+    assert float(sums["loc_spatial_mass_ratio"]) == pytest.approx(2.0, rel=1e-5)
+
+    fetched = loc.iou_sums(jax.device_get(sums))
+    assert loc.PER_EXAMPLE not in fetched
+    # Example 0: the attention's thresholded box is the top-left cell's pixels and more
+    # (bilinear spread), never the whole image; example 1: the box lands in the top row.
+    iou_0 = loc.box_iou(loc.threshold_box(np.asarray(sums[loc.PER_EXAMPLE]["heatmap/attention"][0]), 0.2),
+                        np.asarray(boxes[0]))
+    iou_1 = loc.box_iou(loc.threshold_box(np.asarray(sums[loc.PER_EXAMPLE]["heatmap/attention"][1]), 0.2),
+                        np.asarray(boxes[1]))
+    assert fetched["loc_attention_iou"] == pytest.approx(iou_0 + iou_1)
+    assert fetched["loc_attention_gt_known"] == float(iou_0 >= 0.5) + float(iou_1 >= 0.5)
+    # The flat spatial map's box is the whole image: IoU 1/4 and 1/2, GT-known once (example 1).
+    assert fetched["loc_spatial_iou"] == pytest.approx(0.75)
+    assert fetched["loc_spatial_gt_known"] == 1.0 and fetched["loc_spatial_top1_loc"] == 1.0
+    # The flat CAM of example 1 also gives the whole image, but GAP-FC predicts class 1 there:
+    # GT-known without top-1 localisation.
+    assert fetched["loc_cam_gt_known"] >= 1.0
+    assert fetched["loc_cam_top1_loc"] == fetched["loc_cam_gt_known"] - 1.0
+
+
+def test_iou_sums_pass_through_without_boxes():
+    assert loc.iou_sums({"count": 3.0}) == {"count": 3.0}

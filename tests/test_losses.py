@@ -226,3 +226,109 @@ def test_topk_correct():
     np.testing.assert_array_equal(L.topk_correct(scores, labels, 1), [0.0, 0.0, 0.0])
     np.testing.assert_array_equal(L.topk_correct(scores, labels, 2), [1.0, 0.0, 1.0])  # tie counts as correct
     np.testing.assert_array_equal(L.topk_correct(scores, labels, 3), [1.0, 1.0, 1.0])
+
+
+# ----------------------------------------------------------------------------- SS-2 forms
+
+# One 2x2 example: the left column shows image A (label 0), the right column the pasted
+# image B (label 1); Y names each column's label with probability 0.9.
+M_COLUMNS = jnp.array([[[0.0, 1.0], [0.0, 1.0]]])
+Y_COLUMNS = jnp.log(jnp.array([[[[0.9, 0.1], [0.1, 0.9]], [[0.6, 0.4], [0.1, 0.9]]]]))
+LABEL_A, LABEL_B = jnp.array([0]), jnp.array([1])
+
+
+def _score_grad(loss_of_attention, scores):
+    """Gradient of a loss of log A = log_softmax(scores) [1, 2, 2] w.r.t. the scores."""
+    def loss(s):
+        log_a = jax.nn.log_softmax(s.reshape(1, 4), axis=-1).reshape(1, 2, 2)
+        return jnp.sum(loss_of_attention(log_a))
+    return np.asarray(jax.grad(loss)(scores))[0]
+
+
+def _saol_log_probs(log_a, log_y):
+    return jax.nn.logsumexp(log_a[..., None] + log_y, axis=(1, 2))
+
+
+def test_renorm_moves_attention_within_regions_only():
+    scores = jnp.array([[[0.3, -0.2], [0.1, 0.4]]])
+    grad = _score_grad(lambda log_a: L.attention_loss(log_a, Y_COLUMNS, LABEL_A, LABEL_B, M_COLUMNS)[0], scores)
+    # Invariant to scaling either region's attention: no mass moves between regions.
+    np.testing.assert_allclose(grad.sum(axis=0), 0.0, atol=1e-6)
+    # Inside region A (left column), descent raises the cell whose Y names y_A more (top: 0.9 vs 0.6).
+    assert grad[0, 0] < 0 < grad[1, 0]
+    # Region B's cells name y_B equally (0.9): nothing to redistribute there.
+    np.testing.assert_allclose(grad[:, 1], 0.0, atol=1e-6)
+
+
+def test_mass_mix_hand_value_and_commitment():
+    # A = [[0.1, 0.2], [0.3, 0.4]]: mass in region A (left column) 0.4.
+    log_a = _log(A)[None]
+    log_probs = _saol_log_probs(log_a, Y_COLUMNS)
+    y_hat = np.exp(np.asarray(log_probs[0]))
+    expected = -(0.4 * math.log(y_hat[0]) + 0.6 * math.log(y_hat[1]))
+    got = L.mass_mix_loss(log_a, log_probs, LABEL_A, LABEL_B, M_COLUMNS)
+    np.testing.assert_allclose(got, [expected], rtol=1e-6)
+
+    def loss(log_a):
+        return L.mass_mix_loss(log_a, _saol_log_probs(log_a, Y_COLUMNS), LABEL_A, LABEL_B, M_COLUMNS)
+
+    # With more attention on region B (0.6) and y_hat favouring y_B, descent moves mass
+    # further into region B: the loss rewards committing to one source.
+    grad = _score_grad(loss, jnp.log(jnp.asarray(A, jnp.float32))[None])
+    assert grad[:, 1].sum() < 0 < grad[:, 0].sum()
+    # The mirror image: most attention on region A, mass moves into A.
+    grad = _score_grad(loss, jnp.log(jnp.asarray(A[:, ::-1], jnp.float32))[None])
+    assert grad[:, 0].sum() < 0 < grad[:, 1].sum()
+
+
+def test_pasted_target_by_hand():
+    # Two un-mixed images; example 0 gets example 1's right column pasted in (partner 1).
+    log_a = _log(np.array([[[0.1, 0.2], [0.3, 0.4]], [[0.25, 0.25], [0.25, 0.25]]]))
+    y0 = np.array([[[0.5, 0.5], [0.5, 0.5]], [[0.8, 0.2], [0.8, 0.2]]])  # p(class 0) per cell
+    log_y = _log(np.stack([y0, 1.0 - y0], axis=-1))
+    labels, partner = jnp.array([0, 1]), jnp.array([1, 0])
+    coverage = jnp.stack([M_COLUMNS[0], jnp.zeros((2, 2))])
+    target = np.exp(np.asarray(L.pasted_attention_target(log_a, log_y, labels, partner, coverage)))
+    # Responsibilities A Y[y] / y_hat[y]: example 0 (label 0) A * 0.5 / 0.5 = A; example 1
+    # (label 1) 0.25 * [[0.2, 0.8], [0.2, 0.8]] / 0.5 = [[0.1, 0.4], [0.1, 0.4]].
+    # Example 0 keeps its left column (0.1, 0.3) and gets example 1's right one (0.4, 0.4).
+    expected = np.array([[0.1, 0.4], [0.3, 0.4]])
+    np.testing.assert_allclose(target[0], expected / expected.sum(), rtol=1e-5)
+    # Example 1 is not mixed: its own responsibilities.
+    np.testing.assert_allclose(target[1], [[0.1, 0.4], [0.1, 0.4]], rtol=1e-5)
+    np.testing.assert_allclose(target.sum(axis=(1, 2)), 1.0, rtol=1e-6)
+
+
+def test_paste_loss_moves_attention_towards_its_target():
+    log_target = jnp.log(jnp.array([[[0.1, 0.4], [0.3, 0.2]]]))
+    scores = jnp.zeros((1, 2, 2))  # uniform attention 0.25
+    grad = _score_grad(lambda log_a: L.paste_loss(log_a, log_target), scores)
+    # Cross-entropy of a softmax: the scores' gradient is A - T.
+    np.testing.assert_allclose(grad, 0.25 - np.exp(np.asarray(log_target[0])), rtol=1e-5)
+    # No gradient flows into the target.
+    target_grad = jax.grad(lambda t: jnp.sum(L.paste_loss(jnp.log(jnp.full((1, 2, 2), 0.25)), t)))(log_target)
+    np.testing.assert_array_equal(target_grad, 0.0)
+
+
+@pytest.mark.parametrize("form", L.SS2_FORMS)
+def test_loss_terms_select_the_ss2_form(form):
+    out = _outputs(2)
+    la, lb = jnp.zeros(2, int), jnp.ones(2, int)
+    m = jnp.broadcast_to(M_COLUMNS, (2, 2, 2))
+    target = jnp.log(jnp.full((2, 2, 2), 0.25)) if form == "paste" else None
+    terms = L.loss_terms(out, la, lb, None, m, {"ss2": 1.0}, ss2_form=form, ss2_target=target)
+    expected = {
+        "renorm": np.mean(L.attention_loss(out["log_attention"], out["log_spatial"], la, lb, m)[0]) / 2,
+        "mass_mix": np.mean(L.mass_mix_loss(out["log_attention"], out["log_probs"], la, lb, m)),
+        "paste": np.mean(L.paste_loss(out["log_attention"], target)) if target is not None else None,
+    }[form]
+    np.testing.assert_allclose(terms["ss2"], expected, rtol=1e-6)
+
+
+def test_unknown_ss2_form_and_paste_without_target_raise():
+    out = _outputs(1)
+    args = (out, jnp.zeros(1, int), jnp.ones(1, int), None, jnp.zeros((1, 2, 2)), {"ss2": 1.0})
+    with pytest.raises(ValueError, match="ss2_form"):
+        L.loss_terms(*args, ss2_form="area")
+    with pytest.raises(ValueError, match="ss2_target"):
+        L.loss_terms(*args, ss2_form="paste")

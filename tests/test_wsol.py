@@ -1,11 +1,10 @@
-"""WSOL: box / IoU / threshold logic on hand-made maps, and the evaluator on a synthetic box dataset."""
+"""WSOL evaluator on a synthetic box dataset (the scores themselves: tests/test_localization.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -16,64 +15,6 @@ from saol_jax.trainer import train_and_evaluate
 
 SIZE = 16
 NUM_TEST = 20
-
-
-# ----------------------------------------------------------------- hand-made maps
-
-
-def test_box_iou_by_hand():
-    assert wsol.box_iou(np.array([0, 0, 0.5, 0.5]), np.array([0, 0, 1, 1])) == pytest.approx(0.25)
-    assert wsol.box_iou(np.array([0, 0, 0.5, 0.5]), np.array([0.5, 0.5, 1, 1])) == 0.0
-    assert wsol.box_iou(np.array([0, 0, 0.5, 1]), np.array([0, 0.5, 0.5, 1])) == pytest.approx(0.5)
-    # Several ground-truth boxes: the best one counts.
-    gt = np.array([[0.5, 0.5, 1, 1], [0, 0, 0.5, 0.5]])
-    assert wsol.box_iou(np.array([0, 0, 0.5, 0.5]), gt) == pytest.approx(1.0)
-
-
-def test_threshold_box_keeps_the_largest_component_or_all():
-    heat = np.zeros((8, 8))
-    heat[1:4, 1:3] = 1.0  # 6 pixels: rows 1-3, columns 1-2
-    heat[6, 5:7] = 0.5  # 2 pixels
-    np.testing.assert_allclose(wsol.threshold_box(heat, 0.4, "largest"), [1 / 8, 1 / 8, 4 / 8, 3 / 8])
-    np.testing.assert_allclose(wsol.threshold_box(heat, 0.4, "all"), [1 / 8, 1 / 8, 7 / 8, 7 / 8])
-    # Above the threshold only the brighter blob remains.
-    np.testing.assert_allclose(wsol.threshold_box(heat, 0.6, "all"), [1 / 8, 1 / 8, 4 / 8, 3 / 8])
-
-
-def test_largest_component_is_four_connected():
-    heat = np.zeros((4, 4))
-    heat[0, 0] = heat[1, 1] = heat[2, 2] = 1.0  # diagonal: three components of one pixel
-    heat[3, 0:3] = 0.0
-    box = wsol.threshold_box(heat, 0.5, "largest")
-    assert (box[2] - box[0]) * (box[3] - box[1]) == pytest.approx(1 / 16)
-
-
-def test_one_hot_cell_upsamples_to_its_own_pixels():
-    # A 4x4 grid on an 8x8 image: bilinear upsampling gives the cell's own 2x2 pixels
-    # 0.75^2 = 0.5625 of the peak and every other pixel at most 0.75 * 0.25.
-    cells = jnp.zeros((1, 4, 4)).at[0, 2, 1].set(1.0)
-    heat = np.asarray(wsol.upsample_normalised(cells, (8, 8)))[0]
-    assert heat.max() == pytest.approx(1.0) and heat.min() == pytest.approx(0.0)
-    np.testing.assert_allclose(wsol.threshold_box(heat, 0.5), [4 / 8, 2 / 8, 6 / 8, 4 / 8])
-
-
-def test_constant_map_gives_the_whole_image():
-    heat = np.asarray(wsol.upsample_normalised(jnp.full((1, 3, 3), 1 / 9), (6, 6)))[0]
-    np.testing.assert_array_equal(heat, 1.0)
-    np.testing.assert_allclose(wsol.threshold_box(heat, 0.2), [0, 0, 1, 1])
-
-
-def test_cell_maps_pick_the_predicted_class():
-    outputs = {
-        "log_attention": jnp.log(jnp.full((2, 2, 2), 0.25)),
-        "log_spatial": jnp.log(jnp.stack([jnp.full((2, 2, 2), 0.1), jnp.full((2, 2, 2), 0.9)], -1)),
-        "cam": jnp.arange(2 * 2 * 2 * 2, dtype=jnp.float32).reshape(2, 2, 2, 2),
-    }
-    classes = jnp.array([0, 1])
-    np.testing.assert_allclose(wsol.cell_maps(outputs, "attention", classes), 0.25, rtol=1e-6)
-    np.testing.assert_allclose(wsol.cell_maps(outputs, "spatial", classes)[0], 0.1, rtol=1e-6)
-    np.testing.assert_allclose(wsol.cell_maps(outputs, "spatial", classes)[1], 0.9, rtol=1e-6)
-    np.testing.assert_array_equal(wsol.cell_maps(outputs, "cam", classes)[1], [[9, 11], [13, 15]])
 
 
 def test_bad_settings_fail_before_loading_anything(tmp_path):
@@ -136,6 +77,27 @@ def workdir(box_dataset, tmp_path_factory) -> str:
     return path
 
 
+def test_training_evaluation_reports_true_box_localisation(workdir):
+    # The trainer's eval batches carry the dataset's boxes; every map of a SAOL model is scored.
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+        final = [json.loads(line) for line in f if '"eval"' in line][-1]
+    assert final["eval/count"] == NUM_TEST
+    for kind in ("attention", "spatial", "product", "cam"):
+        for metric in ("pointing", "iou", "gt_known", "top1_loc"):
+            assert 0.0 <= final[f"eval/loc_{kind}_{metric}"] <= 1.0, (kind, metric)
+        assert final[f"eval/loc_{kind}_top1_loc"] <= final[f"eval/loc_{kind}_gt_known"]
+        assert final[f"eval/loc_{kind}_mass_ratio"] >= 0.0
+
+
+def test_offline_evaluator_agrees_with_the_training_evaluation(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+        final = [json.loads(line) for line in f if '"eval"' in line][-1]
+    results = wsol.evaluate(workdir, kind="spatial", batch_size=8)
+    assert results["gt_known_loc"] == pytest.approx(final["eval/loc_spatial_gt_known"])
+    assert results["pointing"] == pytest.approx(final["eval/loc_spatial_pointing"])
+    assert results["mass_ratio"] == pytest.approx(final["eval/loc_spatial_mass_ratio"], rel=1e-4)
+
+
 def gt_areas(dataset: dict) -> np.ndarray:
     ds = tfds.builder(dataset["name"], data_dir=dataset["data_dir"]).as_dataset(split="test")
     boxes = np.stack([ex["bbox"] for ex in tfds.as_numpy(ds)])
@@ -150,6 +112,13 @@ def test_whole_image_boxes_score_the_ground_truth_area(workdir, box_dataset):
     assert results["mean_iou"] == pytest.approx(areas.mean())
     assert results["gt_known_loc"] == pytest.approx(np.mean(areas >= 0.5))
     assert results["top1_loc"] <= min(results["gt_known_loc"], results["top1_cls"])
+    assert results["mass_ratio"] >= 0.0
+
+
+def test_product_map_of_a_saol_model(workdir):
+    results = wsol.evaluate(workdir, kind="product", batch_size=8, max_examples=8)
+    assert results["map"] == "product" and results["count"] == 8
+    assert 0.0 <= results["pointing"] <= 1.0 and results["mass_ratio"] >= 0.0
 
 
 def test_cli_writes_json_and_cam_works(workdir):
@@ -159,6 +128,6 @@ def test_cli_writes_json_and_cam_works(workdir):
     with open(out, encoding="utf-8") as f:
         assert json.load(f) == results
     assert results["count"] == 5 and results["map"] == "cam" and results["head"] == "gap"
-    for key in ("top1_loc", "gt_known_loc", "top1_cls", "mean_iou"):
+    for key in ("top1_loc", "gt_known_loc", "top1_cls", "mean_iou", "pointing"):
         assert 0.0 <= results[key] <= 1.0
     assert results["top1_loc"] <= min(results["gt_known_loc"], results["top1_cls"])

@@ -22,7 +22,7 @@ from tensorflow_datasets.image_classification import mnist
 DEFAULT_SOURCE_DIR = "/usr/share/datasets/fashion-mnist"
 INSTALL_HINT = "install with: apt-get install dataset-fashion-mnist"
 
-_SPLIT_FILES = {
+SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
@@ -42,7 +42,7 @@ def read_idx(path: str) -> np.ndarray:
 
 def missing_source_files(source_dir: str) -> list[str]:
     """Paths of the four idx files that are absent from `source_dir`."""
-    paths = [os.path.join(source_dir, f) for files in _SPLIT_FILES.values() for f in files]
+    paths = [os.path.join(source_dir, f) for files in SPLIT_FILES.values() for f in files]
     return [p for p in paths if not os.path.isfile(p)]
 
 
@@ -59,7 +59,7 @@ class LocalFashionMNIST(mnist.FashionMNIST, skip_registration=True):
         del dl_manager
         return {
             split: self._generate_from_idx(*(os.path.join(self._source_dir, f) for f in files))
-            for split, files in _SPLIT_FILES.items()
+            for split, files in SPLIT_FILES.items()
         }
 
     def _generate_from_idx(self, images_path: str, labels_path: str) -> Iterator[tuple[int, dict]]:

@@ -85,7 +85,7 @@ def default_dataset_config() -> ml_collections.ConfigDict:
 def prepare_command(name: str, data_dir: str) -> str:
     """The command that writes dataset `name` into `data_dir`."""
     base = name.split(":")[0]
-    if base == "fashion_mnist":
+    if base in ("fashion_mnist", "cluttered_fashion_mnist"):
         return f"python -m saol_jax.data.prepare --data_dir {data_dir}"
     command = f"tfds build {base} --data_dir {data_dir}"
     if base.split("/")[0] == "imagenet2012":
@@ -387,6 +387,15 @@ def train_batches(dataset_config, *, global_batch_size: int, seed: int, start_st
 # ----------------------------------------------------------------------------- eval
 
 
+BOX_KEY = "bbox"
+
+
+def _has_box(builder: tfds.core.DatasetBuilder) -> bool:
+    """Whether each example has one true box: a top-level BBoxFeature named BOX_KEY."""
+    features = builder.info.features
+    return BOX_KEY in features.keys() and isinstance(features[BOX_KEY], tfds.features.BBoxFeature)
+
+
 def read_shares(dataset_config) -> tuple[range, int]:
     """The shares of each split this process reads, and the number of shares."""
     shares = dataset_config.host_shards or jax.process_count()
@@ -442,7 +451,9 @@ def eval_batches(dataset_config, *, global_batch_size: int, process_index: int |
                  process_count: int | None = None) -> Iterator[dict]:
     """This host's eval share once, as {'image', 'label', 'mask'} batches padded with mask=False.
 
-    Every host yields `eval_steps(info, global_batch_size)` batches.
+    Every host yields `eval_steps(info, global_batch_size)` batches. A
+    dataset with one true box per image (a top-level `bbox` BBoxFeature) adds
+    `bbox` float32 [b, 4] (normalised), unless `eval_resize` crops the image.
     """
     index, count = _process(process_index, process_count)
     batch = local_batch_size(global_batch_size, count)
@@ -455,15 +466,23 @@ def eval_batches(dataset_config, *, global_batch_size: int, process_index: int |
         raise RuntimeError(f"host {index} holds more eval examples than eval_steps allows")
     transform = _eval_transform(dataset_config, _native_shape(builder, dataset_config), info.image_shape)
 
-    def example(image, label):
-        image = tf.ensure_shape(transform(image), info.image_shape)
-        return {"image": image, "label": tf.cast(label, tf.int32), "mask": tf.constant(True)}
+    boxed = _has_box(builder) and not dataset_config.eval_resize
 
+    def example(image, label, *box):
+        image = tf.ensure_shape(transform(image), info.image_shape)
+        out = {"image": image, "label": tf.cast(label, tf.int32), "mask": tf.constant(True)}
+        return {**out, "bbox": tf.cast(box[0], tf.float32)} if box else out
+
+    image_key, label_key = feature_keys(builder, dataset_config)
     ds = builder.as_dataset(split=host_split, shuffle_files=False,
                             read_config=tfds.ReadConfig(try_autocache=False, options=_options()))
-    ds = ds.map(_pairs(feature_keys(builder, dataset_config)))
+    if boxed:
+        ds = ds.map(lambda ex: (ex[image_key], ex[label_key], ex[BOX_KEY]))
+    else:
+        ds = ds.map(_pairs((image_key, label_key)))
     ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     pad = {"image": np.zeros(info.image_shape, np.uint8), "label": np.int32(0), "mask": False}
+    pad.update({"bbox": np.zeros(4, np.float32)} if boxed else {})
     ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(padding))
     ds = _prefetch(ds.batch(batch), dataset_config).with_options(_options())
     return ds.as_numpy_iterator()

@@ -35,14 +35,20 @@ class Classifier(nnx.Module):
         self.gap_fc = GapFcHead(backbone.stage_channels[-1], num_classes, rngs=rngs)
         self.saol = saol_head
 
-    def __call__(self, images: jax.Array, *, rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
+    def __call__(
+        self, images: jax.Array, *, rngs: nnx.Rngs | None = None, with_cam: bool = False
+    ) -> dict[str, jax.Array]:
         """images: [B, H, W, C] normalised float.
 
         Returns `gap_logits` [B, K] and, with SAOL, `log_attention`
-        [B, Ho, Wo], `log_spatial` [B, Ho, Wo, K] and `log_probs` [B, K].
+        [B, Ho, Wo], `log_spatial` [B, Ho, Wo, K] and `log_probs` [B, K];
+        `with_cam` adds the GAP-FC branch's class activation maps `cam`
+        [B, Ho, Wo, K].
         """
         features = self.backbone(images, rngs=rngs)
         outputs = {"gap_logits": self.gap_fc(features[-1])}
+        if with_cam:
+            outputs["cam"] = self.gap_fc.cam(features[-1])
         if self.saol is not None:
             outputs.update(self.saol(features))
         return outputs

@@ -27,6 +27,13 @@ class GapFcHead(nnx.Module):
         pooled = last.astype(jnp.float32).mean(axis=(1, 2))
         return self.fc(pooled)
 
+    def cam(self, last: jax.Array) -> jax.Array:
+        """last: [B, H, W, C] -> class activation maps [B, H, W, K]: the layer at every cell.
+
+        Their mean over cells is the logits (the layer is linear).
+        """
+        return self.fc(last.astype(jnp.float32))
+
 
 def resize_to_grid(x: jax.Array, grid_hw: tuple[int, int]) -> jax.Array:
     """Resize [B, H, W, C] to [B, Ho, Wo, C].
