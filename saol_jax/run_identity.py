@@ -1,12 +1,13 @@
 """What makes two runs the same run, so that a resume never continues a different one.
 
 A workdir keeps `run.json`: the config fields that define the training
-trajectory (model, losses, data, batch, seed, schedule) and the device and
+trajectory (model, losses, data, batch, seed, optimiser and schedule) and the device and
 host counts (they set BatchNorm and CutMix groups). Re-running in that
 workdir with any of them changed is refused with the list of changes,
 instead of silently mixing two runs' checkpoints and logs. Fields that
 only change how a run is observed or stored (log, eval and checkpoint
-frequencies, eval batch size, data_dir, keep_checkpoints) may change.
+frequencies, eval batch size, data_dir, keep_checkpoints), and its length,
+may change.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ import ml_collections
 from saol_jax import paths
 
 IDENTITY_FILE = "run.json"
-# Top-level config fields that do not change what is trained.
+# Top-level config fields that do not change what the steps taken so far trained. The
+# length (num_epochs, num_train_steps) may change so that a finished run can be extended;
+# a schedule that depends on it (cosine) then follows the new length from the resumed step.
 FREE_FIELDS = frozenset({
     "log_every_steps", "eval_every_epochs", "eval_cutmix_maps", "checkpoint_every_steps",
     "keep_checkpoints", "eval_batch_size", "init_from", "num_cpu_devices", "num_devices",
+    "num_epochs", "num_train_steps",
 })
 # Dataset fields that only say where or how fast data is read.
 FREE_DATASET_FIELDS = frozenset({"data_dir", "prefetch", "cache", "shuffle_buffer"})

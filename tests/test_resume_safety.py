@@ -65,3 +65,13 @@ def test_nan_update_is_never_saved(tiny_dataset, tmp_path):
                 assert np.all(np.isfinite(value)), (step, name)
     finally:
         checkpointer.close()
+
+
+def test_a_finished_run_can_be_extended(finished, tiny_dataset):
+    results = train_and_evaluate(tiny_config(tiny_dataset, eval_batch_size=16, num_train_steps=6), finished)
+    checkpointer = checkpoint.Checkpointer(os.path.join(finished, "checkpoints"), async_save=False)
+    try:
+        assert checkpointer.steps()[-1] == 6
+    finally:
+        checkpointer.close()
+    assert results["eval/count"] == 30
