@@ -10,8 +10,7 @@ import ml_collections
 from flax import nnx
 
 from saol_jax import checkpoint, data, paths
-from saol_jax.models import DTYPES, build_model
-from saol_jax.train_step import normalise
+from saol_jax.models import DTYPES, build_model, normalise
 
 
 @dataclasses.dataclass

@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 
 from saol_jax import cutmix as cutmix_lib
 from saol_jax import cutmix_eval, localization, losses
+from saol_jax.models.inputs import normalise
 from saol_jax.sharding import replicated
 
 
@@ -51,13 +52,6 @@ class StepConfig:
 # Eval images are CutMix'ed with this fixed key so every evaluation measures
 # the CutMix maps on the same boxes and partners.
 EVAL_CUTMIX_SEED = 1234
-
-
-def normalise(images: jax.Array, mean: Sequence[float], std: Sequence[float], dtype: jnp.dtype) -> jax.Array:
-    """uint8 [B, H, W, C] -> (x / 255 - mean) / std in `dtype`."""
-    x = images.astype(jnp.float32) / 255.0
-    x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
-    return x.astype(dtype)
 
 
 def create_train_state(model: nnx.Module, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState]:

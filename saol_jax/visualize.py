@@ -13,19 +13,20 @@ Overlays show the Ho x Wo output cells as blocks over the image.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
 import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
+from absl import app, flags
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from saol_jax import cutmix, cutmix_eval, data, paths, sharding  # noqa: E402
+from saol_jax.config_check import parse_flags_or_exit  # noqa: E402
 from saol_jax.restore import Trained, load_trained, read_config  # noqa: E402
 
 BOX_SEED = 0
@@ -177,17 +178,22 @@ def write_grids(workdir: str, out_dir: str | None = None, *, num_images: int = 8
     ]
 
 
-def main(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", required=True, help="a training run's workdir")
-    parser.add_argument("--out", default=None, help="output folder (default WORKDIR/visualize)")
-    parser.add_argument("--num_images", type=int, default=8)
-    args = parser.parse_args(argv)
+def define_flags() -> None:
+    """Command-line flags; defined only when this module is the program."""
+    flags.DEFINE_string("workdir", None, "A training run's workdir.")
+    flags.DEFINE_string("out", None, "Output folder (default WORKDIR/visualize).")
+    flags.DEFINE_integer("num_images", 8, "Eval images shown, one row each.")
+    flags.mark_flag_as_required("workdir")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    args = flags.FLAGS
     sharding.configure_cpu_devices(read_config(args.workdir).num_cpu_devices)
-    written = write_grids(args.workdir, args.out, num_images=args.num_images)
-    print("\n".join(written))
-    return written
+    print("\n".join(write_grids(args.workdir, args.out, num_images=args.num_images)))
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main, flags_parser=parse_flags_or_exit)

@@ -23,7 +23,6 @@ them; with several boxes the best IoU counts).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 from collections.abc import Iterator, Mapping
@@ -33,8 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import app, flags
 
 from saol_jax import data, paths, sharding
+from saol_jax.config_check import parse_flags_or_exit
 from saol_jax.data import preprocess
 from saol_jax.localization import (
     DEFAULT_THRESHOLD,
@@ -167,34 +168,40 @@ def evaluate(
     }
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", required=True, help="a training run's workdir")
-    parser.add_argument("--dataset", default=None, help="tfds name (default: the run's dataset)")
-    parser.add_argument("--data_dir", default=None, help="tfds data_dir (default: the run's)")
-    parser.add_argument("--split", default=None, help="default: the run's eval split")
-    parser.add_argument("--bbox_key", default="bbox")
-    parser.add_argument("--map", dest="kind", default="attention", choices=MAPS)
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="fraction of the map's range")
-    parser.add_argument("--component", default="largest", choices=COMPONENTS)
-    parser.add_argument("--head", default="auto", choices=("auto", "saol", "gap"),
-                        help="output whose class is used (auto: SAOL when present)")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--max_examples", type=int, default=0, help="0: the whole split")
-    parser.add_argument("--out", default=None, help="JSON file (default WORKDIR/wsol_<map>.json)")
-    args = parser.parse_args(argv)
+def define_flags() -> None:
+    """Command-line flags; defined only when this module is the program."""
+    flags.DEFINE_string("workdir", None, "A training run's workdir.")
+    flags.DEFINE_string("dataset", None, "tfds name (default: the run's dataset).")
+    flags.DEFINE_string("data_dir", None, "tfds data_dir (default: the run's).")
+    flags.DEFINE_string("split", None, "Split to score (default: the run's eval split).")
+    flags.DEFINE_string("bbox_key", "bbox", "The dataset's box feature.")
+    flags.DEFINE_enum("map", "attention", MAPS, "Map whose boxes are scored.")
+    flags.DEFINE_float("threshold", DEFAULT_THRESHOLD, "Fraction of the map's range.")
+    flags.DEFINE_enum("component", "largest", COMPONENTS, "Pixels the box bounds.")
+    flags.DEFINE_enum("head", "auto", ["auto", "saol", "gap"],
+                      "Output whose class is used (auto: SAOL when present).")
+    flags.DEFINE_integer("batch_size", 64, "Images per forward pass.")
+    flags.DEFINE_integer("max_examples", 0, "Examples scored (0: the whole split).")
+    flags.DEFINE_string("out", None, "JSON file (default WORKDIR/wsol_<map>.json).")
+    flags.mark_flag_as_required("workdir")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    args = flags.FLAGS
     sharding.configure_cpu_devices(read_config(args.workdir).num_cpu_devices)
     results = evaluate(
         args.workdir, dataset=args.dataset, data_dir=args.data_dir, split=args.split, bbox_key=args.bbox_key,
-        kind=args.kind, threshold=args.threshold, component=args.component, head=args.head,
+        kind=args.map, threshold=args.threshold, component=args.component, head=args.head,
         batch_size=args.batch_size, max_examples=args.max_examples,
     )
-    out = paths.resolve(args.out) if args.out else paths.join(paths.resolve(args.workdir), f"wsol_{args.kind}.json")
+    out = paths.resolve(args.out) if args.out else paths.join(paths.resolve(args.workdir), f"wsol_{args.map}.json")
     paths.write_json(out, results)
     print(json.dumps(results, indent=2))
     print(f"wrote {out}")
-    return results
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main, flags_parser=parse_flags_or_exit)

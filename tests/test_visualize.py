@@ -9,6 +9,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from commands import run_command
 from configs import fashion_mnist
 from saol_jax import visualize
 from saol_jax.trainer import train_and_evaluate
@@ -36,7 +37,10 @@ def test_write_grids_makes_both_pngs(workdir, tmp_path):
 
 
 def test_cli_writes_to_the_workdir_by_default(workdir):
-    paths = visualize.main(["--workdir", workdir, "--num_images", "2"])
+    proc = run_command("visualize", ["--workdir", workdir, "--num_images", "2"], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    paths = proc.stdout.split()
+    assert len(paths) == 2
     assert all(os.path.dirname(p) == os.path.join(workdir, "visualize") for p in paths)
     assert all(os.path.getsize(p) > 0 for p in paths)
 

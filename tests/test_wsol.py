@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from commands import run_command
 from configs import fashion_mnist
 from saol_jax import wsol
 from saol_jax.trainer import train_and_evaluate
@@ -123,8 +124,12 @@ def test_product_map_of_a_saol_model(workdir):
 
 def test_cli_writes_json_and_cam_works(workdir):
     out = os.path.join(workdir, "wsol_cam.json")
-    results = wsol.main(["--workdir", workdir, "--map", "cam", "--head", "gap", "--max_examples", "5",
-                         "--batch_size", "4", "--out", out])
+    proc = run_command("wsol", ["--workdir", workdir, "--map", "cam", "--head", "gap", "--max_examples", "5",
+                                "--batch_size", "4", "--out", out], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    printed, wrote = proc.stdout.rsplit("wrote ", 1)
+    assert wrote.strip() == out
+    results = json.loads(printed)
     with open(out, encoding="utf-8") as f:
         assert json.load(f) == results
     assert results["count"] == 5 and results["map"] == "cam" and results["head"] == "gap"

@@ -1,4 +1,4 @@
-"""Model construction from a config: backbone registry, heads, classifier."""
+"""Model construction from a config: backbone registry, heads, classifier, input normalisation."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from flax import nnx
 from saol_jax.models.backbones import BACKBONES, build_backbone
 from saol_jax.models.classifier import HEADS, Classifier
 from saol_jax.models.heads import GapFcHead, SaolHead
+from saol_jax.models.inputs import normalise
 
 if TYPE_CHECKING:  # configs are ConfigDicts; building a model needs only attribute access
     import ml_collections
@@ -25,6 +26,7 @@ __all__ = [
     "SaolHead",
     "build_backbone",
     "build_model",
+    "normalise",
 ]
 
 

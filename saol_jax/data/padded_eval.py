@@ -1,0 +1,88 @@
+"""Eval batches: each host's share of the eval split once, padded to the same number of batches.
+
+Every host runs the same number of eval steps (a collective step cannot
+wait for a host that has finished), so the short shares are padded with
+examples whose `mask` is False and which the eval step leaves out of its sums.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from saol_jax.data import tfdata
+from saol_jax.data.discovery import feature_keys, open_builder
+from saol_jax.data.hosts import concatenated, local_batch_size, process, read_shares
+from saol_jax.data.info import DatasetInfo, info_from_builder, native_shape, num_examples
+from saol_jax.data.transforms import eval_transform, pairs
+
+BOX_KEY = "bbox"
+
+
+def _has_box(builder: tfds.core.DatasetBuilder) -> bool:
+    """Whether each example has one true box: a top-level BBoxFeature named BOX_KEY."""
+    features = builder.info.features
+    return BOX_KEY in features.keys() and isinstance(features[BOX_KEY], tfds.features.BBoxFeature)
+
+
+def eval_steps(info: DatasetInfo, global_batch_size: int, *, process_count: int | None = None) -> int:
+    """Eval batches per host: enough for the largest host share, the same on every host."""
+    count = jax.process_count() if process_count is None else process_count
+    largest_share = math.ceil(info.num_eval / count)
+    return math.ceil(largest_share / local_batch_size(global_batch_size, count))
+
+
+def eval_batches(dataset_config, *, global_batch_size: int, process_index: int | None = None,
+                 process_count: int | None = None) -> Iterator[dict]:
+    """This host's eval share once, as {'image', 'label', 'mask'} batches padded with mask=False.
+
+    Every host yields `eval_steps(info, global_batch_size)` batches. A
+    dataset with one true box per image (a top-level `bbox` BBoxFeature) adds
+    `bbox` float32 [b, 4] (normalised), unless `eval_resize` crops the image.
+    """
+    index, count = process(process_index, process_count)
+    batch = local_batch_size(global_batch_size, count)
+    builder = open_builder(dataset_config)
+    info = info_from_builder(dataset_config, builder)
+    host_split = tfds.split_for_jax_process(info.eval_split, process_index=index, process_count=count)
+    padding = eval_steps(info, global_batch_size, process_count=count) * batch \
+        - num_examples(builder, host_split)
+    if padding < 0:
+        raise RuntimeError(f"host {index} holds more eval examples than eval_steps allows")
+    transform = eval_transform(dataset_config, native_shape(builder, dataset_config), info.image_shape)
+
+    boxed = _has_box(builder) and not dataset_config.eval_resize
+
+    def example(image, label, *box):
+        image = tf.ensure_shape(transform(image), info.image_shape)
+        out = {"image": image, "label": tf.cast(label, tf.int32), "mask": tf.constant(True)}
+        return {**out, "bbox": tf.cast(box[0], tf.float32)} if box else out
+
+    image_key, label_key = feature_keys(builder, dataset_config)
+    ds = builder.as_dataset(split=host_split, shuffle_files=False,
+                            read_config=tfds.ReadConfig(try_autocache=False, options=tfdata.options()))
+    if boxed:
+        ds = ds.map(lambda ex: (ex[image_key], ex[label_key], ex[BOX_KEY]))
+    else:
+        ds = ds.map(pairs((image_key, label_key)))
+    ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    pad = {"image": np.zeros(info.image_shape, np.uint8), "label": np.int32(0), "mask": False}
+    pad.update({"bbox": np.zeros(4, np.float32)} if boxed else {})
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(padding))
+    ds = tfdata.prefetch(ds.batch(batch), dataset_config).with_options(tfdata.options())
+    return ds.as_numpy_iterator()
+
+
+def host_eval_batches(dataset_config, *, global_batch_size: int) -> Iterator[dict]:
+    """This process's slice of every global eval batch (its shares, concatenated, padded)."""
+    mine, shares = read_shares(dataset_config)
+    return concatenated([
+        eval_batches(dataset_config, global_batch_size=global_batch_size,
+                     process_index=share, process_count=shares)
+        for share in mine
+    ])
