@@ -145,14 +145,19 @@ def time_alternating(runs: dict[str, Callable[[int], object]], batch: int, *, re
                      steps: int) -> dict[str, dict]:
     """Times `run(steps)` of each entry of `runs`, `reps` times in turn.
 
-    Alternating spreads drifting machine load evenly over the entries.
-    Returns per entry img/s (median, min, max, samples), ms per step and the
+    Alternating spreads drifting machine load evenly over the entries; each
+    repetition starts one entry later, so that no entry always follows the
+    same one (threads an entry leaves spinning slow down the next). Returns
+    per entry img/s (median, min, max, samples), ms per step and the
     process's CPU ms per step.
     """
     samples = {name: [] for name in runs}
     cpu = {name: [] for name in runs}
-    for _ in range(reps):
-        for name, run in runs.items():
+    names = list(runs)
+    for rep in range(reps):
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:
+            run = runs[name]
             start, start_cpu = time.perf_counter(), time.process_time()
             run(steps)
             samples[name].append(batch * steps / (time.perf_counter() - start))
