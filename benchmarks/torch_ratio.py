@@ -132,10 +132,12 @@ def torch_step(work: Workload, threads: int) -> TorchStep:
 
 
 def param_count_jax(state: object) -> int:
+    """Trainable parameters of a JAX TrainState (BatchNorm statistics excluded, as in PyTorch)."""
     return sum(math.prod(x.shape) for x in jax.tree.leaves(state.params))
 
 
 def param_count_torch(model: nn.Module) -> int:
+    """Trainable parameters of a PyTorch model (buffers excluded)."""
     return sum(p.numel() for p in model.parameters())
 
 
@@ -155,6 +157,7 @@ def parse_options(spec: str) -> dict[str, str | bool | int]:
 
 
 def torch_name(threads: int) -> str:
+    """The table and JSON name of the PyTorch entry on `threads` threads."""
     return f"torch {threads} thread" + ("s" if threads > 1 else "")
 
 
@@ -175,9 +178,10 @@ def measure(work: Workload, *, devices: int, xla_variants: list[str], torch_thre
     torch_steps = {torch_name(n): torch_step(work, n) for n in torch_threads}
     for reference in torch_steps.values():
         reference.run(warmup)
-    params = {"jax": param_count_jax(jax_steps[DEFAULT].state), "torch": param_count_torch(reference.model)}
+    twin = next(iter(torch_steps.values())).model
+    params = {"jax": param_count_jax(jax_steps[DEFAULT].state), "torch": param_count_torch(twin)}
     if params["jax"] != params["torch"]:
-        raise AssertionError(f"the two networks differ: {params}")
+        raise RuntimeError(f"the two networks differ in parameter count: {params}")
     runs = {name: prepared.run for name, prepared in (jax_steps | torch_steps).items()}
     variants = time_alternating(runs, work.batch, reps=reps, steps=steps)
     best_torch = max(torch_steps, key=lambda name: variants[name]["img_per_s_median"])
