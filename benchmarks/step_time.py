@@ -59,6 +59,7 @@ class Workload:
     cutmix_group_size: int = 0  # 0: the per-device batch
     ghost_bn_size: int = 0  # 0: BatchNorm statistics over the global batch
     lr: float = 0.1
+    cutmix_prob: float = 1.0  # 0: every CutMix box is empty (the step still draws them)
 
 
 TINY = Workload(backbone="resnet_cifar", batch=16, image_size=12, num_classes=4, width=8,
@@ -105,9 +106,12 @@ def host_batch(work: Workload, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def prepare(work: Workload, rung: str, mesh: jax.sharding.Mesh) -> tuple[Prepared, dict[str, float]]:
+def prepare(work: Workload, rung: str, mesh: jax.sharding.Mesh,
+            compiler_options: dict[str, str | bool | int] | None = None) -> tuple[Prepared, dict[str, float]]:
     """Builds the model of ablation rung `rung` and compiles its train step on `mesh`.
 
+    `compiler_options` are XLA debug options (e.g. `xla_cpu_use_onednn`) for
+    this compilation only, so variants can be timed in one process.
     Returns the prepared step and the seconds spent building, lowering and compiling.
     """
     timings = {}
@@ -130,7 +134,7 @@ def prepare(work: Workload, rung: str, mesh: jax.sharding.Mesh) -> tuple[Prepare
         std=(0.25,) * work.channels,
         grid_hw=output_grid(graphdef, state, (work.image_size, work.image_size, work.channels)),
         cutmix_beta=1.0,
-        cutmix_prob=1.0,
+        cutmix_prob=work.cutmix_prob,
         cutmix_group_size=work.cutmix_group_size or per_device,
         dtype=DTYPES[work.dtype],
     )
@@ -144,9 +148,43 @@ def prepare(work: Workload, rung: str, mesh: jax.sharding.Mesh) -> tuple[Prepare
     lowered = make_train_step(graphdef, tx, schedule, step_config, mesh).lower(state, batch, key)
     timings["lower_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    compiled = lowered.compile()
+    compiled = lowered.compile(compiler_options)
     timings["compile_s"] = time.perf_counter() - start
     return Prepared(compiled, state, batch, key), timings
+
+
+def time_alternating(runs: dict[str, Callable[[int], object]], batch: int, *, reps: int,
+                     steps: int) -> dict[str, dict]:
+    """Times `run(steps)` of each entry of `runs`, `reps` times in turn.
+
+    Alternating spreads drifting machine load evenly over the entries; each
+    repetition starts one entry later, so that no entry always follows the
+    same one (threads an entry leaves spinning slow down the next). Returns
+    per entry img/s (median, min, max, samples), ms per step and the
+    process's CPU ms per step.
+    """
+    samples = {name: [] for name in runs}
+    cpu = {name: [] for name in runs}
+    names = list(runs)
+    for rep in range(reps):
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:
+            run = runs[name]
+            start, start_cpu = time.perf_counter(), time.process_time()
+            run(steps)
+            samples[name].append(batch * steps / (time.perf_counter() - start))
+            cpu[name].append((time.process_time() - start_cpu) / steps)
+    return {
+        name: {
+            "img_per_s_median": statistics.median(s),
+            "img_per_s_min": min(s),
+            "img_per_s_max": max(s),
+            "step_ms_median": 1000 * batch / statistics.median(s),
+            "cpu_ms_per_step_median": 1000 * statistics.median(cpu[name]),
+            "samples_img_per_s": s,
+        }
+        for name, s in samples.items()
+    }
 
 
 def measure(work: Workload, *, devices: int = 0, reps: int = 5, steps: int = 5, warmup: int = 2,
@@ -161,26 +199,8 @@ def measure(work: Workload, *, devices: int = 0, reps: int = 5, steps: int = 5, 
     for rung in rungs:
         prepared[rung], compile_times[rung] = prepare(work, rung, mesh)
         prepared[rung].run(warmup)
-    samples = {rung: [] for rung in rungs}
-    cpu = {rung: [] for rung in rungs}
-    for _ in range(reps):
-        for rung in rungs:
-            start, start_cpu = time.perf_counter(), time.process_time()
-            prepared[rung].run(steps)
-            samples[rung].append(work.batch * steps / (time.perf_counter() - start))
-            cpu[rung].append((time.process_time() - start_cpu) / steps)
-    variants = {
-        rung: {
-            **compile_times[rung],
-            "img_per_s_median": statistics.median(s),
-            "img_per_s_min": min(s),
-            "img_per_s_max": max(s),
-            "step_ms_median": 1000 * work.batch / statistics.median(s),
-            "cpu_ms_per_step_median": 1000 * statistics.median(cpu[rung]),
-            "samples_img_per_s": s,
-        }
-        for rung, s in samples.items()
-    }
+    timed = time_alternating({rung: p.run for rung, p in prepared.items()}, work.batch, reps=reps, steps=steps)
+    variants = {rung: {**compile_times[rung], **timed[rung]} for rung in rungs}
     ratio = variants["saol_ss_sd"]["img_per_s_median"] / variants["gap"]["img_per_s_median"]
     cpu_ratio = variants["gap"]["cpu_ms_per_step_median"] / variants["saol_ss_sd"]["cpu_ms_per_step_median"]
     result = {

@@ -72,3 +72,42 @@ def test_step_time_of_an_ss2_form(tmp_path, capsys):
     assert "SAOL+SS+SD (paste)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         step_time.main(["--tiny", "--rungs", "gap,saol_ss_sd,saol_ss_sd@area"])
+
+
+TORCH_SKIP = "torch is not importable: it is a benchmark-only dependency (requirements-bench.txt)"
+
+
+@pytest.fixture
+def torch_ratio():
+    """benchmarks.torch_ratio, skipping only where torch itself cannot be imported."""
+    pytest.importorskip("torch", reason=TORCH_SKIP)
+    from benchmarks import torch_ratio
+
+    return torch_ratio
+
+
+def test_torch_ratio_tiny(tmp_path, torch_ratio):
+    out = tmp_path / "torch_ratio.json"
+    result = torch_ratio.main(["--tiny", "--reps", "2", "--steps", "1", "--warmup", "1", "--out", str(out),
+                               "--xla", "xla_cpu_enable_fast_math=false", "--torch_threads", "1,2"])
+    names = {"jax", "xla_cpu_enable_fast_math=false", "torch 1 thread", "torch 2 threads"}
+    assert read(out)["variants"].keys() == names
+    assert result["workload"]["cutmix_prob"] == 0.0
+    for variant in result["variants"].values():
+        assert len(variant["samples_img_per_s"]) == 2
+        assert variant["img_per_s_min"] <= variant["img_per_s_median"] <= variant["img_per_s_max"]
+    assert result["variants"][result["torch"]["best"]]["over_torch"] == 1.0
+    assert result["jax_over_torch"] == result["variants"]["jax"]["over_torch"] > 0
+
+
+def test_torch_twin_of_resnet56_has_the_same_parameter_count(torch_ratio):
+    depth, widths = torch_ratio.torch_architecture(step_time.Workload())
+    twin = torch_ratio.TorchResNetCifar(depth, widths, num_classes=100)
+    params, _ = head_cost.forward_cost(head_cost.model_config("resnet56", "gap", 128), 32, 100)
+    assert torch_ratio.param_count_torch(twin) == params == 858_868
+
+
+def test_xla_option_values_are_typed(torch_ratio):
+    options = "xla_cpu_use_onednn=true;--xla_cpu_prefer_vector_width=512;xla_cpu_max_isa=AVX2"
+    parsed = {"xla_cpu_use_onednn": True, "xla_cpu_prefer_vector_width": 512, "xla_cpu_max_isa": "AVX2"}
+    assert torch_ratio.parse_options(options) == parsed
