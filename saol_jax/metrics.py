@@ -99,8 +99,7 @@ class MetricWriter:
         if paths.is_url(self._path):  # object stores cannot append: rewrite the (small) file
             self._rewrite()
         else:
-            with open(self._path, "a", encoding="utf-8") as f:
-                f.write(line)
+            paths.append_text(self._path, line)
         self._tb.write(step, {k: float(v) for k, v in values.items() if _finite(v)})
 
     def _rewrite(self) -> None:

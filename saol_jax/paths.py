@@ -64,6 +64,12 @@ def write_text(path: str, text: str) -> None:
     os.replace(tmp, target)
 
 
+def append_text(path: str, text: str) -> None:
+    """Appends `text` to the local file `path` (object stores cannot append; rewrite those)."""
+    with epath.Path(path).open("a", encoding="utf-8") as f:
+        f.write(text)
+
+
 def write_bytes(path: str, data: bytes) -> None:
     target = epath.Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
