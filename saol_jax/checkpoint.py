@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
@@ -19,6 +21,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
+from jax.experimental import multihost_utils
 
 from saol_jax import paths
 
@@ -29,6 +32,21 @@ T = TypeVar("T")
 
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (disk full, no permission); the message says what to do."""
+
+
+class CheckpointRestoreError(RuntimeError):
+    """A complete checkpoint could not be read, and not because its bytes are damaged.
+
+    A transient storage failure or a checkpoint of another structure: the
+    run stops without touching the workdir, rather than restarting silently.
+    """
+
+
+# Errors that mean "this checkpoint's bytes are damaged" (tensorstore status codes and
+# decoder messages). Anything else, e.g. EIO, UNAVAILABLE or DEADLINE_EXCEEDED from a
+# flaky disk or object store, is not read as corruption: skipping a good checkpoint
+# because a read failed once would silently throw its training away.
+_CORRUPTION_MARKERS = ("DATA_LOSS", "OUT_OF_RANGE", "Error decoding", "Unexpected end", "checksum", "truncated")
 
 
 @contextlib.contextmanager
@@ -72,6 +90,8 @@ class Checkpointer:
             max_to_keep=max_to_keep,
             enable_async_checkpointing=async_save,
             create=True,
+            # Folders left by a save that was killed before orbax committed it.
+            cleanup_tmp_directories=True,
         )
         # The handler is named up front so that `item_metadata` can read a checkpoint
         # before anything was saved or restored through this manager (`restore_raw`).
@@ -92,22 +112,55 @@ class Checkpointer:
             self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
     def restore_latest(self, target: T) -> tuple[int, T] | None:
-        """Restores the newest checkpoint that loads into `target`'s structure.
+        """Restores the newest complete, undamaged checkpoint into `target`'s structure.
 
         `target` gives shapes, dtypes and shardings (arrays or
-        `jax.ShapeDtypeStruct`s). A checkpoint that fails to load (truncated,
-        corrupt, from another model) is skipped with a warning and the one
-        before it is tried. Returns None when nothing could be restored.
+        `jax.ShapeDtypeStruct`s). Checkpoints orbax did not commit are never
+        listed. A committed one whose bytes are damaged (a truncated or
+        corrupt file) is skipped with a warning and the one before it is
+        tried; any other failure (an I/O error, another structure) raises
+        CheckpointRestoreError. With several processes, process 0's list of
+        steps decides, and a step is used only if every process restored it,
+        so all of them resume from the same step. Returns None when there is
+        no usable checkpoint.
         """
         abstract = jax.tree.map(_abstract, target)
-        for step in reversed(self.steps()):
+        below = None
+        while True:
+            candidates = [s for s in self.steps() if below is None or s < below]
+            step = _agreed(candidates[-1] if candidates else -1)
+            if step < 0:
+                return None
             try:
                 state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-            except Exception as error:  # noqa: BLE001 - any failure means "unusable checkpoint"
-                log.warning("skipping checkpoint %d in %s: %s", step, self.directory, error)
-                continue
-            return step, state
-        return None
+                damaged = None
+            except Exception as error:  # noqa: BLE001 - orbax and tensorstore raise many types
+                if not _is_corruption(error):
+                    raise CheckpointRestoreError(
+                        f"could not read checkpoint {step} in {self.directory}: {_first_line(error)}. "
+                        "Nothing was changed: if the storage failed, re-run when it is back; if this "
+                        f"checkpoint is damaged, move {paths.join(self.directory, str(step))} aside and "
+                        "re-run to resume from the one before"
+                    ) from error
+                damaged = error
+            if _everywhere(damaged is None):
+                return step, state
+            reason = _first_line(damaged) if damaged is not None else "another process could not read it"
+            self._set_aside(step, reason)
+            below = step
+
+    def _set_aside(self, step: int, reason: str) -> None:
+        """Renames a damaged checkpoint to `<step>.damaged`, so that the resumed run can save that step again."""
+        aside = paths.join(self.directory, f"{step}.damaged")
+        if paths.exists(aside):  # damaged at this step before: keep both
+            aside = f"{aside}.{int(time.time())}"
+        log.warning("checkpoint %d in %s is damaged (%s); moved to %s, resuming from an earlier one",
+                    step, self.directory, reason, aside)
+        if jax.process_index() == 0:
+            paths.rename(paths.join(self.directory, str(step)), aside)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
+        self._manager.reload()
 
     def restore_raw(self, step: int) -> dict:
         """The checkpoint at `step` as nested dicts of numpy arrays, without a target structure.
@@ -133,6 +186,39 @@ class Checkpointer:
             self.wait()
         finally:
             self._manager.close()
+
+
+def _is_corruption(error: BaseException) -> bool:
+    """True when `error` (or its cause/context chain) says the checkpoint's bytes are damaged."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, json.JSONDecodeError) or any(m in str(error) for m in _CORRUPTION_MARKERS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _first_line(error: BaseException) -> str:
+    """The innermost cause's first line: orbax wraps tensorstore errors in pages of spec."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def _agreed(step: int) -> int:
+    """Process 0's `step` on every process (hosts may list a shared folder differently)."""
+    if jax.process_count() == 1:
+        return step
+    return int(multihost_utils.broadcast_one_to_all(np.asarray(step, np.int64)))
+
+
+def _everywhere(ok: bool) -> bool:
+    """True on every process iff `ok` is true on every process."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
 
 
 def _abstract(x: Any) -> Any:

@@ -392,7 +392,11 @@ def topk_correct(scores: jax.Array, labels: jax.Array, k: int) -> jax.Array:
     """[B] float32, 1 where the label's score is among the k highest of scores [B, K].
 
     Ties count in the label's favour (rank = number of strictly higher scores).
+    A row with a NaN score is never correct (NaN compares false, so it would
+    otherwise rank first); -inf stays a valid log-probability.
     """
-    label_score = _pick(scores.astype(jnp.float32), labels)
-    higher = jnp.sum(scores.astype(jnp.float32) > label_score[:, None], axis=-1)
-    return (higher < k).astype(jnp.float32)
+    scores = scores.astype(jnp.float32)
+    label_score = _pick(scores, labels)
+    higher = jnp.sum(scores > label_score[:, None], axis=-1)
+    has_nan = jnp.any(jnp.isnan(scores), axis=-1)
+    return ((higher < k) & ~has_nan).astype(jnp.float32)

@@ -73,8 +73,8 @@ class MetricWriter:
 
     Created at the step a run starts or resumes from: events logged after
     that step by an earlier, interrupted attempt are dropped from
-    metrics.jsonl, so the file describes the training that the checkpoints
-    hold.
+    metrics.jsonl and purged from TensorBoard's view, so both describe the
+    training that the checkpoints hold.
     """
 
     def __init__(self, workdir: str, *, start_step: int = 0, enabled: bool | None = None):
@@ -86,7 +86,7 @@ class MetricWriter:
         if self.enabled:
             self.events = [e for e in read_events(workdir) if e.get("step", 0) <= start_step]
             self._rewrite()
-            self._tb = _TensorBoard(paths.join(workdir, "tensorboard"))
+            self._tb = _TensorBoard(paths.join(workdir, "tensorboard"), resumed_at=start_step)
 
     def write(self, event: str, step: int, values: Mapping[str, float], **extra: float) -> None:
         if not self.enabled:
@@ -115,18 +115,27 @@ def _finite(value: float) -> bool:
 
 
 class _TensorBoard:
-    """Scalar summaries through tf.summary (TensorFlow is already the data dependency)."""
+    """Scalar summaries in TensorBoard event files, written with the tensorboard package's writer.
 
-    def __init__(self, logdir: str):
-        import tensorflow as tf
+    A run resumed at step s first writes a SessionLog START event at step
+    s + 1: TensorBoard then drops the points an interrupted attempt logged
+    past s (its orphaned-data purge), so the curves describe the checkpoints.
+    """
 
-        self._tf = tf
-        self._writer = tf.summary.create_file_writer(logdir)
+    def __init__(self, logdir: str, *, resumed_at: int = 0):
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self._event, self._summary = event_pb2, summary_pb2
+        self._writer = EventFileWriter(logdir)
+        if resumed_at > 0:
+            start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+            self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=resumed_at + 1, session_log=start))
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
-        with self._writer.as_default(step=int(step)):
-            for name, value in scalars.items():
-                self._tf.summary.scalar(name, value)
+        values = [self._summary.Summary.Value(tag=name, simple_value=value) for name, value in scalars.items()]
+        summary = self._summary.Summary(value=values)
+        self._writer.add_event(self._event.Event(wall_time=time.time(), step=int(step), summary=summary))
         self._writer.flush()
 
     def close(self) -> None:

@@ -48,6 +48,11 @@ def exists(path: str) -> bool:
     return epath.Path(path).exists()
 
 
+def rename(source: str, target: str) -> None:
+    """Moves a file or folder (on object stores a copy and delete, so not atomic there)."""
+    epath.Path(source).rename(epath.Path(target))
+
+
 def read_text(path: str) -> str:
     return epath.Path(path).read_text(encoding="utf-8")
 

@@ -40,6 +40,7 @@ class Preempted(SystemExit):
 
 # Errors whose message tells the user what to do: the command lines print them in one line.
 USER_ERRORS = (
+    checkpoint.CheckpointRestoreError,
     checkpoint.CheckpointWriteError,
     ConfigError,
     run_identity.RunChangedError,
@@ -164,6 +165,14 @@ class _Run:
             paths.write_text(paths.join(self.workdir, "config.json"), self.config.to_json_best_effort(indent=2))
 
     def _install_sigterm_handler(self) -> None:
+        """One process: a SIGTERM sets a flag the loop reads after each step.
+
+        With several processes jax's preemption service (started by
+        `jax.distributed.initialize`) owns SIGTERM instead; see `_preemption_requested`.
+        """
+        if jax.process_count() > 1:
+            return
+
         def on_sigterm(signum, frame):
             log.warning("SIGTERM received: saving a checkpoint before exiting")
             self._preempted = True
@@ -223,13 +232,13 @@ class _Run:
             progress.close()
         return last_eval
 
-    def _checked_global_batch(self, host_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    def _checked_global_batch(self, host_batch: dict[str, np.ndarray], split: str = "training") -> dict[str, jax.Array]:
         """The global batch on the mesh; out-of-range labels (NaN losses much later) stop the run here."""
         labels = host_batch["label"]
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= self.info.num_classes:
             raise data.DatasetFormatError(
-                f"a training batch has label {low if low < 0 else high}, outside [0, {self.info.num_classes}): "
+                f"a {split} batch has label {low if low < 0 else high}, outside [0, {self.info.num_classes}): "
                 f"the dataset's label feature declares {self.info.num_classes} classes; fix its ClassLabel "
                 "or the labels"
             )
@@ -257,15 +266,21 @@ class _Run:
         return results
 
     def _preemption_requested(self, step: int) -> bool:
-        """True on every host once any host got SIGTERM (checked at log steps when multi-host)."""
+        """True once this process got SIGTERM; with several processes, true on all of them at one step.
+
+        Multi-process: jax's preemption service hears a SIGTERM sent to any
+        process, agrees with the others in the background on the first step
+        they have not all passed, and answers True there on every process.
+        Asking costs no collective, so it is asked after every step.
+        """
         if jax.process_count() == 1:
             return self._preempted
-        if step % self.config.log_every_steps:
-            return False
         from jax.experimental import multihost_utils
 
-        flags = multihost_utils.process_allgather(np.asarray(self._preempted))
-        return bool(np.any(flags))
+        if multihost_utils.reached_preemption_sync_point(step):
+            log.warning("pre-emption notice: every process saves at step %d and exits", step)
+            return True
+        return False
 
     def _log_train(self, step: int, pending: list[dict[str, jax.Array]], img_per_s: float) -> dict[str, float]:
         fetched = _fetch(pending)
@@ -286,7 +301,7 @@ class _Run:
         """Top-1/top-5 and loss of both heads over the whole eval split."""
         totals: dict[str, float] = {}
         for host_batch in data.host_eval_batches(self.config.dataset, global_batch_size=self.config.eval_batch_size):
-            batch = sharding.global_batch(host_batch, self.mesh)
+            batch = self._checked_global_batch(host_batch, "evaluation")
             sums = localization.iou_sums(_fetch(self.eval_step(self.state.params, self.state.batch_stats, batch)))
             for name, value in sums.items():
                 totals[name] = totals.get(name, 0.0) + float(value)

@@ -228,6 +228,15 @@ def test_topk_correct():
     np.testing.assert_array_equal(L.topk_correct(scores, labels, 3), [1.0, 1.0, 1.0])
 
 
+def test_topk_correct_never_counts_nan():
+    nan, inf = float("nan"), float("inf")
+    scores = jnp.array([[nan, nan, nan], [0.9, nan, 0.1], [0.1, 0.2, 0.3], [-inf, -inf, 0.0]])
+    labels = jnp.array([0, 0, 2, 2])
+    # Without the NaN guard the first two rows rank first (NaN compares false).
+    np.testing.assert_array_equal(L.topk_correct(scores, labels, 1), [0.0, 0.0, 1.0, 1.0])
+    np.testing.assert_array_equal(L.topk_correct(scores, labels, 3), [0.0, 0.0, 1.0, 1.0])
+
+
 # ----------------------------------------------------------------------------- SS-2 forms
 
 # One 2x2 example: the left column shows image A (label 0), the right column the pasted
