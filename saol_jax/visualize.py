@@ -2,12 +2,20 @@
 
     python -m saol_jax.visualize --workdir DIR [--out DIR] [--num_images 8]
 
-Two grids from the first eval images:
+Grids from the first eval images:
 - `attention_grid.png`: per image, the input, the attention map A overlaid,
   and the predicted class's spatial probability Y[pred] overlaid;
 - `cutmix_grid.png`: the same images with a box pasted from the next image
   (box drawn), the attention, the spatial probability of each image's
-  class, and the cells where the pasted class wins.
+  class, and the cells where the pasted class wins;
+- `localisation_grid.png`, only when the eval split has true boxes (a
+  top-level `bbox` feature): per image, the input, then the maps that
+  `saol_jax.localization` scores: SAOL's attention, SAOL's spatial map of its
+  predicted class and the GAP-FC branch's CAM of its predicted class, each
+  min-max scaled, with the true box (solid) and the box the WSOL threshold
+  rule derives from the map (dashed) and their IoU.
+The first two need a SAOL head; a GAP-FC model (model.head == 'gap') gets
+only the localisation grid, with the input and the CAM.
 Overlays show the Ho x Wo output cells as blocks over the image.
 """
 
@@ -25,45 +33,81 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from saol_jax import cutmix, cutmix_eval, data, paths, sharding  # noqa: E402
+from saol_jax import cutmix, cutmix_eval, data, localization, paths, sharding  # noqa: E402
 from saol_jax.config_check import parse_flags_or_exit  # noqa: E402
 from saol_jax.restore import Trained, load_trained, read_config  # noqa: E402
+from saol_jax.wsol import predicted_class  # noqa: E402
 
 BOX_SEED = 0
 BOX_BETA = 2.0  # boxes of about half the image most of the time
 PANEL_INCHES = 2.2
+LOCALISATION_MAPS = ("attention", "spatial", "cam")  # the localisation grid's columns after the image
+MAP_TITLES = {"attention": "attention", "spatial": "spatial", "cam": "GAP-FC CAM"}
 
 
 @dataclasses.dataclass
 class Maps:
-    """Host copies of one batch's images and SAOL outputs."""
+    """Host copies of one batch's images, true boxes and model outputs."""
 
     images: np.ndarray  # [B, H, W, C] uint8
     labels: np.ndarray  # [B]
-    attention: np.ndarray  # [B, Ho, Wo]
-    spatial: np.ndarray  # [B, Ho, Wo, K] probabilities
-    probs: np.ndarray  # [B, K]
+    boxes: np.ndarray | None  # [B, 4] normalised true boxes (ymin, xmin, ymax, xmax), None without
+    outputs: dict[str, np.ndarray]  # saol_jax.restore.Trained's outputs: SAOL's (if any), `gap_logits`, `cam`
+
+    @property
+    def has_saol(self) -> bool:
+        return "log_attention" in self.outputs
+
+    @property
+    def attention(self) -> np.ndarray:
+        """[B, Ho, Wo] SAOL's attention A."""
+        return np.exp(self.outputs["log_attention"])
+
+    @property
+    def spatial(self) -> np.ndarray:
+        """[B, Ho, Wo, K] SAOL's spatial probabilities Y."""
+        return np.exp(self.outputs["log_spatial"])
+
+    @property
+    def probs(self) -> np.ndarray:
+        """[B, K] the model's output probabilities: SAOL's, or GAP-FC's without a SAOL head."""
+        if self.has_saol:
+            return np.exp(self.outputs["log_probs"])
+        return np.asarray(jax.nn.softmax(self.outputs["gap_logits"], axis=-1))
+
+    def predicted(self, kind: str) -> np.ndarray:
+        """[B] the class the map `kind` (saol_jax.localization.MAPS) is of: GAP-FC's for `cam`, else SAOL's."""
+        return np.asarray(predicted_class(self.outputs, "gap" if kind == "cam" else "saol"))
+
+    def cell_map(self, kind: str) -> np.ndarray:
+        """[B, Ho, Wo] the map `kind` as saol_jax.localization scores it."""
+        return np.asarray(localization.cell_maps(self.outputs, kind, jnp.asarray(self.predicted(kind))))
 
 
-def eval_images(trained: Trained, num_images: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first `num_images` eval images (uint8 [N, H, W, C]) and labels [N]."""
+def eval_images(trained: Trained, num_images: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The first `num_images` eval images (uint8 [N, H, W, C]), labels [N] and true boxes [N, 4] (or None)."""
     batch = next(data.eval_batches(trained.config.dataset, global_batch_size=num_images,
                                    process_index=0, process_count=1))
     keep = batch["mask"].astype(bool)
-    return batch["image"][keep], batch["label"][keep]
+    boxes = batch["bbox"][keep] if "bbox" in batch else None
+    return batch["image"][keep], batch["label"][keep], boxes
 
 
-def run_model(trained: Trained, images: np.ndarray, labels: np.ndarray) -> Maps:
-    outputs = trained.forward(jnp.asarray(images))
-    if "log_attention" not in outputs:
-        raise ValueError("the model has no SAOL head (model.head == 'gap'): nothing to visualise")
-    return Maps(
-        images=np.asarray(images),
-        labels=np.asarray(labels),
-        attention=np.exp(np.asarray(outputs["log_attention"])),
-        spatial=np.exp(np.asarray(outputs["log_spatial"])),
-        probs=np.exp(np.asarray(outputs["log_probs"])),
-    )
+def run_model(trained: Trained, images: np.ndarray, labels: np.ndarray, boxes: np.ndarray | None = None) -> Maps:
+    """The model's outputs on `images`, with the images, labels and true boxes."""
+    outputs = jax.device_get(trained.forward(jnp.asarray(images)))
+    return Maps(images=np.asarray(images), labels=np.asarray(labels), boxes=boxes, outputs=outputs)
+
+
+def threshold_boxes(cell_maps: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """[B, 4] normalised boxes the WSOL threshold rule of saol_jax.localization derives from maps [B, Ho, Wo]."""
+    heatmaps = np.asarray(localization.upsample_normalised(jnp.asarray(cell_maps), image_hw))
+    return np.stack([localization.threshold_box(h, localization.DEFAULT_THRESHOLD) for h in heatmaps])
+
+
+def pixel_boxes(boxes: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """Normalised boxes [B, 4] -> int half-open pixel boxes (y0, x0, y1, x1), as `_draw_box` takes them."""
+    return np.asarray(localization.pixel_boxes(jnp.asarray(boxes), image_hw))
 
 
 def paste_boxes(images: np.ndarray, key: jax.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -91,17 +135,25 @@ def _show_image(ax, image: np.ndarray) -> None:
     ax.set_yticks([])
 
 
-def _overlay(ax, image: np.ndarray, cell_map: np.ndarray, vmax: float, cmap: str = "jet") -> None:
+def _overlay(ax, image: np.ndarray, cell_map: np.ndarray, vmax: float, cmap: str = "jet", vmin: float = 0.0) -> None:
     """The image with a [Ho, Wo] map over it, each cell drawn over its share of the image."""
     _show_image(ax, image)
     height, width = image.shape[:2]
-    ax.imshow(cell_map, cmap=cmap, alpha=0.5, vmin=0.0, vmax=vmax, extent=(-0.5, width - 0.5, height - 0.5, -0.5),
+    ax.imshow(cell_map, cmap=cmap, alpha=0.5, vmin=vmin, vmax=vmax, extent=(-0.5, width - 0.5, height - 0.5, -0.5),
               interpolation="nearest")
 
 
-def _draw_box(ax, box: np.ndarray) -> None:
+def _draw_box(ax, box: np.ndarray, linestyle: str = "-") -> None:
     y0, x0, y1, x1 = (float(v) for v in box)
-    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="white", linewidth=2))
+    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="white", linewidth=2,
+                           linestyle=linestyle))
+
+
+def _class_title(maps: Maps, b: int, names: list[str]) -> str:
+    """Image b's true class and the model's predicted class with its probability."""
+    probs = maps.probs[b]
+    pred = int(np.argmax(probs))
+    return f"true {names[maps.labels[b]]}\npred {names[pred]} ({probs[pred]:.2f})"
 
 
 def plain_grid(maps: Maps, names: list[str], path: str) -> str:
@@ -112,8 +164,7 @@ def plain_grid(maps: Maps, names: list[str], path: str) -> str:
         pred = int(np.argmax(maps.probs[b]))
         image = maps.images[b]
         _show_image(axes[b, 0], image)
-        axes[b, 0].set_title(f"true {names[maps.labels[b]]}\npred {names[pred]} ({maps.probs[b, pred]:.2f})",
-                             fontsize=8)
+        axes[b, 0].set_title(_class_title(maps, b, names), fontsize=8)
         _overlay(axes[b, 1], image, maps.attention[b], float(maps.attention[b].max()))
         axes[b, 1].set_title(f"attention (max {maps.attention[b].max():.2f})", fontsize=8)
         _overlay(axes[b, 2], image, maps.spatial[b, ..., pred], 1.0)
@@ -126,7 +177,7 @@ def cutmix_grid(maps: Maps, boxes: np.ndarray, partner: np.ndarray, names: list[
     num = len(maps.images)
     labels_b = maps.labels[partner]
     wins = np.asarray(cutmix_eval.partner_cells(
-        jnp.log(jnp.asarray(maps.spatial)), jnp.asarray(maps.labels), jnp.asarray(labels_b)))
+        jnp.asarray(maps.outputs["log_spatial"]), jnp.asarray(maps.labels), jnp.asarray(labels_b)))
     fig, axes = plt.subplots(num, 5, figsize=(5 * PANEL_INCHES, num * PANEL_INCHES), squeeze=False)
     for b in range(num):
         image, name_a, name_b = maps.images[b], names[maps.labels[b]], names[labels_b[b]]
@@ -145,6 +196,35 @@ def cutmix_grid(maps: Maps, boxes: np.ndarray, partner: np.ndarray, names: list[
     return _save(fig, path)
 
 
+def localisation_grid(maps: Maps, names: list[str], path: str) -> str:
+    """Input, then each map saol_jax.localization scores, with the true and the thresholded box, per image.
+
+    Columns after the input: attention, spatial, CAM (only the CAM without a
+    SAOL head); each map is min-max scaled over its cells.
+    """
+    kinds = LOCALISATION_MAPS if maps.has_saol else ("cam",)
+    num, image_hw = len(maps.images), maps.images.shape[1:3]
+    cols = 1 + len(kinds)
+    fig, axes = plt.subplots(num, cols, figsize=(cols * PANEL_INCHES, num * PANEL_INCHES), squeeze=False)
+    for b in range(num):
+        _show_image(axes[b, 0], maps.images[b])
+        axes[b, 0].set_title(_class_title(maps, b, names), fontsize=8)
+    for col, kind in enumerate(kinds, start=1):
+        cell_maps, predicted = maps.cell_map(kind), maps.predicted(kind)
+        found = threshold_boxes(cell_maps, image_hw)
+        found_pixels = pixel_boxes(found, image_hw)
+        for b in range(num):
+            ax = axes[b, col]
+            _overlay(ax, maps.images[b], cell_maps[b], float(cell_maps[b].max()), vmin=float(cell_maps[b].min()))
+            _draw_box(ax, found_pixels[b], linestyle="--")
+            iou = localization.box_iou(found[b], maps.boxes[b])
+            ax.set_title(f"{MAP_TITLES[kind]} of {names[predicted[b]]}\nIoU {iou:.2f}", fontsize=8)
+    for row, true_box in zip(axes, pixel_boxes(maps.boxes, image_hw)):
+        for ax in row:
+            _draw_box(ax, true_box)
+    return _save(fig, path)
+
+
 def _save(fig, path: str) -> str:
     fig.tight_layout()
     paths.save_figure(fig, path)
@@ -160,22 +240,31 @@ def class_names(trained: Trained) -> list[str]:
 
 
 def write_grids(workdir: str, out_dir: str | None = None, *, num_images: int = 8) -> list[str]:
-    """Writes `attention_grid.png` and `cutmix_grid.png` to `out_dir` (default `<workdir>/visualize`).
+    """Writes the grids to `out_dir` (default `<workdir>/visualize`); returns the paths written.
 
-    Returns the paths written.
+    `attention_grid.png` and `cutmix_grid.png` with a SAOL head,
+    `localisation_grid.png` when the eval batches carry true boxes.
     """
     workdir = paths.resolve(workdir)
     out_dir = paths.resolve(out_dir) if out_dir else paths.join(workdir, "visualize")
     trained = load_trained(workdir)
     names = class_names(trained)
-    images, labels = eval_images(trained, num_images)
-    plain = run_model(trained, images, labels)
-    mixed_images, partner, boxes = paste_boxes(images, jax.random.key(BOX_SEED))
-    mixed = run_model(trained, mixed_images, labels)
-    return [
-        plain_grid(plain, names, paths.join(out_dir, "attention_grid.png")),
-        cutmix_grid(mixed, boxes, partner, names, paths.join(out_dir, "cutmix_grid.png")),
-    ]
+    images, labels, true_boxes = eval_images(trained, num_images)
+    plain = run_model(trained, images, labels, true_boxes)
+    if not plain.has_saol and true_boxes is None:
+        raise ValueError("the model has no SAOL head (model.head == 'gap') and the dataset no true boxes: "
+                         "nothing to visualise")
+    written = []
+    if plain.has_saol:
+        mixed_images, partner, boxes = paste_boxes(images, jax.random.key(BOX_SEED))
+        mixed = run_model(trained, mixed_images, labels)
+        written += [
+            plain_grid(plain, names, paths.join(out_dir, "attention_grid.png")),
+            cutmix_grid(mixed, boxes, partner, names, paths.join(out_dir, "cutmix_grid.png")),
+        ]
+    if true_boxes is not None:
+        written.append(localisation_grid(plain, names, paths.join(out_dir, "localisation_grid.png")))
+    return written
 
 
 def define_flags() -> None:

@@ -2,9 +2,11 @@
 
 Each class puts a bright square in its own quadrant (classes beyond four
 reuse the quadrants at a different brightness) over low-level noise, so a few
-training steps separate the classes. The dataset is written with a real
-`GeneratorBasedBuilder`, not registered, so `tfds.builder(name, data_dir=D)`
-loads it from its files exactly as a separate training process would.
+training steps separate the classes; `boxes=True` adds the square's box as a
+top-level `bbox` feature (normalised [ymin, xmin, ymax, xmax]). The dataset
+is written with a real `GeneratorBasedBuilder`, not registered, so
+`tfds.builder(name, data_dir=D)` loads it from its files exactly as a
+separate training process would.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import tensorflow_datasets as tfds
 
 
 def tiny_example(label: int, rng: np.random.Generator, image_size: tuple[int, int], channels: int,
-                 num_classes: int) -> np.ndarray:
-    """One uint8 image of class `label`: noise plus a square in the class's quadrant."""
+                 num_classes: int) -> tuple[np.ndarray, tfds.features.BBox]:
+    """One uint8 image of class `label` (noise plus a square in the class's quadrant) and the square's box."""
     height, width = image_size
     image = rng.integers(0, 60, size=(height, width, channels), dtype=np.uint8)
     quadrant, level = label % 4, label // 4
@@ -27,24 +29,25 @@ def tiny_example(label: int, rng: np.random.Generator, image_size: tuple[int, in
     top = (quadrant // 2) * half_h + rng.integers(0, half_h - side + 1)
     left = (quadrant % 2) * half_w + rng.integers(0, half_w - side + 1)
     image[top:top + side, left:left + side] = brightness
-    return image
+    return image, tfds.features.BBox(top / height, left / width, (top + side) / height, (left + side) / width)
 
 
 def _builder_class(name: str, image_size: tuple[int, int], channels: int, num_classes: int,
-                   split_sizes: dict[str, int], seed: int) -> type[tfds.core.GeneratorBasedBuilder]:
+                   split_sizes: dict[str, int], seed: int, boxes: bool) -> type[tfds.core.GeneratorBasedBuilder]:
     """A one-off builder class named `name`, kept out of tfds's registry."""
 
     class TinyShapes(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         VERSION = tfds.core.Version("1.0.0")
 
         def _info(self) -> tfds.core.DatasetInfo:
+            features = {
+                "image": tfds.features.Image(shape=(*image_size, channels)),
+                "label": tfds.features.ClassLabel(num_classes=num_classes),
+            }
+            if boxes:
+                features["bbox"] = tfds.features.BBoxFeature()
             return tfds.core.DatasetInfo(
-                builder=self,
-                features=tfds.features.FeaturesDict({
-                    "image": tfds.features.Image(shape=(*image_size, channels)),
-                    "label": tfds.features.ClassLabel(num_classes=num_classes),
-                }),
-                supervised_keys=("image", "label"),
+                builder=self, features=tfds.features.FeaturesDict(features), supervised_keys=("image", "label"),
             )
 
         def _split_generators(self, dl_manager):
@@ -56,8 +59,8 @@ def _builder_class(name: str, image_size: tuple[int, int], channels: int, num_cl
             labels = np.arange(num_examples) % num_classes
             rng.shuffle(labels)
             for index, label in enumerate(labels):
-                image = tiny_example(int(label), rng, image_size, channels, num_classes)
-                yield index, {"image": image, "label": int(label)}
+                image, box = tiny_example(int(label), rng, image_size, channels, num_classes)
+                yield index, {"image": image, "label": int(label), **({"bbox": box} if boxes else {})}
 
     TinyShapes.name = name
     return TinyShapes
@@ -65,10 +68,13 @@ def _builder_class(name: str, image_size: tuple[int, int], channels: int, num_cl
 
 def write_tiny_dataset(data_dir: str, *, name: str = "tiny_shapes", num_train: int = 96,
                        num_test: int = 30, image_size: tuple[int, int] = (12, 12), channels: int = 3,
-                       num_classes: int = 4, seed: int = 0) -> str:
-    """Writes the dataset `name` (splits 'train' and 'test') under `data_dir`; returns `data_dir`."""
+                       num_classes: int = 4, seed: int = 0, boxes: bool = False) -> str:
+    """Writes the dataset `name` (splits 'train' and 'test') under `data_dir`; returns `data_dir`.
+
+    `boxes=True` adds each square's box as the feature `bbox`.
+    """
     cls = _builder_class(name, tuple(image_size), channels, num_classes,
-                         {"train": num_train, "test": num_test}, seed)
+                         {"train": num_train, "test": num_test}, seed, boxes)
     cls(data_dir=data_dir).download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False)
     )
@@ -81,3 +87,11 @@ def tiny_dataset(tmp_path_factory) -> dict:
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     write_tiny_dataset(data_dir)
     return {"name": "tiny_shapes", "data_dir": data_dir}
+
+
+@pytest.fixture(scope="session")
+def tiny_boxed_dataset(tmp_path_factory) -> dict:
+    """`tiny_dataset` with each square's true box as `bbox`: {'name', 'data_dir'}."""
+    data_dir = str(tmp_path_factory.mktemp("tfds_boxed"))
+    write_tiny_dataset(data_dir, name="tiny_boxed_shapes", boxes=True)
+    return {"name": "tiny_boxed_shapes", "data_dir": data_dir}

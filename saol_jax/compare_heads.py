@@ -1,0 +1,197 @@
+"""Where a trained SAOL model's two outputs differ: errors, calibration and disagreements.
+
+    python -m saol_jax.compare_heads --workdir DIR [--out FILE.json]
+
+A SAOL model has two classifiers: the SAOL output (`log_probs`, the
+attention-weighted spatial class distributions) and the GAP-FC branch
+(`gap_logits`), which self-distillation trains towards the SAOL output. To
+see why one scores higher than the other, this compares them over the whole
+eval split: top-1 and per-class error, expected calibration error (ECE, 15
+equal-width confidence bins) and mean confidence, mean NLL, and how often
+their predictions differ and which one is right when they do. It prints a
+table and writes the numbers as JSON (default `DIR/compare_heads.json`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from saol_jax import data, paths, sharding, visualize
+from saol_jax.config_check import parse_flags_or_exit
+from saol_jax.restore import Trained, load_trained, read_config
+
+HEADS = ("saol", "gap")
+ECE_BINS = 15
+
+
+class NoSaolHeadError(ValueError):
+    """The run's model has only the GAP-FC head, so there is nothing to compare."""
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num) / float(den) if den > 0 else float("nan")
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE of probs [N, K] against labels [N]: sum over confidence bins of |accuracy - confidence|
+    weighted by the bin's share of examples.
+
+    Bins are `bins` equal-width intervals (lo, hi] of the top-class
+    probability (confidence 0 falls in the first), as in Guo et al. 2017.
+    """
+    confidence = probs.max(axis=-1)
+    correct = (probs.argmax(axis=-1) == labels).astype(np.float64)
+    which = np.searchsorted(np.linspace(0.0, 1.0, bins + 1)[1:-1], confidence, side="left")
+    gaps = np.bincount(which, weights=correct, minlength=bins) - np.bincount(which, weights=confidence, minlength=bins)
+    return _ratio(np.abs(gaps).sum(), len(labels))
+
+
+def per_class_error(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """[num_classes] fraction of each class's examples (by true label) predicted wrongly; NaN for absent classes."""
+    wrong = np.bincount(labels, weights=(pred != labels).astype(np.float64), minlength=num_classes)
+    count = np.bincount(labels, minlength=num_classes)
+    return np.where(count > 0, wrong / np.maximum(count, 1), np.nan)
+
+
+def mean_nll(log_probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean of -log p(label) over log_probs [N, K] and labels [N]."""
+    return float(-np.take_along_axis(log_probs, labels[:, None], axis=-1).mean())
+
+
+def disagreement(pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray,
+                 names: Sequence[str] = ("a", "b")) -> dict[str, float]:
+    """How often two predictions [N] differ, and who is right when they do.
+
+    Returns `rate` (share of examples where they differ), `count` (how
+    many), and among those the shares `<name>_right` for each of `names`
+    and `neither` (NaN when they never differ). Both cannot be right.
+    """
+    differ = pred_a != pred_b
+    count = int(differ.sum())
+    a_right = int((differ & (pred_a == labels)).sum())
+    b_right = int((differ & (pred_b == labels)).sum())
+    return {
+        "rate": _ratio(count, len(labels)),
+        "count": count,
+        f"{names[0]}_right": _ratio(a_right, count),
+        f"{names[1]}_right": _ratio(b_right, count),
+        "neither": _ratio(count - a_right - b_right, count),
+    }
+
+
+def head_metrics(log_probs: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> dict:
+    """Top-1 error, per-class error (keyed by `names`, one per class), ECE, mean confidence and
+    mean NLL of one output's log_probs [N, K] on labels [N]."""
+    probs = np.exp(log_probs)
+    pred = log_probs.argmax(axis=-1)
+    return {
+        "top1_error": float(np.mean(pred != labels)),
+        "per_class_error": dict(zip(names, per_class_error(pred, labels, len(names)).tolist())),
+        "ece": expected_calibration_error(probs, labels),
+        "mean_confidence": float(probs.max(axis=-1).mean()),
+        "nll": mean_nll(log_probs, labels),
+    }
+
+
+def eval_log_probs(trained: Trained) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Log-probabilities [N, K] of each head in `HEADS` and labels [N] over the whole eval split,
+    padded rows dropped."""
+
+    @jax.jit
+    def heads(params, batch_stats, images: jax.Array) -> dict[str, jax.Array]:
+        outputs = trained.apply(params, batch_stats, images)
+        return {"saol": outputs["log_probs"], "gap": jax.nn.log_softmax(outputs["gap_logits"])}
+
+    collected: dict[str, list[np.ndarray]] = {head: [] for head in HEADS}
+    labels = []
+    for batch in data.eval_batches(trained.config.dataset, global_batch_size=trained.config.eval_batch_size,
+                                   process_index=0, process_count=1):
+        keep = batch["mask"].astype(bool)
+        outputs = jax.device_get(heads(trained.params, trained.batch_stats, jnp.asarray(batch["image"])))
+        for head in HEADS:
+            collected[head].append(np.asarray(outputs[head], np.float64)[keep])
+        labels.append(batch["label"][keep])
+    return {head: np.concatenate(parts) for head, parts in collected.items()}, np.concatenate(labels)
+
+
+def class_names(trained: Trained) -> list[str]:
+    """The dataset's class names, or the class indices where its label feature has none."""
+    try:
+        names = visualize.class_names(trained)
+    except AttributeError:  # a plain integer label feature
+        names = []
+    num_classes = trained.info.num_classes
+    return names if len(names) == num_classes else [str(k) for k in range(num_classes)]
+
+
+def compare(workdir: str) -> dict:
+    """The comparison of the SAOL and GAP-FC outputs of the run in `workdir` on its eval split.
+
+    Returns {'dataset', 'split', 'count', 'class_counts', 'saol': head_metrics, 'gap': head_metrics,
+    'disagreement': disagreement with names 'saol' and 'gap'}; raises NoSaolHeadError for a
+    GAP-FC-only model.
+    """
+    head = read_config(workdir).model.head
+    if head != "saol":
+        raise NoSaolHeadError(f"the model of {workdir} has no SAOL head (model.head == {head!r}): nothing to compare")
+    trained = load_trained(workdir)
+    names = class_names(trained)
+    log_probs, labels = eval_log_probs(trained)
+    preds = [log_probs[head].argmax(axis=-1) for head in HEADS]
+    return {
+        "dataset": trained.config.dataset.name,
+        "split": trained.info.eval_split,
+        "count": len(labels),
+        "class_counts": dict(zip(names, np.bincount(labels, minlength=len(names)).tolist())),
+        **{head: head_metrics(log_probs[head], labels, names) for head in HEADS},
+        "disagreement": disagreement(*preds, labels, names=HEADS),
+    }
+
+
+def table(report: Mapping) -> str:
+    """The report as readable lines: per-class errors of both outputs side by side, then the summary."""
+    saol, gap, dis = report["saol"], report["gap"], report["disagreement"]
+    width = max(16, *(len(name) for name in report["class_counts"]))
+    lines = [f"{report['dataset']} {report['split']}: {report['count']} examples",
+             f"{'class':<{width}}  {'SAOL err':>8}  {'GAP err':>8}  {'count':>6}"]
+    for name, count in report["class_counts"].items():
+        lines.append(f"{name:<{width}}  {saol['per_class_error'][name]:8.4f}  "
+                     f"{gap['per_class_error'][name]:8.4f}  {count:6d}")
+    for key, label in (("top1_error", "top-1 error"), ("ece", f"ECE ({ECE_BINS} bins)"),
+                       ("mean_confidence", "mean confidence"), ("nll", "mean NLL")):
+        lines.append(f"{label:<{width}}  {saol[key]:8.4f}  {gap[key]:8.4f}")
+    lines.append(f"disagree on {dis['rate']:.2%} ({dis['count']}): SAOL right {dis['saol_right']:.1%}, "
+                 f"GAP-FC right {dis['gap_right']:.1%}, neither {dis['neither']:.1%}")
+    return "\n".join(lines)
+
+
+def define_flags() -> None:
+    """Command-line flags; defined only when this module is the program."""
+    flags.DEFINE_string("workdir", None, "A training run's workdir (a SAOL model).")
+    flags.DEFINE_string("out", None, "JSON file (default WORKDIR/compare_heads.json).")
+    flags.mark_flag_as_required("workdir")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    args = flags.FLAGS
+    sharding.configure_cpu_devices(read_config(args.workdir).num_cpu_devices)
+    try:
+        report = compare(args.workdir)
+    except NoSaolHeadError as error:
+        raise SystemExit(f"error: {error}") from None
+    out = paths.resolve(args.out) if args.out else paths.join(paths.resolve(args.workdir), "compare_heads.json")
+    paths.write_json(out, report)
+    print(table(report))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main, flags_parser=parse_flags_or_exit)
