@@ -7,7 +7,7 @@
 #   parse_options "VALUE_OPTIONS" "FLAG_OPTIONS" "$@"
 # which stores `--data_dir DIR` (or `--data_dir=DIR`) in DATA_DIR, `--dry-run` as DRY_RUN=1,
 # and the words after `--` in TRAIN_FLAGS. DRY_RUN=1 in the environment also means a dry run.
-# shellcheck disable=SC2154  # USAGE, HELP, CONFIG, WORKDIR, DATA_DIR: set by the sourcing script
+# shellcheck disable=SC2154  # USAGE, HELP, CONFIG, WORKDIR, DATA_DIR, REPO: set by the sourcing script
 
 DRY_RUN=${DRY_RUN:-0}
 TRAIN_FLAGS=()
@@ -96,4 +96,33 @@ train_command() {
   TRAIN_COMMAND=("$1" -m saol_jax.train --config "$CONFIG" --workdir "$WORKDIR" "${@:2}")
   [ -z "$DATA_DIR" ] || TRAIN_COMMAND+=("--config.dataset.data_dir=$DATA_DIR")
   TRAIN_COMMAND+=(${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"})
+}
+
+# The jax CUDA requirement matching requirements.txt's jax range: jax[cuda12]>=A,<B.
+jax_cuda_requirement() {
+  local range
+  range=$(sed -n 's/^jax\[[a-z0-9]*\]\([^ #]*\).*/\1/p' "$1/requirements.txt" 2>/dev/null | head -n 1)
+  echo "jax[cuda12]$range"
+}
+
+# Stops with the fix unless jax under interpreter $1 (with CUDA_VISIBLE_DEVICES=$2 if given)
+# sees a GPU: a CPU-only jax (the default install) would otherwise train on the CPU, days
+# slower, after no more than a warning.
+require_jax_gpu() {
+  local python=$1 backend fix
+  fix=$(quote "$python" -m pip install -U "$(jax_cuda_requirement "$REPO")")
+  if ! backend=$(${2:+env "CUDA_VISIBLE_DEVICES=$2"} "$python" -c 'import jax; print(jax.default_backend())'); then
+    echo "error: could not import jax with $python (see above): run \`bash setup.sh\` or pass" \
+      "--python, then install jax's CUDA build: $fix" >&2
+    exit 1
+  fi
+  backend=$(tail -n 1 <<<"$backend")
+  if [ "$backend" != gpu ]; then
+    echo "error: jax sees no GPU (its backend is '$backend'): this would train on the CPU." >&2
+    echo "Install jax's CUDA build into the interpreter's environment:" >&2
+    echo "  $fix" >&2
+    echo "then check that $(quote "$python" -c 'import jax; print(jax.devices())') lists the GPUs" \
+      "(nvidia-smi must list them too)." >&2
+    exit 1
+  fi
 }

@@ -20,6 +20,8 @@
 #   [env CUDA_VISIBLE_DEVICES=LIST] PYTHON -m saol_jax.train --config CONFIG --workdir DIR --distributed=off
 # The global batch (config `batch_size`, or `hw=gpu1|gpu8` in CONFIG) must divide by the number
 # of GPUs. SIGTERM (pre-emption, `kill PID`) saves a checkpoint first; the same command resumes.
+# Before training, it stops with the install command if jax sees no GPU (a jax without CUDA
+# would train on the CPU): PYTHON -m pip install -U "jax[cuda12]" in the range of requirements.txt.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -39,8 +41,12 @@ train_command "$PYTHON" --distributed=off
 [ -z "$GPUS" ] || TRAIN_COMMAND=(env "CUDA_VISIBLE_DEVICES=$GPUS" "${TRAIN_COMMAND[@]}")
 
 run cd "$REPO"
-if [ "$DRY_RUN" != 1 ] && command -v nvidia-smi >/dev/null; then
-  echo "GPUs on this host: $(nvidia-smi -L | wc -l)${GPUS:+ (using $GPUS)}" >&2
+if [ "$DRY_RUN" != 1 ]; then
+  if command -v nvidia-smi >/dev/null; then
+    echo "GPUs on this host: $(nvidia-smi -L | wc -l)${GPUS:+ (using $GPUS)}" >&2
+  fi
+  # A jax without CUDA falls back to the CPU with a mere warning: stop here instead.
+  require_jax_gpu "$PYTHON" "$GPUS"
 fi
 # exec: SIGTERM (pre-emption) reaches the trainer, which saves a checkpoint before exiting.
 run_exec "${TRAIN_COMMAND[@]}"

@@ -21,6 +21,12 @@ On SLURM, jax gives each process the one GPU numbered SLURM_LOCALID. That is
 right for one process per GPU; with one process per node `plan()` hands the
 process every GPU of its node instead (read from CUDA_VISIBLE_DEVICES or
 SLURM_GPUS_ON_NODE; JAX_LOCAL_DEVICE_IDS, when set, wins).
+
+Failures: every process sends the coordination service a heartbeat; when one
+falls silent for `heartbeat_timeout_s` (a crashed host, kill -9) the service
+declares it dead and the others exit non-zero with jax's message, rather than
+waiting in a collective. A SIGTERM to any process is a pre-emption notice
+that jax's preemption service shares with all of them (saol_jax.trainer).
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ import jax
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "on", "off")
+# A lost process (crashed host, kill -9) is noticed by the others after this long without a
+# heartbeat; they then exit non-zero instead of waiting in a collective. jax's default is 100 s.
+HEARTBEAT_TIMEOUT_S = 60
 
 
 def _int(value: str | None, default: int = 0) -> int:
@@ -162,22 +171,27 @@ def initialize(
     process_id: int | None = None,
     *,
     mode: str = "auto",
+    heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S,
     env: Mapping[str, str] = os.environ,
 ) -> bool:
     """Initialises `jax.distributed` when this process is one of several; True if it did.
 
     mode: 'auto' (explicit settings, else a detected cluster, else nothing),
     'on' (always initialise; jax detects what is not given), 'off'.
+    heartbeat_timeout_s: a process silent this long is declared dead and
+    every other process then exits non-zero (see the module docstring).
     """
     kwargs = plan(coordinator_address, num_processes, process_id, mode=mode, env=env)
     if kwargs is None:
         return False
+    if heartbeat_timeout_s < 1:
+        raise ValueError(f"heartbeat timeout must be at least 1 s, got {heartbeat_timeout_s}")
     if "coordinator_address" in kwargs:
         log.info("jax.distributed.initialize(%s)", kwargs)
     else:
         log.info("jax.distributed.initialize(%s) on a %s cluster", kwargs or "", cluster_detected(env) or "jax-detected")
     try:
-        jax.distributed.initialize(**kwargs)
+        jax.distributed.initialize(**kwargs, heartbeat_timeout_seconds=heartbeat_timeout_s)
     except ValueError as error:
         if "coordinator_address" in kwargs:
             raise

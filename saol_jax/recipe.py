@@ -18,6 +18,10 @@ from saol_jax.ladder import HEAD_LADDER, apply_head
 from saol_jax.options import Option, parse_options
 
 # Global batch sizes of the hardware variants (learning rate follows linearly).
+# TPU slices are named by their accelerator type: v4-32 is `tpu_v4_32`,
+# v5litepod-16 (v5e) is `tpu_v5e_16`, v6e-8 is `tpu_v6e_8`. Per chip: 128 on
+# v4 and v6e (32 GiB of HBM), 64 on v5e (16 GiB), and at most 4096 in all
+# (as on v4-128), within the range where linear scaling with warm-up holds.
 HARDWARE_BATCH: dict[str, int] = {
     "cpu": 64,
     "gpu1": 64,
@@ -25,6 +29,31 @@ HARDWARE_BATCH: dict[str, int] = {
     "tpu_v4_8": 512,
     "tpu_v4_32": 2048,
     "tpu_v4_128": 4096,
+    "tpu_v5e_8": 512,
+    "tpu_v5e_16": 1024,
+    "tpu_v5e_32": 2048,
+    "tpu_v5e_64": 4096,
+    "tpu_v6e_8": 1024,
+    "tpu_v6e_16": 2048,
+    "tpu_v6e_32": 4096,
+}
+
+# The jax devices of each variant, which its batches must divide by: one per
+# chip. v4 types count TensorCores, two per chip: v4-32 has 16 devices.
+HARDWARE_DEVICES: dict[str, int] = {
+    "cpu": 1,
+    "gpu1": 1,
+    "gpu8": 8,
+    "tpu_v4_8": 4,
+    "tpu_v4_32": 16,
+    "tpu_v4_128": 64,
+    "tpu_v5e_8": 8,
+    "tpu_v5e_16": 16,
+    "tpu_v5e_32": 32,
+    "tpu_v5e_64": 64,
+    "tpu_v6e_8": 8,
+    "tpu_v6e_16": 16,
+    "tpu_v6e_32": 32,
 }
 
 # Options every recipe accepts.

@@ -21,6 +21,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -39,6 +40,10 @@ flags.DEFINE_enum(
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for bare multi-process clusters.")
 flags.DEFINE_integer("num_processes", None, "Number of processes, for bare multi-process clusters.")
 flags.DEFINE_integer("process_id", None, "This process's index, for bare multi-process clusters.")
+flags.DEFINE_integer(
+    "heartbeat_timeout", distributed.HEARTBEAT_TIMEOUT_S,
+    "Seconds without a heartbeat after which a process counts as lost and the others exit non-zero.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 FLAGS = flags.FLAGS
@@ -54,7 +59,8 @@ def main(argv: list[str]) -> None:
     sharding.configure_cpu_devices(config.num_cpu_devices)
     try:
         distributed.initialize(
-            FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, mode=FLAGS.distributed
+            FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, mode=FLAGS.distributed,
+            heartbeat_timeout_s=FLAGS.heartbeat_timeout,
         )
     except ValueError as error:
         sys.exit(f"error: {error}")
@@ -63,6 +69,14 @@ def main(argv: list[str]) -> None:
         results = train_and_evaluate(config, FLAGS.workdir)
     except USER_ERRORS as error:
         sys.exit(f"error: {error}")
+    except jax.errors.JaxRuntimeError as error:
+        if jax.process_count() > 1:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            logging.getLogger("saol_jax").error(
+                "a collective failed (%s): another process has probably died. This one exits non-zero "
+                "once jax's coordination service confirms it, within --heartbeat_timeout=%d s; re-run "
+                "every process to resume from the newest checkpoint", first_line, FLAGS.heartbeat_timeout)
+        raise
     if results:
         print("final evaluation:", json.dumps({k: round(v, 4) for k, v in results.items()}))
 

@@ -35,7 +35,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class Preempted(SystemExit):
-    """Raised after a SIGTERM once the state is saved; the same command resumes."""
+    """Raised after a SIGTERM or SIGHUP once the state is saved; the same command resumes."""
 
 
 # Errors whose message tells the user what to do: the command lines print them in one line.
@@ -135,7 +135,7 @@ class _Run:
         )
         self.writer: MetricWriter | None = None
         self._preempted = False
-        self._previous_sigterm = None
+        self._previous_handlers: dict[int, object] = {}
 
     # ----------------------------------------------------------------- setup
     def _restore_or_initialise(self) -> int:
@@ -165,22 +165,27 @@ class _Run:
             paths.write_text(paths.join(self.workdir, "config.json"), self.config.to_json_best_effort(indent=2))
 
     def _install_sigterm_handler(self) -> None:
-        """One process: a SIGTERM sets a flag the loop reads after each step.
+        """One process: a SIGTERM or SIGHUP sets a flag the loop reads after each step.
 
+        SIGHUP (the terminal or SSH session closed) saves like SIGTERM, unless it
+        is ignored (nohup, as launch/tpu_pod.sh runs the trainer): that stays so.
         With several processes jax's preemption service (started by
         `jax.distributed.initialize`) owns SIGTERM instead; see `_preemption_requested`.
         """
         if jax.process_count() > 1:
             return
 
-        def on_sigterm(signum, frame):
-            log.warning("SIGTERM received: saving a checkpoint before exiting")
+        def on_signal(signum, frame):
+            log.warning("%s received: saving a checkpoint before exiting", signal.Signals(signum).name)
             self._preempted = True
 
-        try:
-            self._previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
-        except ValueError:  # not the main thread (e.g. some notebook kernels)
-            self._previous_sigterm = None
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            if signum == signal.SIGHUP and signal.getsignal(signum) is signal.SIG_IGN:
+                continue  # nohup: the run is meant to outlive its terminal
+            try:
+                self._previous_handlers[signum] = signal.signal(signum, on_signal)
+            except ValueError:  # not the main thread (e.g. some notebook kernels)
+                return
 
     # ------------------------------------------------------------------ loop
     def train(self) -> dict[str, float]:
@@ -319,8 +324,10 @@ class _Run:
         self.checkpointer.close()
         if self.writer is not None:
             self.writer.close()
-        if self._previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, self._previous_sigterm)
+        for signum, handler in self._previous_handlers.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+        self._previous_handlers.clear()
 
 
 def _replicate(tree, mesh):

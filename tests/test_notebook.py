@@ -100,3 +100,18 @@ def test_notebook_shows_the_attention_maps(executed):
     for line in _text(cell).split():
         if line.endswith(".png"):
             assert os.path.isfile(line), line
+
+
+def test_the_repository_url_is_one_marked_line_the_intro_points_to():
+    """Colab users edit one line, the first of the first code cell, as the first markdown cell says."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    intro = nb.cells[0]
+    first_code = next(c for c in nb.cells if c.cell_type == "code")
+    assert intro.cell_type == "markdown"
+    assert "set `REPO_URL`" in intro.source and "top of the first code cell" in intro.source
+    first_line = first_code.source.splitlines()[0]
+    assert first_line.startswith('REPO_URL = "https://github.com/OWNER/saol_jax.git"')
+    assert "# <- set this to your fork/clone URL" in first_line
+    assigned = [line for c in nb.cells if c.cell_type == "code" for line in c.source.splitlines()
+                if line.startswith("REPO_URL =")]
+    assert assigned == [first_line, 'REPO_URL = os.environ.get("SAOL_REPO_URL", REPO_URL)']

@@ -199,7 +199,8 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_dataset, tmp_path):
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
-def test_sigterm_saves_then_exits(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_signal_saves_then_exits(tiny_dataset, tmp_path, signum):
     workdir = str(tmp_path / "preempted")
     proc = start_command("train", smoke_args(
         tiny_dataset, workdir, "--config.num_train_steps=100000", "--config.checkpoint_every_steps=100000",
@@ -209,10 +210,10 @@ def test_sigterm_saves_then_exits(tiny_dataset, tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0
-    assert "pre-empted at step" in out
+    assert f"{signum.name} received" in out and "pre-empted at step" in out
     saved = [d for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
     assert len(saved) == 1 and 0 < int(saved[0]) < 100000
 
