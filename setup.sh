@@ -38,7 +38,7 @@ else
   say "creating the virtualenv $VENV with $("$PYTHON" -V 2>&1)"
   "$PYTHON" -m venv "$VENV"
 fi
-say "installing the Python packages (about 2 minutes and 2.5 GB the first time)"
+say "installing the Python packages (a few minutes and about 3.5 GB the first time, PyTorch for the tests included)"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -r requirements-dev.txt
 "$VENV/bin/python" -m pip install -q --no-deps -e .

@@ -14,7 +14,7 @@ import errno
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any, TypeVar
 
 import jax
@@ -84,14 +84,16 @@ def _os_error_in(error: BaseException) -> OSError | None:
 class Checkpointer:
     """Saves and restores one pytree (the TrainState) under `directory` (relative, absolute or a URL)."""
 
-    def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
+    def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True,
+                 clean_temporary: bool = False):
+        """`clean_temporary`: delete the folders of saves killed before orbax committed them. Only
+        the trainer sets it: a tool reading a live run's checkpoints must not delete its pending save."""
         directory = paths.resolve(directory)  # orbax needs absolute paths
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             enable_async_checkpointing=async_save,
             create=True,
-            # Folders left by a save that was killed before orbax committed it.
-            cleanup_tmp_directories=True,
+            cleanup_tmp_directories=clean_temporary,
         )
         # The handler is named up front so that `item_metadata` can read a checkpoint
         # before anything was saved or restored through this manager (`restore_raw`).
@@ -227,14 +229,33 @@ def _abstract(x: Any) -> Any:
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
 
 
-def load_weights(directory: str, params: nnx.State, batch_stats: nnx.State) -> tuple[nnx.State, nnx.State]:
+BACKBONE = "backbone"  # the top-level module that `init_from` must always load whole
+
+
+def load_weights(
+    directory: str, params: nnx.State, batch_stats: nnx.State, *, init_heads: bool = False
+) -> tuple[nnx.State, nnx.State]:
     """Parameters and BN statistics of the newest checkpoint in `directory`.
 
-    For `init_from`: the optimiser state and step are not read, so the
-    checkpoint may come from a run with another optimiser or schedule. The
-    given states supply structure, shapes and shardings; a mismatch (another
-    backbone, another class count) raises a ValueError naming the variable.
+    For `init_from` and for restoring a trained model: the optimiser state
+    and step are not read, so the checkpoint may come from a run with another
+    optimiser or schedule. The given states supply structure, shapes and
+    shardings. Every `backbone` variable must be in the checkpoint with the
+    same shape, and the checkpoint may hold no backbone variable the model
+    lacks; otherwise (another backbone) a ValueError names the variable.
+
+    The other top-level modules are the heads (`gap_fc`, `saol`). By default
+    they must match too. With `init_heads` (fine-tuning with a new head: a
+    run or a converted checkpoint with another class count or head) a head
+    module with any variable missing from the checkpoint or of another shape
+    keeps its initial values as a whole, and one line is logged saying what
+    was loaded and what was initialised.
     """
+    if not paths.exists(directory):  # Checkpointer would create it
+        raise FileNotFoundError(
+            f"init_from: {directory} does not exist: give the --workdir of a training run, or the --out "
+            "of `python -m saol_jax.convert_torchvision` (converted torchvision weights)"
+        )
     checkpointer = Checkpointer(directory, async_save=False)
     try:
         steps = checkpointer.steps()
@@ -243,22 +264,71 @@ def load_weights(directory: str, params: nnx.State, batch_stats: nnx.State) -> t
         raw = checkpointer.restore_raw(steps[-1])
     finally:
         checkpointer.close()
-    return _fill(params, raw["params"]), _fill(batch_stats, raw["batch_stats"])
+    targets = {"params": params, "batch_stats": batch_stats}
+    flat_raw = {name: _flat_raw(raw.get(name, {})) for name in targets}
+    problems: dict[str, list[str]] = {}  # top-level module -> why it cannot be loaded
+    counts: dict[str, int] = {}
+    for name, target in targets.items():
+        for path, variable in nnx.to_flat_state(target):
+            key = tuple(str(k) for k in path)
+            counts[key[0]] = counts.get(key[0], 0) + 1
+            problem = _mismatch(key, flat_raw[name], variable)
+            if problem:
+                problems.setdefault(key[0], []).append(problem)
+        model_keys = {tuple(str(k) for k in path) for path, _ in nnx.to_flat_state(target)}
+        extra = sorted(k for k in flat_raw[name] if k[0] == BACKBONE and k not in model_keys)
+        if extra:
+            problems.setdefault(BACKBONE, []).append(
+                f"the checkpoint has backbone variables the model lacks ({len(extra)}, e.g. {'/'.join(extra[0])}): "
+                "another backbone architecture"
+            )
+    if BACKBONE in problems or (problems and not init_heads):
+        raise ValueError(problems.get(BACKBONE, next(iter(problems.values())))[0])
+    if init_heads:
+        loaded = [m for m in counts if m not in problems]
+        fresh = [m for m in counts if m in problems]
+        log.info(
+            "init_from %s (step %d): loaded %d arrays (%s); initialised %d arrays (%s)",
+            directory, steps[-1], sum(counts[m] for m in loaded), ", ".join(loaded) or "none",
+            sum(counts[m] for m in fresh),
+            "; ".join(f"{m}: {problems[m][0]}" for m in fresh) or "none",
+        )
+    return tuple(_fill(target, raw.get(name, {}), keep=set(problems)) for name, target in targets.items())
 
 
-def _fill(target: nnx.State, raw: dict) -> nnx.State:
-    """Copies a raw restored tree ({'value': array} leaves) into `target`'s layout."""
-    flat_raw = {path[:-1]: value for path, value in traverse_util.flatten_dict(raw).items()}
+def _flat_raw(raw: dict) -> dict[tuple[str, ...], Any]:
+    """{path: array} of a raw restored tree ({'value': array} leaves)."""
+    return {path[:-1]: value for path, value in traverse_util.flatten_dict(raw).items()}
+
+
+def _mismatch(key: tuple[str, ...], flat_raw: dict, variable: Any) -> str | None:
+    """Why the checkpoint's value cannot fill `variable`, or None."""
+    if key not in flat_raw:
+        return f"init_from: the checkpoint has no variable {'/'.join(key)}"
+    shape = tuple(flat_raw[key].shape)
+    if shape != tuple(variable.shape):
+        return (f"init_from: {'/'.join(key)} has shape {shape} in the checkpoint, "
+                f"{tuple(variable.shape)} in the model")
+    return None
+
+
+def _fill(target: nnx.State, raw: dict, keep: Collection[str] = ()) -> nnx.State:
+    """Copies a raw restored tree ({'value': array} leaves) into `target`'s layout and Variable types.
+
+    Variables of the top-level modules named in `keep` keep their values in
+    `target`; any other variable missing from `raw` or of another shape
+    raises a ValueError naming it.
+    """
+    flat_raw = _flat_raw(raw)
     leaves = []
     for path, variable in nnx.to_flat_state(target):
         key = tuple(str(k) for k in path)
-        if key not in flat_raw:
-            raise ValueError(f"init_from: the checkpoint has no variable {'/'.join(key)}")
-        value = flat_raw[key]
-        if tuple(value.shape) != tuple(variable.shape):
-            raise ValueError(
-                f"init_from: {'/'.join(key)} has shape {tuple(value.shape)} in the checkpoint, "
-                f"{tuple(variable.shape)} in the model"
-            )
-        leaves.append((path, jax.device_put(value, variable.sharding)))
+        if key[0] in keep:
+            leaves.append((path, variable.replace(value=variable[...])))
+            continue
+        problem = _mismatch(key, flat_raw, variable)
+        if problem:
+            raise ValueError(problem)
+        # The same Variable types as `target`: a TrainState keeps its pytree structure.
+        leaves.append((path, variable.replace(value=jax.device_put(flat_raw[key], variable.sharding))))
     return nnx.from_flat_state(leaves)

@@ -28,7 +28,7 @@ def check_config(config: ml_collections.ConfigDict, info: DatasetInfo, num_devic
 
 
 def _problems(config: ml_collections.ConfigDict, info: DatasetInfo, num_devices: int):
-    for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+    for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "grad_accum_steps"):
         value = config[field]
         if value <= 0:
             yield f"{field}={value} must be at least 1 (--config.{field}=N)"
@@ -37,6 +37,14 @@ def _problems(config: ml_collections.ConfigDict, info: DatasetInfo, num_devices:
         if value <= 0 or value % num_devices:
             yield (f"{field}={value} must be a positive multiple of the {num_devices} devices "
                    f"(--config.{field}=N, or use fewer devices with --config.num_devices)")
+    accum, group = config.grad_accum_steps, config.cutmix.group_size
+    micro = config.batch_size // max(accum * num_devices, 1)  # per device
+    if accum > 1 and config.batch_size % (accum * num_devices):
+        yield (f"batch_size={config.batch_size} must be a multiple of grad_accum_steps x devices = "
+               f"{accum} x {num_devices} (--config.batch_size=N or --config.grad_accum_steps=K)")
+    elif accum > 1 and group and micro % group:
+        yield (f"cutmix.group_size={group} must divide the per-device micro-batch of {micro} "
+               "with grad_accum_steps > 1 (--config.cutmix.group_size=N, 0 for that micro-batch)")
     if config.num_train_steps <= 0 and config.num_epochs <= 0:
         yield "set num_epochs or num_train_steps to a positive value"
     if config.eval_every_epochs <= 0:

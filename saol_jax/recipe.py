@@ -104,6 +104,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.warmup_epochs = 0.0
 
     c.batch_size = 64
+    # > 1: each optimiser step averages the gradients of this many micro-batches of
+    # batch_size / grad_accum_steps (a recipe's global batch on fewer devices; saol_jax.train_step).
+    c.grad_accum_steps = 1
     c.eval_batch_size = 256
     c.num_epochs = 300.0
     c.num_train_steps = -1  # > 0 overrides num_epochs
@@ -114,6 +117,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_cutmix_maps = True
     c.checkpoint_every_steps = 2000
     c.keep_checkpoints = 3
+    # > 0: a jax.profiler trace of this many steps, from the 3rd of each (re)start, into
+    # WORKDIR/tensorboard (TensorBoard's Profile tab); process 0 only.
+    c.profile_steps = 0
     c.init_from = ""  # a workdir whose latest weights initialise a new run
     c.num_devices = 0  # 0: every visible device
     c.num_cpu_devices = 0  # > 0: split a CPU host into this many devices

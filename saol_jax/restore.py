@@ -1,4 +1,4 @@
-"""A trained model back from its workdir: config, dataset info, weights, a jitted forward pass."""
+"""A trained model back from its workdir: config, dataset info, weights (any saved step), a jitted forward pass."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ class Trained:
     `log_spatial` [B, Ho, Wo, K], `log_probs` [B, K]) plus `cam`
     [B, Ho, Wo, K], the GAP-FC layer applied at every cell (class activation
     maps; their mean over cells is `gap_logits`). `forward(images)` is the
-    same, jitted, with the restored weights.
+    same, jitted, with the restored weights. `graphdef` is the model's graph
+    in eval mode (for `train_step.make_eval_step`), `step` the checkpoint's step.
     """
 
     config: ml_collections.ConfigDict
@@ -31,6 +32,8 @@ class Trained:
     params: nnx.State
     batch_stats: nnx.State
     apply: Callable[[nnx.State, nnx.State, jax.Array], dict[str, jax.Array]]
+    graphdef: nnx.GraphDef | None = None
+    step: int | None = None
 
     def __post_init__(self):
         self._jitted = jax.jit(self.apply)
@@ -48,11 +51,66 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(paths.read_json(path))
 
 
-def load_trained(workdir: str, dataset_overrides: Mapping[str, object] | None = None) -> Trained:
-    """Rebuilds the model of `workdir` and loads its newest checkpoint's weights.
+class NoCheckpointError(FileNotFoundError):
+    """The workdir has no complete checkpoint to load."""
+
+
+class UnknownStepError(ValueError):
+    """No checkpoint was saved at the asked step; the message lists the saved ones."""
+
+
+def _open_checkpoints(workdir: str) -> checkpoint.Checkpointer:
+    directory = paths.join(workdir, "checkpoints")
+    if not paths.exists(directory):  # checked first: opening a Checkpointer would create the folder
+        raise NoCheckpointError(f"{workdir} holds no checkpoints ({directory} is missing)")
+    return checkpoint.Checkpointer(directory, async_save=False)
+
+
+def _checked_steps(workdir: str, steps: list[int]) -> list[int]:
+    if not steps:
+        raise NoCheckpointError(f"{workdir} holds no complete checkpoint yet")
+    return steps
+
+
+def saved_steps(workdir: str) -> list[int]:
+    """Steps of the complete checkpoints of `workdir`, oldest first; NoCheckpointError if none."""
+    checkpointer = _open_checkpoints(paths.resolve(workdir))
+    try:
+        return _checked_steps(workdir, checkpointer.steps())
+    finally:
+        checkpointer.close()
+
+
+def load_weights(
+    workdir: str, params: nnx.State, batch_stats: nnx.State, step: int | None = None
+) -> tuple[int, nnx.State, nnx.State]:
+    """(step, params, batch_stats) of the checkpoint at `step` (default: the newest) of `workdir`.
+
+    Raises NoCheckpointError without checkpoints, UnknownStepError (listing
+    the saved steps) for a step that was not saved or is no longer kept.
+    """
+    checkpointer = _open_checkpoints(paths.resolve(workdir))
+    try:
+        steps = _checked_steps(workdir, checkpointer.steps())
+        step = steps[-1] if step is None else step
+        if step not in steps:
+            raise UnknownStepError(f"{workdir} has no checkpoint at step {step}; saved steps: "
+                                   f"{', '.join(map(str, steps))}")
+        raw = checkpointer.restore_raw(step)
+    finally:
+        checkpointer.close()
+    # checkpoint.load_weights reads only the newest step; its layout copy is reused here.
+    return step, checkpoint._fill(params, raw["params"]), checkpoint._fill(batch_stats, raw["batch_stats"])
+
+
+def load_trained(
+    workdir: str, dataset_overrides: Mapping[str, object] | None = None, step: int | None = None
+) -> Trained:
+    """Rebuilds the model of `workdir` and loads the weights of its checkpoint at `step` (default: newest).
 
     `dataset_overrides` replace fields of the run's `config.dataset` (e.g. a
-    `data_dir` on another machine) before the dataset info is read.
+    `data_dir` on another machine) before the dataset info is read. Raises
+    NoCheckpointError or UnknownStepError (see `load_weights`).
     """
     workdir = paths.resolve(workdir)
     config = read_config(workdir)
@@ -64,7 +122,7 @@ def load_trained(workdir: str, dataset_overrides: Mapping[str, object] | None = 
         )
     model.eval()
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    params, batch_stats = checkpoint.load_weights(paths.join(workdir, "checkpoints"), params, batch_stats)
+    step, params, batch_stats = load_weights(workdir, params, batch_stats, step)
     mean, std = tuple(config.dataset.mean), tuple(config.dataset.std)
     dtype = DTYPES[config.model.dtype]
 
@@ -72,4 +130,5 @@ def load_trained(workdir: str, dataset_overrides: Mapping[str, object] | None = 
         model = nnx.merge(graphdef, params, batch_stats, copy=True)
         return model(normalise(images, mean, std, dtype), with_cam=True)
 
-    return Trained(config=config, info=info, params=params, batch_stats=batch_stats, apply=apply)
+    return Trained(config=config, info=info, params=params, batch_stats=batch_stats, apply=apply,
+                   graphdef=graphdef, step=step)

@@ -6,8 +6,8 @@ host counts (they set BatchNorm and CutMix groups). Re-running in that
 workdir with any of them changed is refused with the list of changes,
 instead of silently mixing two runs' checkpoints and logs. Fields that
 only change how a run is observed or stored (log, eval and checkpoint
-frequencies, eval batch size, data_dir, keep_checkpoints), and its length,
-may change.
+frequencies, eval batch size, data_dir, keep_checkpoints, profiling), and
+its length, may change.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ IDENTITY_FILE = "run.json"
 FREE_FIELDS = frozenset({
     "log_every_steps", "eval_every_epochs", "eval_cutmix_maps", "checkpoint_every_steps",
     "keep_checkpoints", "eval_batch_size", "init_from", "num_cpu_devices", "num_devices",
-    "num_epochs", "num_train_steps",
+    "num_epochs", "num_train_steps", "profile_steps",
 })
 # Dataset fields that only say where or how fast data is read.
 FREE_DATASET_FIELDS = frozenset({"data_dir", "prefetch", "cache", "shuffle_buffer"})
@@ -65,6 +65,8 @@ def check_same_run(workdir: str, current: dict[str, Any]) -> None:
     if not paths.exists(path):
         return
     recorded = paths.read_json(path)
+    # A field added to the config after the run was recorded held its default value then.
+    recorded = {**_defaults_of(current.keys() - recorded.keys()), **recorded}
     changed = sorted(key for key in recorded.keys() | current.keys() if recorded.get(key) != current.get(key))
     if changed:
         shown = ", ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in changed[:6])
@@ -74,6 +76,14 @@ def check_same_run(workdir: str, current: dict[str, Any]) -> None:
             f"Train in a new --workdir, or start from that run's weights with "
             f"--config.init_from={workdir} in a new --workdir"
         )
+
+
+def _defaults_of(fields: set[str]) -> dict[str, Any]:
+    """The base config's values of the flattened `fields` it has."""
+    from saol_jax import recipe  # the recipe imports config machinery this module does not otherwise need
+
+    defaults = _flatten(recipe.base_config().to_dict())
+    return {key: defaults[key] for key in fields if key in defaults}
 
 
 def record(workdir: str, current: dict[str, Any]) -> None:

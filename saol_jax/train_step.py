@@ -4,24 +4,26 @@ The model lives as `(graphdef, params, batch_stats)`: the steps are plain
 `jax.jit` functions that merge them inside, so no `nnx.jit` bookkeeping runs
 per step. Everything about one step happens on device: uint8 -> float
 normalisation, CutMix with per-location maps, forward, every loss term,
-gradients and the optimiser update.
+gradients (accumulated over micro-batches with `grad_accum_steps` > 1) and
+the optimiser update.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx, struct
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from saol_jax import cutmix as cutmix_lib
 from saol_jax import cutmix_eval, localization, losses
 from saol_jax.models.inputs import normalise
-from saol_jax.sharding import replicated
+from saol_jax.sharding import DATA_AXIS, replicated
 
 
 class TrainState(struct.PyTreeNode):
@@ -48,6 +50,7 @@ class StepConfig:
     eval_cutmix_maps: bool = False
     dtype: jnp.dtype = jnp.float32
     ss2_form: str = "renorm"  # losses.SS2_FORMS; 'paste' adds a forward pass of the un-mixed batch
+    grad_accum_steps: int = 1  # micro-batches per optimiser step (see make_train_step)
 
 # Eval images are CutMix'ed with this fixed key so every evaluation measures
 # the CutMix maps on the same boxes and partners.
@@ -99,22 +102,77 @@ def make_train_step(
     step so that a resumed run draws the same randomness. With SS-2 in its
     ``paste`` form the step first runs the model on the un-mixed batch (BN
     in train mode, its statistics discarded, no gradient) for the target.
+
+    Gradient accumulation (`cfg.grad_accum_steps` = k > 1): one call is still
+    one optimiser step on the global batch B (the schedule, `state.step`, the
+    data position and the logged metrics count optimiser steps), but the
+    forward and backward passes run over k micro-batches of B / k in a
+    `lax.scan`, and the update uses the mean of their gradients. Each device
+    keeps its rows: micro-batch i is the i-th slice of every device's share.
+    CutMix is drawn once on the whole batch, with the same key whatever k,
+    its partners in groups of `cutmix_group_size` that must lie within one
+    device's micro-batch (the trainer's default); each micro-batch gets its
+    own dropout key. BatchNorm, as in most frameworks: statistics per
+    micro-batch, running statistics updated after each micro-batch (k
+    updates per step). Every loss term is a mean per micro-batch, averaged
+    over the k, so the gradient equals the large batch's where BN statistics
+    agree (no BN, eval mode, or ghost BN of the per-device micro-batch),
+    except SS-2 ``renorm`` with CutMix, which divides by the valid regions of
+    each micro-batch. Metrics: loss terms averaged over micro-batches,
+    accuracies over the whole batch, `grad_norm` of the averaged gradient.
     """
     if cfg.ss2_form not in losses.SS2_FORMS:
         raise ValueError(f"loss.ss2_form must be one of {losses.SS2_FORMS}, got {cfg.ss2_form!r}")
     paste = cfg.ss2_form == "paste" and cfg.loss_weights.get("ss2", 0.0) != 0.0
+    accum = cfg.grad_accum_steps
+    devices = mesh.devices.size
+    micro_sharding = NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))
 
-    def pasted_target(state: TrainState, images: jax.Array, labels: jax.Array, mixed, key: jax.Array) -> jax.Array:
-        """[B, Ho, Wo] log target of SS-2 'paste': the un-mixed batch's maps, cut and pasted."""
-        model = nnx.merge(graphdef, state.params, state.batch_stats, copy=True)
-        clean = model(images, rngs=nnx.Rngs(dropout=key))
+    def split_micro(x: jax.Array) -> jax.Array:
+        """[B, ...] -> [k, B / k, ...]: micro-batch i takes the i-th slice of each device's rows."""
+        per_device = x.shape[0] // devices
+        x = x.reshape(devices, accum, per_device // accum, *x.shape[1:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(x.reshape(accum, -1, *x.shape[3:]), micro_sharding)
+
+    def micro_partner(partner: jax.Array) -> jax.Array:
+        """Batch indices of CutMix partners -> their indices within the micro-batch (same group)."""
+        per_device = partner.shape[0] // devices
+        return (partner // per_device) * (per_device // accum) + partner % (per_device // accum)
+
+    def pasted_target(params: nnx.State, batch_stats: nnx.State, micro, key: jax.Array) -> jax.Array:
+        """[b, Ho, Wo] log target of SS-2 'paste': the un-mixed micro-batch's maps, cut and pasted."""
+        model = nnx.merge(graphdef, params, batch_stats, copy=True)
+        clean = model(micro["clean"], rngs=nnx.Rngs(dropout=key))
         return losses.pasted_attention_target(
-            clean["log_attention"], clean["log_spatial"], labels, mixed.partner, mixed.coverage
+            clean["log_attention"], clean["log_spatial"], micro["labels"], micro["partner"], micro["coverage"]
         )
 
+    def micro_step(params: nnx.State, carry, xs):
+        """Gradient, loss terms and correct counts of one micro-batch; BN statistics carried."""
+        grad_sum, batch_stats = carry
+        micro, model_key = xs
+        ss2_target = pasted_target(params, batch_stats, micro, jax.random.fold_in(model_key, 1)) if paste else None
+
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, batch_stats, copy=True)
+            outputs = model(micro["images"], rngs=nnx.Rngs(dropout=model_key))
+            terms = losses.loss_terms(
+                outputs, micro["labels"], micro["partner_labels"], micro["lam"], micro["coverage"],
+                cfg.loss_weights, ss2_form=cfg.ss2_form, ss2_target=ss2_target,
+            )
+            return terms["total"], (terms, outputs, nnx.state(model, nnx.BatchStat))
+
+        grads, (terms, outputs, batch_stats) = jax.grad(loss_fn, has_aux=True)(params)
+        ones = jnp.ones(micro["labels"].shape, jnp.float32)
+        correct = {}
+        for head, scores in _head_scores(outputs).items():
+            correct.update(_accuracy_metrics(head, scores, micro["labels"], ones))
+        return (jax.tree.map(jnp.add, grad_sum, grads), batch_stats), (terms, correct)
+
     def train_step(state: TrainState, batch: Mapping[str, jax.Array], key: jax.Array):
-        step_key = jax.random.fold_in(key, state.step)
-        mix_key, model_key = jax.random.split(step_key)
+        mix_key, model_key = jax.random.split(jax.random.fold_in(key, state.step))
+        # One micro-batch keeps the step's key: without accumulation a step draws as it always did.
+        model_keys = jax.random.split(model_key, accum) if accum > 1 else model_key[None]
         images = normalise(batch["image"], cfg.mean, cfg.std, cfg.dtype)
         labels = batch["label"]
         mixed = cutmix_lib.cutmix(
@@ -125,31 +183,26 @@ def make_train_step(
             prob=cfg.cutmix_prob,
             group_size=cfg.cutmix_group_size,
         )
-        partner_labels = labels[mixed.partner]
-        ss2_target = pasted_target(state, images, labels, mixed, jax.random.fold_in(model_key, 1)) if paste else None
-
-        def loss_fn(params):
-            model = nnx.merge(graphdef, params, state.batch_stats, copy=True)
-            outputs = model(mixed.images, rngs=nnx.Rngs(dropout=model_key))
-            terms = losses.loss_terms(
-                outputs, labels, partner_labels, mixed.lam, mixed.coverage, cfg.loss_weights,
-                ss2_form=cfg.ss2_form, ss2_target=ss2_target,
-            )
-            return terms["total"], (terms, outputs, nnx.state(model, nnx.BatchStat))
-
-        grads, (terms, outputs, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+        micro = {
+            "images": mixed.images, "labels": labels, "partner_labels": labels[mixed.partner],
+            "lam": mixed.lam, "coverage": mixed.coverage,
+        }
+        if paste:
+            micro.update(clean=images, partner=micro_partner(mixed.partner))
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        (grad_sum, batch_stats), (terms, correct) = jax.lax.scan(
+            functools.partial(micro_step, state.params),
+            (zeros, state.batch_stats),
+            (jax.tree.map(split_micro, micro), model_keys),
+        )
+        grads = jax.tree.map(lambda g: g / accum, grad_sum)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(
             step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
         )
-        metrics = {f"loss/{name}": value for name, value in terms.items()}
-        ones = jnp.ones(labels.shape, jnp.float32)
-        for head, scores in _head_scores(outputs).items():
-            metrics.update({
-                f"train/{k}": v / labels.shape[0]
-                for k, v in _accuracy_metrics(head, scores, labels, ones).items()
-            })
+        metrics = {f"loss/{name}": jnp.mean(value) for name, value in terms.items()}
+        metrics.update({f"train/{name}": jnp.sum(value) / labels.shape[0] for name, value in correct.items()})
         metrics["train/lr"] = schedule(state.step)
         metrics["train/grad_norm"] = optax.global_norm(grads)
         return new_state, metrics

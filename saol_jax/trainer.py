@@ -20,7 +20,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from saol_jax import checkpoint, cutmix_eval, data, localization, losses, optim, paths, run_identity, sharding
+from saol_jax import (
+    checkpoint, data, evaluation, losses, optim, paths, profiling, run_identity, sharding,
+)
 from saol_jax.config_check import ConfigError, check_config, check_workdir
 from saol_jax.metrics import MetricWriter, Progress, final_eval
 from saol_jax.models import DTYPES, build_model
@@ -86,7 +88,7 @@ class _Run:
         check_config(config, self.info, self.mesh.devices.size)
         check_workdir(workdir)
         self.batch_size = config.batch_size
-        per_device = config.batch_size // self.mesh.devices.size
+        micro_per_device = config.batch_size // (self.mesh.devices.size * config.grad_accum_steps)
         _, shares = data.read_shares(config.dataset)
         self.steps_per_epoch = data.steps_per_epoch(self.info, config.batch_size, process_count=shares)
         self.total_steps = (
@@ -121,17 +123,18 @@ class _Run:
             grid_hw=output_grid(graphdef, state, self.info.image_shape),
             cutmix_beta=config.cutmix.beta,
             cutmix_prob=config.cutmix.prob,
-            cutmix_group_size=config.cutmix.group_size or per_device,
+            cutmix_group_size=config.cutmix.group_size or micro_per_device,
             eval_group_size=config.eval_batch_size // self.mesh.devices.size,
             eval_cutmix_maps=config.eval_cutmix_maps,
             dtype=DTYPES[config.model.dtype],
+            grad_accum_steps=config.grad_accum_steps,
         )
         self.train_step = make_train_step(graphdef, tx, self.schedule, step_config, self.mesh)
         self.eval_step = make_eval_step(eval_graphdef, step_config, self.mesh)
         self.key = _replicate(jax.random.key(config.seed), self.mesh)
 
         self.checkpointer = checkpoint.Checkpointer(
-            paths.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints
+            paths.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints, clean_temporary=True
         )
         self.writer: MetricWriter | None = None
         self._preempted = False
@@ -155,9 +158,9 @@ class _Run:
                 paths.join(self.config.init_from, "checkpoints"),
                 self.state.params,
                 self.state.batch_stats,
+                init_heads=True,  # a head of another class count or kind starts fresh; logs what was loaded
             )
             self.state = self.state.replace(params=params, batch_stats=batch_stats)
-            log.info("initialised weights from %s", self.config.init_from)
         return 0
 
     def _save_config(self) -> None:
@@ -203,6 +206,10 @@ class _Run:
         batches = DevicePrefetcher(host_batches, self._checked_global_batch, depth=2)
         eval_every = max(1, int(round(config.eval_every_epochs * self.steps_per_epoch)))
         progress = Progress(self.total_steps, start_step)
+        tracer = profiling.StepTracer(
+            paths.join(self.workdir, "tensorboard"), start_step=start_step,
+            num_steps=config.profile_steps if jax.process_index() == 0 else 0,
+        )
         pending: list[dict[str, jax.Array]] = []
         window_start, window_step = time.time(), start_step
         last_eval: dict[str, float] = {}
@@ -210,7 +217,7 @@ class _Run:
         try:
             while step < self.total_steps:
                 batch = next(batches)
-                self.state, metrics = self.train_step(self.state, batch, self.key)
+                self.state, metrics = tracer.run(step, self.train_step, self.state, batch, self.key)
                 pending.append(metrics)
                 step += 1
                 last = step == self.total_steps
@@ -233,6 +240,7 @@ class _Run:
                 if step % eval_every == 0 or last:
                     last_eval = self.evaluate(step)
         finally:
+            tracer.stop()
             batches.close()
             progress.close()
         return last_eval
@@ -304,18 +312,10 @@ class _Run:
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Top-1/top-5 and loss of both heads over the whole eval split."""
-        totals: dict[str, float] = {}
-        for host_batch in data.host_eval_batches(self.config.dataset, global_batch_size=self.config.eval_batch_size):
-            batch = self._checked_global_batch(host_batch, "evaluation")
-            sums = localization.iou_sums(_fetch(self.eval_step(self.state.params, self.state.batch_stats, batch)))
-            for name, value in sums.items():
-                totals[name] = totals.get(name, 0.0) + float(value)
-        count = totals.pop("count")
-        located = {name: totals.pop(name) for name in cutmix_eval.SUM_KEYS if name in totals}
-        results = {f"eval/{name}": value / max(count, 1.0) for name, value in totals.items()}
-        results["eval/count"] = count
-        if located:
-            results.update({f"eval/cutmix_{k}": v for k, v in cutmix_eval.cutmix_metrics(located).items()})
+        host_batches = data.host_eval_batches(self.config.dataset, global_batch_size=self.config.eval_batch_size)
+        batches = (self._checked_global_batch(b, "evaluation") for b in host_batches)
+        results = evaluation.eval_metrics(self.eval_step, self.state.params, self.state.batch_stats, batches,
+                                          fetch=_fetch)
         self.writer.write("eval", step, results, epoch=step / self.steps_per_epoch)
         log.info("eval at step %d: %s", step, _summary(results))
         return results

@@ -156,19 +156,32 @@ def _class_title(maps: Maps, b: int, names: list[str]) -> str:
     return f"true {names[maps.labels[b]]}\npred {names[pred]} ({probs[pred]:.2f})"
 
 
+def _attention_row(axes, maps: Maps, b: int, names: list[str], title: str) -> None:
+    """Image b titled `title`, its attention overlay and its predicted class's spatial probability."""
+    pred = int(np.argmax(maps.probs[b]))
+    image = maps.images[b]
+    _show_image(axes[0], image)
+    axes[0].set_title(title, fontsize=8)
+    _overlay(axes[1], image, maps.attention[b], float(maps.attention[b].max()))
+    axes[1].set_title(f"attention (max {maps.attention[b].max():.2f})", fontsize=8)
+    _overlay(axes[2], image, maps.spatial[b, ..., pred], 1.0)
+    axes[2].set_title(f"p({names[pred]}) per cell", fontsize=8)
+
+
 def plain_grid(maps: Maps, names: list[str], path: str) -> str:
     """Input, attention overlay and predicted-class spatial probability per image."""
     num = len(maps.images)
     fig, axes = plt.subplots(num, 3, figsize=(3 * PANEL_INCHES, num * PANEL_INCHES), squeeze=False)
     for b in range(num):
-        pred = int(np.argmax(maps.probs[b]))
-        image = maps.images[b]
-        _show_image(axes[b, 0], image)
-        axes[b, 0].set_title(_class_title(maps, b, names), fontsize=8)
-        _overlay(axes[b, 1], image, maps.attention[b], float(maps.attention[b].max()))
-        axes[b, 1].set_title(f"attention (max {maps.attention[b].max():.2f})", fontsize=8)
-        _overlay(axes[b, 2], image, maps.spatial[b, ..., pred], 1.0)
-        axes[b, 2].set_title(f"p({names[pred]}) per cell", fontsize=8)
+        _attention_row(axes[b], maps, b, names, _class_title(maps, b, names))
+    return _save(fig, path)
+
+
+def attention_png(maps: Maps, b: int, names: list[str], path: str) -> str:
+    """Image b's row of `plain_grid` alone (no true class needed: titled with the prediction); needs SAOL."""
+    pred = int(np.argmax(maps.probs[b]))
+    fig, axes = plt.subplots(1, 3, figsize=(3 * PANEL_INCHES, PANEL_INCHES), squeeze=False)
+    _attention_row(axes[0], maps, b, names, f"pred {names[pred]} ({maps.probs[b, pred]:.2f})")
     return _save(fig, path)
 
 

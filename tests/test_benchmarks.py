@@ -74,7 +74,7 @@ def test_step_time_of_an_ss2_form(tmp_path, capsys):
         step_time.main(["--tiny", "--rungs", "gap,saol_ss_sd,saol_ss_sd@area"])
 
 
-TORCH_SKIP = "torch is not importable: it is a benchmark-only dependency (requirements-bench.txt)"
+TORCH_SKIP = "torch is not importable: install requirements-dev.txt (or requirements-bench.txt)"
 
 
 @pytest.fixture

@@ -1,0 +1,91 @@
+"""Eval metrics of a model over padded eval batches: one implementation for the trainer and the tools.
+
+`eval_metrics` runs an eval step (`saol_jax.train_step.make_eval_step`)
+over batches, adds up its masked sums (with the host side of the box scores,
+`saol_jax.localization.iou_sums`) and turns them into the `eval/*` means
+that metrics.jsonl records (see `saol_jax.metrics`). `eval_step_for` builds
+that step for a restored model (`saol_jax.restore.Trained`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh
+
+from saol_jax import cutmix_eval, localization, sharding
+from saol_jax.models import DTYPES
+from saol_jax.restore import Trained
+from saol_jax.train_step import StepConfig, make_eval_step
+
+EvalStep = Callable[[nnx.State, nnx.State, Mapping[str, jax.Array]], dict[str, jax.Array]]
+
+
+def add_sums(totals: Mapping[str, float], sums: Mapping[str, Any]) -> dict[str, float]:
+    """`totals` plus one batch's host-side eval sums (`iou_sums` of an eval step's output)."""
+    result = dict(totals)
+    for name, value in sums.items():
+        result[name] = result.get(name, 0.0) + float(value)
+    return result
+
+
+def summarise(totals: Mapping[str, float]) -> dict[str, float]:
+    """Summed eval sums -> `eval/<name>` means over the counted examples, `eval/count`, and the
+    `eval/cutmix_*` figures of `cutmix_eval.cutmix_metrics` when the sums hold them."""
+    totals = dict(totals)
+    count = totals.pop("count", 0.0)
+    located = {name: totals.pop(name) for name in cutmix_eval.SUM_KEYS if name in totals}
+    results = {f"eval/{name}": value / max(count, 1.0) for name, value in totals.items()}
+    results["eval/count"] = count
+    if located:
+        results.update({f"eval/cutmix_{k}": v for k, v in cutmix_eval.cutmix_metrics(located).items()})
+    return results
+
+
+def eval_metrics(
+    eval_step: EvalStep,
+    params: nnx.State,
+    batch_stats: nnx.State,
+    batches: Iterable[Mapping[str, jax.Array]],
+    fetch: Callable[[Any], Any] = jax.device_get,
+) -> dict[str, float]:
+    """Top-1/top-5 and loss of both heads (and box scores, CutMix-map figures when the step gives them).
+
+    `batches` are the eval step's inputs (padded, with `mask`), already on
+    the step's devices; `fetch` copies its replicated output to the host.
+    """
+    totals: dict[str, float] = {}
+    for batch in batches:
+        totals = add_sums(totals, localization.iou_sums(fetch(eval_step(params, batch_stats, batch))))
+    return summarise(totals)
+
+
+def eval_mesh(config, num_devices: int | None = None) -> Mesh:
+    """The run's data mesh (`config.num_devices`, else every device), shrunk to the largest device
+    count that divides `config.eval_batch_size` (another machine may have other devices)."""
+    available = num_devices or config.get("num_devices") or jax.device_count()
+    return sharding.make_mesh(math.gcd(min(available, jax.device_count()), config.eval_batch_size))
+
+
+def eval_step_for(trained: Trained, mesh: Mesh) -> EvalStep:
+    """The trainer's eval step for `trained`'s model and config on `mesh` (training-only settings unused)."""
+    config, shape = trained.config, trained.info.image_shape
+    probe = jax.ShapeDtypeStruct((1, *shape), jax.numpy.uint8)
+    grid_hw = jax.eval_shape(trained.apply, trained.params, trained.batch_stats, probe)["cam"].shape[1:3]
+    step_config = StepConfig(
+        loss_weights={},
+        mean=tuple(config.dataset.mean),
+        std=tuple(config.dataset.std),
+        grid_hw=tuple(grid_hw),
+        cutmix_beta=0.0,
+        cutmix_prob=0.0,
+        cutmix_group_size=0,
+        eval_group_size=config.eval_batch_size // mesh.devices.size,
+        eval_cutmix_maps=bool(config.get("eval_cutmix_maps", False)),
+        dtype=DTYPES[config.model.dtype],
+    )
+    return make_eval_step(trained.graphdef, step_config, mesh)
