@@ -27,17 +27,14 @@ measurable, unlike Fashion-MNIST's frame-filling items on a 7x7 grid.
 Sized for: a 2-core CPU VM split into 8 CPU devices (`num_cpu_devices`), a
 ResNet-10 with four stages of 16/32/64/128 channels (output grid 8x8),
 3 epochs (468 steps of 128), one evaluation at the end.
-Expected time: about 6-7 min on an idle 2-core VM. This is an estimate: the
-one run so far (seed 0, this command, 2-core AMD EPYC VM shared with other
-jobs at load average about 9) took 15 min 19 s wall for 611 s user + 166 s
-system CPU time, i.e. about 6.5 min of two cores; its final evaluation
-(5,000 images, all localisation scores) took 40 s of that.
-Expected accuracy (that run): test top-1 80.1% with the SAOL output, 78.0%
-with the GAP-FC output. Localisation of its maps (pointing / mass-to-area
-ratio / GT-known at IoU 0.5): attention 87.4% / 5.48 / 30.7%, product
-86.8% / 5.81 / 24.9%, spatial map 84.2% / 2.50 / 6.8%, the model's own
-GAP-FC CAM 90.5% / 2.86 / 18.4%. One seed: the spread across seeds is not
-measured yet (`python -m saol_jax.ablate` runs the study).
+Expected time: 6.6-10 min wall on the 2-core AMD EPYC VM shared with other
+jobs (measured: the 3 seeds of GAP-FC + CutMix took 6.6-8.4 min, SAOL + SS +
+SD with SS-2 `paste` 9.7-9.9 min, the `paste` form costing an extra forward
+pass); less on an idle machine.
+Expected accuracy (3 seeds, `python -m saol_jax.ablate`, README): test top-1
+error 19.35 ± 0.54% with the SAOL output (SS-2 `paste`, the default) against
+22.27 ± 0.20% for GAP-FC + CutMix; the attention's box is right (IoU >= 0.5)
+for 67 ± 4% of the test images, the GAP-FC + CutMix CAM's for 19 ± 1%.
 Options (after a colon): `head=gap|saol|saol_ss|saol_ss_sd`, `smoke`, `hw=...`.
 """
 

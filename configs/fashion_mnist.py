@@ -12,7 +12,10 @@ augmentation: in a run this short, pad-crop + flip on top of it cost accuracy
 Expected (measured here, 2-core AMD EPYC VM, 8 CPU devices, nothing else
 running): 8 min 35 s wall for the whole command (3.5 epochs, 1638 steps at a
 median 519 img/s, one final evaluation), test top-1 91.64% with the SAOL
-output and 91.86% with the GAP-FC output (seed 0).
+output and 91.86% with the GAP-FC output (seed 0). Those figures were measured
+with SS-2 `renorm`, the default before the localisation study chose `paste`
+(`--config.loss.ss2_form=renorm` reproduces them); `paste` adds an extra
+forward pass per step.
 Options (after a colon): `head=gap|saol|saol_ss|saol_ss_sd`, `smoke`, `hw=...`.
 """
 

@@ -90,7 +90,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.cutmix = ml_collections.ConfigDict({"beta": 1.0, "prob": 0.5, "group_size": 0})
     c.loss = ml_collections.ConfigDict(HEAD_LADDER["saol_ss_sd"])
-    c.loss.ss2_form = "renorm"  # SS-2 form: renorm | mass_mix | paste (saol_jax.losses)
+    # SS-2 form: renorm | mass_mix | paste (saol_jax.losses). `paste` is the default by measurement:
+    # on the cluttered localisation benchmark (3 seeds, README) it localised and classified best.
+    c.loss.ss2_form = "paste"
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 0.1

@@ -44,7 +44,7 @@ def test_ladder_options(recipe, head):
     config = load(recipe, f"head={head}")
     assert config.model.head == ("gap" if head == "gap" else "saol")
     assert losses.loss_weights(config.loss) == HEAD_LADDER[head]
-    assert config.loss.ss2_form == "renorm"
+    assert config.loss.ss2_form == "paste"
     with pytest.raises(AttributeError):
         config.no_such_field = 1  # locked: typos are errors
 
