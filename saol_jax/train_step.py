@@ -190,11 +190,16 @@ def make_train_step(
         if paste:
             micro.update(clean=images, partner=micro_partner(mixed.partner))
         zeros = jax.tree.map(jnp.zeros_like, state.params)
-        (grad_sum, batch_stats), (terms, correct) = jax.lax.scan(
-            functools.partial(micro_step, state.params),
-            (zeros, state.batch_stats),
-            (jax.tree.map(split_micro, micro), model_keys),
-        )
+        if accum == 1:
+            # No scan and no reshape: the batch keeps its sharding, so XLA partitions the step as before.
+            (grad_sum, batch_stats), (terms, correct) = micro_step(
+                state.params, (zeros, state.batch_stats), (micro, model_keys[0]))
+        else:
+            (grad_sum, batch_stats), (terms, correct) = jax.lax.scan(
+                functools.partial(micro_step, state.params),
+                (zeros, state.batch_stats),
+                (jax.tree.map(split_micro, micro), model_keys),
+            )
         grads = jax.tree.map(lambda g: g / accum, grad_sum)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
