@@ -393,7 +393,9 @@ def test_a_lost_process_ends_the_other_within_the_heartbeat_bound(tiny_dataset, 
         raise AssertionError(f"the survivor waited more than {HEARTBEAT_S + 50} s for its lost peer") from None
     assert survivor.returncode != 0
     with open(log_path, encoding="utf-8") as f:
-        assert "another process" in f.read()
+        log = f.read()
+    # Ours when a collective fails first; jax's own when the coordination service notices first.
+    assert "another process has probably died" in log or "detected fatal errors" in log, log[-3000:]
     assert time.time() - killed_at < HEARTBEAT_S + 50
 
 
