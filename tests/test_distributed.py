@@ -254,7 +254,10 @@ def checkpoint_arrays(workdir: str, step: int, parts: tuple[str, ...] = ("params
         if isinstance(node, dict):
             for key, value in node.items():
                 walk(f"{prefix}/{key}", value)
-        else:
+        elif isinstance(node, (list, tuple)):  # optax states are tuples
+            for index, value in enumerate(node):
+                walk(f"{prefix}/{index}", value)
+        elif node is not None:
             flat[prefix] = np.asarray(node)
 
     for part in parts:
@@ -306,8 +309,9 @@ STATE_PARTS = ("params", "batch_stats", "opt_state")
 
 
 def relative_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
-    """The largest max|a - b| / max|b| over the arrays (each difference on its array's scale)."""
-    return max(float(np.max(np.abs(a[k] - b[k])) / (np.max(np.abs(b[k])) + 1e-12)) for k in b if b[k].size)
+    """The largest max|a - b| / max(1, max|b|) over the arrays: absolute for arrays of small values
+    (zero-initialised BN scales, early momenta), relative for large ones."""
+    return max(float(np.max(np.abs(a[k] - b[k])) / max(1.0, float(np.max(np.abs(b[k]))))) for k in b if b[k].size)
 
 
 def test_restarted_processes_resume_from_the_shared_checkpoint(runs):
@@ -334,7 +338,7 @@ def test_restarted_processes_resume_from_the_shared_checkpoint(runs):
     single = {step: checkpoint_arrays(str(tmp / "single"), step, STATE_PARTS) for step in (2, 4, 6)}
     drift = {step: relative_difference(checkpoint_arrays(str(tmp / "multi"), step, STATE_PARTS), single[step])
              for step in (2, 4, 6)}
-    assert drift[6] < 0.05, drift
+    assert drift[6] < 1e-3, drift  # measured: about 2e-7 at every step
     assert relative_difference(restarted, single[6]) <= drift[6], drift
 
 
