@@ -37,11 +37,10 @@ ResNet-18).
 import ml_collections
 
 from saol_jax import recipe
+from saol_jax.models.inputs import IMAGENET_MEAN, IMAGENET_STD
 from saol_jax.options import Option
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

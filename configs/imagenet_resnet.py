@@ -23,6 +23,7 @@ Options: arch=resnet50|resnet101|resnet152, head=..., hw=..., smoke.
 import ml_collections
 
 from saol_jax import recipe
+from saol_jax.models.inputs import IMAGENET_MEAN, IMAGENET_STD
 from saol_jax.options import Option
 
 ARCHS = ("resnet50", "resnet101", "resnet152")
@@ -40,8 +41,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.dataset.eval_resize = True
     c.dataset.cache = False
     c.dataset.shuffle_buffer = 16_384
-    c.dataset.mean = (0.485, 0.456, 0.406)
-    c.dataset.std = (0.229, 0.224, 0.225)
+    c.dataset.mean = IMAGENET_MEAN
+    c.dataset.std = IMAGENET_STD
     c.model.backbone = options.arch
     c.model.saol.update({"att_width": 256, "mid_width": 256})
     c.cutmix.prob = 1.0

@@ -233,9 +233,10 @@ BACKBONE = "backbone"  # the top-level module that `init_from` must always load 
 
 
 def load_weights(
-    directory: str, params: nnx.State, batch_stats: nnx.State, *, init_heads: bool = False
+    directory: str, params: nnx.State, batch_stats: nnx.State, *, step: int | None = None,
+    init_heads: bool = False,
 ) -> tuple[nnx.State, nnx.State]:
-    """Parameters and BN statistics of the newest checkpoint in `directory`.
+    """Parameters and BN statistics of the checkpoint at `step` (default: the newest) in `directory`.
 
     For `init_from` and for restoring a trained model: the optimiser state
     and step are not read, so the checkpoint may come from a run with another
@@ -261,7 +262,8 @@ def load_weights(
         steps = checkpointer.steps()
         if not steps:
             raise FileNotFoundError(f"init_from: no complete checkpoint in {directory}")
-        raw = checkpointer.restore_raw(steps[-1])
+        step = steps[-1] if step is None else step
+        raw = checkpointer.restore_raw(step)
     finally:
         checkpointer.close()
     targets = {"params": params, "batch_stats": batch_stats}
@@ -269,13 +271,14 @@ def load_weights(
     problems: dict[str, list[str]] = {}  # top-level module -> why it cannot be loaded
     counts: dict[str, int] = {}
     for name, target in targets.items():
+        model_keys = set()
         for path, variable in nnx.to_flat_state(target):
             key = tuple(str(k) for k in path)
+            model_keys.add(key)
             counts[key[0]] = counts.get(key[0], 0) + 1
             problem = _mismatch(key, flat_raw[name], variable)
             if problem:
                 problems.setdefault(key[0], []).append(problem)
-        model_keys = {tuple(str(k) for k in path) for path, _ in nnx.to_flat_state(target)}
         extra = sorted(k for k in flat_raw[name] if k[0] == BACKBONE and k not in model_keys)
         if extra:
             problems.setdefault(BACKBONE, []).append(
@@ -289,11 +292,11 @@ def load_weights(
         fresh = [m for m in counts if m in problems]
         log.info(
             "init_from %s (step %d): loaded %d arrays (%s); initialised %d arrays (%s)",
-            directory, steps[-1], sum(counts[m] for m in loaded), ", ".join(loaded) or "none",
+            directory, step, sum(counts[m] for m in loaded), ", ".join(loaded) or "none",
             sum(counts[m] for m in fresh),
             "; ".join(f"{m}: {problems[m][0]}" for m in fresh) or "none",
         )
-    return tuple(_fill(target, raw.get(name, {}), keep=set(problems)) for name, target in targets.items())
+    return tuple(_fill(target, flat_raw[name], keep=set(problems)) for name, target in targets.items())
 
 
 def _flat_raw(raw: dict) -> dict[tuple[str, ...], Any]:
@@ -312,23 +315,13 @@ def _mismatch(key: tuple[str, ...], flat_raw: dict, variable: Any) -> str | None
     return None
 
 
-def _fill(target: nnx.State, raw: dict, keep: Collection[str] = ()) -> nnx.State:
-    """Copies a raw restored tree ({'value': array} leaves) into `target`'s layout and Variable types.
-
-    Variables of the top-level modules named in `keep` keep their values in
-    `target`; any other variable missing from `raw` or of another shape
-    raises a ValueError naming it.
-    """
-    flat_raw = _flat_raw(raw)
+def _fill(target: nnx.State, flat_raw: dict[tuple[str, ...], Any], keep: Collection[str]) -> nnx.State:
+    """`target` with its variables' values taken from `flat_raw` (checked by `load_weights` to fit),
+    except those of the top-level modules in `keep`, which keep their values."""
     leaves = []
     for path, variable in nnx.to_flat_state(target):
         key = tuple(str(k) for k in path)
-        if key[0] in keep:
-            leaves.append((path, variable.replace(value=variable[...])))
-            continue
-        problem = _mismatch(key, flat_raw, variable)
-        if problem:
-            raise ValueError(problem)
+        value = variable[...] if key[0] in keep else jax.device_put(flat_raw[key], variable.sharding)
         # The same Variable types as `target`: a TrainState keeps its pytree structure.
-        leaves.append((path, variable.replace(value=jax.device_put(flat_raw[key], variable.sharding))))
+        leaves.append((path, variable.replace(value=value)))
     return nnx.from_flat_state(leaves)

@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from saol_jax import data, paths, sharding, visualize
+from saol_jax import data, paths, visualize
 from saol_jax.config_check import parse_flags_or_exit
-from saol_jax.restore import Trained, load_trained, read_config
+from saol_jax.restore import Trained, load_trained, output_path, read_config, use_run_devices
 
 HEADS = ("saol", "gap")
 ECE_BINS = 15
@@ -181,12 +181,12 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     args = flags.FLAGS
-    sharding.configure_cpu_devices(read_config(args.workdir).num_cpu_devices)
+    use_run_devices(args.workdir)
     try:
         report = compare(args.workdir)
     except NoSaolHeadError as error:
         raise SystemExit(f"error: {error}") from None
-    out = paths.resolve(args.out) if args.out else paths.join(paths.resolve(args.workdir), "compare_heads.json")
+    out = output_path(args.out, args.workdir, "compare_heads.json")
     paths.write_json(out, report)
     print(table(report))
     print(f"wrote {out}")

@@ -54,15 +54,17 @@ from typing import Any
 
 import numpy as np
 
+from saol_jax.models.backbones import BACKBONES
+from saol_jax.models.inputs import IMAGENET_MEAN, IMAGENET_STD
+from saol_jax.models.resnet_imagenet import ResNetImageNet
+
 log = logging.getLogger(__name__)
 
-# Architecture -> (blocks per stage, bottleneck), as saol_jax.models.backbones registers them.
+# Architecture -> (blocks per stage, bottleneck), read from the backbone registry.
 ARCHS: dict[str, tuple[tuple[int, ...], bool]] = {
-    "resnet18": ((2, 2, 2, 2), False),
-    "resnet34": ((3, 4, 6, 3), False),
-    "resnet50": ((3, 4, 6, 3), True),
-    "resnet101": ((3, 4, 23, 3), True),
-    "resnet152": ((3, 8, 36, 3), True),
+    name: (builder.keywords["block_sizes"], builder.keywords["bottleneck"])
+    for name, builder in BACKBONES.items()
+    if getattr(builder, "func", None) is ResNetImageNet
 }
 
 _BN_PARAMS = (("weight", "scale"), ("bias", "bias"))
@@ -315,7 +317,7 @@ def write_checkpoint(out: str, params: dict, batch_stats: dict, arch: str, num_c
     paths.write_text(paths.join(out, "converted_from.json"), json.dumps({
         "source": source, "arch": arch, "num_classes": num_classes if with_fc else None,
         "head": "gap_fc" if with_fc else None,
-        "note": "torchvision weights: normalise inputs with mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225)",
+        "note": f"torchvision weights: normalise inputs with mean {IMAGENET_MEAN}, std {IMAGENET_STD}",
     }, indent=2))
     return directory
 

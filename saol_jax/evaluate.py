@@ -26,7 +26,7 @@ from absl import app, flags
 from saol_jax import data, evaluation, paths, sharding
 from saol_jax.config_check import parse_flags_or_exit
 from saol_jax.data.info import num_examples
-from saol_jax.restore import NoCheckpointError, UnknownStepError, load_trained, read_config
+from saol_jax.restore import NoCheckpointError, UnknownStepError, load_trained, output_path, read_config, use_run_devices
 
 
 class UnknownSplitError(ValueError):
@@ -62,10 +62,10 @@ def evaluate(workdir: str, split: str | None = None, step: int | None = None) ->
             "step": trained.step, **metrics}
 
 
-def default_out(workdir: str, split: str, step: int) -> str:
-    """`workdir/evaluate_<split>_step<N>.json`, the split's characters outside [A-Za-z0-9_.-] as '_'."""
+def default_name(split: str, step: int) -> str:
+    """`evaluate_<split>_step<N>.json`, the split's characters outside [A-Za-z0-9_.-] as '_'."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", split).strip("_") or "split"
-    return paths.join(paths.resolve(workdir), f"evaluate_{safe}_step{step}.json")
+    return f"evaluate_{safe}_step{step}.json"
 
 
 def table(results: dict) -> str:
@@ -91,12 +91,12 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     args = flags.FLAGS
     try:
-        sharding.configure_cpu_devices(read_config(args.workdir).num_cpu_devices)
+        use_run_devices(args.workdir)
         results = evaluate(args.workdir, args.split, args.step)
     except (FileNotFoundError, NoCheckpointError, UnknownSplitError, UnknownStepError,
             data.DatasetNotFoundError, data.DatasetFormatError) as error:
         raise SystemExit(f"error: {error}") from None
-    out = paths.resolve(args.out) if args.out else default_out(args.workdir, results["split"], results["step"])
+    out = output_path(args.out, args.workdir, default_name(results["split"], results["step"]))
     paths.write_json(out, results)
     print(table(results))
     print(f"wrote {out}")

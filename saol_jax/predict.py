@@ -31,11 +31,11 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from saol_jax import data, paths, sharding, visualize
+from saol_jax import data, paths, visualize
 from saol_jax.compare_heads import class_names
 from saol_jax.config_check import parse_flags_or_exit
 from saol_jax.data.transforms import eval_transform
-from saol_jax.restore import NoCheckpointError, Trained, UnknownStepError, load_trained, read_config
+from saol_jax.restore import NoCheckpointError, Trained, UnknownStepError, load_trained, use_run_devices
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -159,7 +159,7 @@ def main(argv: list[str]) -> None:
     if len(argv) < 2:
         raise app.UsageError("give at least one image file or folder of images")
     try:
-        sharding.configure_cpu_devices(read_config(args.workdir).num_cpu_devices)
+        use_run_devices(args.workdir)
         files = image_files(argv[1:])
         trained = load_trained(args.workdir, step=args.step)
         if args.maps and trained.config.model.head != "saol":

@@ -9,7 +9,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from saol_jax import checkpoint, data, paths
+from saol_jax import checkpoint, data, paths, sharding
 from saol_jax.models import DTYPES, build_model, normalise
 
 
@@ -51,6 +51,16 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(paths.read_json(path))
 
 
+def use_run_devices(workdir: str) -> None:
+    """Splits the CPU into the run's `num_cpu_devices`, as in training; call before any device is touched."""
+    sharding.configure_cpu_devices(read_config(workdir).num_cpu_devices)
+
+
+def output_path(out: str | None, workdir: str, default_name: str) -> str:
+    """Where a tool writes its result: `out` resolved, or `default_name` inside `workdir`."""
+    return paths.resolve(out) if out else paths.join(paths.resolve(workdir), default_name)
+
+
 class NoCheckpointError(FileNotFoundError):
     """The workdir has no complete checkpoint to load."""
 
@@ -59,26 +69,19 @@ class UnknownStepError(ValueError):
     """No checkpoint was saved at the asked step; the message lists the saved ones."""
 
 
-def _open_checkpoints(workdir: str) -> checkpoint.Checkpointer:
-    directory = paths.join(workdir, "checkpoints")
+def saved_steps(workdir: str) -> list[int]:
+    """Steps of the complete checkpoints of `workdir`, oldest first; NoCheckpointError if none."""
+    directory = paths.join(paths.resolve(workdir), "checkpoints")
     if not paths.exists(directory):  # checked first: opening a Checkpointer would create the folder
         raise NoCheckpointError(f"{workdir} holds no checkpoints ({directory} is missing)")
-    return checkpoint.Checkpointer(directory, async_save=False)
-
-
-def _checked_steps(workdir: str, steps: list[int]) -> list[int]:
+    checkpointer = checkpoint.Checkpointer(directory, async_save=False)
+    try:
+        steps = checkpointer.steps()
+    finally:
+        checkpointer.close()
     if not steps:
         raise NoCheckpointError(f"{workdir} holds no complete checkpoint yet")
     return steps
-
-
-def saved_steps(workdir: str) -> list[int]:
-    """Steps of the complete checkpoints of `workdir`, oldest first; NoCheckpointError if none."""
-    checkpointer = _open_checkpoints(paths.resolve(workdir))
-    try:
-        return _checked_steps(workdir, checkpointer.steps())
-    finally:
-        checkpointer.close()
 
 
 def load_weights(
@@ -89,18 +92,13 @@ def load_weights(
     Raises NoCheckpointError without checkpoints, UnknownStepError (listing
     the saved steps) for a step that was not saved or is no longer kept.
     """
-    checkpointer = _open_checkpoints(paths.resolve(workdir))
-    try:
-        steps = _checked_steps(workdir, checkpointer.steps())
-        step = steps[-1] if step is None else step
-        if step not in steps:
-            raise UnknownStepError(f"{workdir} has no checkpoint at step {step}; saved steps: "
-                                   f"{', '.join(map(str, steps))}")
-        raw = checkpointer.restore_raw(step)
-    finally:
-        checkpointer.close()
-    # checkpoint.load_weights reads only the newest step; its layout copy is reused here.
-    return step, checkpoint._fill(params, raw["params"]), checkpoint._fill(batch_stats, raw["batch_stats"])
+    steps = saved_steps(workdir)
+    step = steps[-1] if step is None else step
+    if step not in steps:
+        raise UnknownStepError(f"{workdir} has no checkpoint at step {step}; saved steps: "
+                               f"{', '.join(map(str, steps))}")
+    directory = paths.join(paths.resolve(workdir), "checkpoints")
+    return step, *checkpoint.load_weights(directory, params, batch_stats, step=step)
 
 
 def load_trained(

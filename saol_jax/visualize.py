@@ -33,9 +33,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from saol_jax import cutmix, cutmix_eval, data, localization, paths, sharding  # noqa: E402
+from saol_jax import cutmix, cutmix_eval, data, localization, paths  # noqa: E402
 from saol_jax.config_check import parse_flags_or_exit  # noqa: E402
-from saol_jax.restore import Trained, load_trained, read_config  # noqa: E402
+from saol_jax.restore import Trained, load_trained, output_path, use_run_devices  # noqa: E402
 from saol_jax.wsol import predicted_class  # noqa: E402
 
 BOX_SEED = 0
@@ -259,7 +259,7 @@ def write_grids(workdir: str, out_dir: str | None = None, *, num_images: int = 8
     `localisation_grid.png` when the eval batches carry true boxes.
     """
     workdir = paths.resolve(workdir)
-    out_dir = paths.resolve(out_dir) if out_dir else paths.join(workdir, "visualize")
+    out_dir = output_path(out_dir, workdir, "visualize")
     trained = load_trained(workdir)
     names = class_names(trained)
     images, labels, true_boxes = eval_images(trained, num_images)
@@ -292,7 +292,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     args = flags.FLAGS
-    sharding.configure_cpu_devices(read_config(args.workdir).num_cpu_devices)
+    use_run_devices(args.workdir)
     print("\n".join(write_grids(args.workdir, args.out, num_images=args.num_images)))
 
 

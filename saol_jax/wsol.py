@@ -34,7 +34,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import app, flags
 
-from saol_jax import data, paths, sharding
+from saol_jax import data, paths
 from saol_jax.config_check import parse_flags_or_exit
 from saol_jax.data import preprocess
 from saol_jax.localization import (
@@ -48,7 +48,7 @@ from saol_jax.localization import (
     threshold_box,
     upsample_normalised,
 )
-from saol_jax.restore import Trained, load_trained, read_config
+from saol_jax.restore import Trained, load_trained, output_path, use_run_devices
 
 COMPONENTS = ("largest", "all")
 
@@ -190,13 +190,13 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     args = flags.FLAGS
-    sharding.configure_cpu_devices(read_config(args.workdir).num_cpu_devices)
+    use_run_devices(args.workdir)
     results = evaluate(
         args.workdir, dataset=args.dataset, data_dir=args.data_dir, split=args.split, bbox_key=args.bbox_key,
         kind=args.map, threshold=args.threshold, component=args.component, head=args.head,
         batch_size=args.batch_size, max_examples=args.max_examples,
     )
-    out = paths.resolve(args.out) if args.out else paths.join(paths.resolve(args.workdir), f"wsol_{args.map}.json")
+    out = output_path(args.out, args.workdir, f"wsol_{args.map}.json")
     paths.write_json(out, results)
     print(json.dumps(results, indent=2))
     print(f"wrote {out}")

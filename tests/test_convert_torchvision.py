@@ -14,6 +14,7 @@ from flax import nnx
 
 from saol_jax import checkpoint
 from saol_jax import convert_torchvision as ct
+from test_trainer import flat_arrays
 from torch_resnet_reference import random_resnet
 
 
@@ -61,14 +62,6 @@ def test_wrong_arch_is_named(resnet18):
     assert ct.infer_arch(resnet18.state_dict()) == "resnet18"
 
 
-def _flat(tree) -> dict[tuple[str, ...], np.ndarray]:
-    flat = {}
-    for path, value in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        names = tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-        flat[tuple(n for n in names if n != "value")] = np.asarray(value)
-    return flat
-
-
 def _write_safetensors(path: str, tensors: dict[str, np.ndarray]) -> None:
     """A minimal .safetensors writer (float32 tensors only): 8-byte header size, JSON header, data."""
     header, chunks, offset = {}, [], 0
@@ -94,7 +87,7 @@ def test_command_writes_a_checkpoint_init_from_reads(resnet18, tmp_path, capsys)
         os.path.join(out, "checkpoints"), nnx.state(model, nnx.Param), nnx.state(model, nnx.BatchStat))
     expected_params, expected_stats = ct.convert(resnet18.state_dict(), "resnet18")
     for got, expected in ((params, expected_params), (batch_stats, expected_stats)):
-        got, expected = _flat(got), ct._flatten(expected)
+        got, expected = flat_arrays(got), ct._flatten(expected)
         assert got.keys() == expected.keys()
         for key in expected:
             np.testing.assert_array_equal(got[key], expected[key])
@@ -111,7 +104,7 @@ def test_command_writes_a_checkpoint_init_from_reads(resnet18, tmp_path, capsys)
     finally:
         raw.close()
     assert set(stored["params"]) == {"backbone"}
-    got = _flat(stored["params"])
+    got = flat_arrays(stored["params"])
     for key, value in ct._flatten(expected_params).items():
         if key[0] == "backbone":
             np.testing.assert_array_equal(got[key], value)

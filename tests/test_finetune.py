@@ -7,41 +7,22 @@ import importlib
 import logging
 import os
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from configs import fashion_mnist
 from saol_jax import checkpoint, trainer
 from saol_jax import convert_torchvision as ct
 from saol_jax.models import build_model
+from test_trainer import flat_arrays, tiny_config
 from tfds_fixtures import write_tiny_dataset
-
-
-def _flat(tree) -> dict[tuple[str, ...], np.ndarray]:
-    """{path without 'value' wrappers: array} of raw checkpoint dicts and nnx States alike."""
-    flat = {}
-    for path, value in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        names = tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-        flat[tuple(n for n in names if n != "value")] = np.asarray(value)
-    return flat
-
-
-def _config(dataset: dict, **overrides):
-    config = fashion_mnist.get_config("smoke")
-    config.dataset.name = dataset["name"]
-    config.dataset.data_dir = dataset["data_dir"]
-    config.num_cpu_devices = 0
-    config.update_from_flattened_dict(overrides)
-    return config
 
 
 @pytest.fixture(scope="module")
 def source_run(tiny_dataset, tmp_path_factory) -> str:
     """A 2-step run on the 4-class tiny dataset."""
     workdir = str(tmp_path_factory.mktemp("source"))
-    trainer.train_and_evaluate(_config(tiny_dataset, num_train_steps=2), workdir)
+    trainer.train_and_evaluate(tiny_config(tiny_dataset, num_train_steps=2), workdir)
     return workdir
 
 
@@ -57,18 +38,18 @@ def _initialised_run(config, workdir: str) -> dict[str, dict[tuple[str, ...], np
     run = trainer._Run(trainer._with_resolved_paths(config), workdir)
     try:
         run._restore_or_initialise()
-        return {"params": _flat(run.state.params), "batch_stats": _flat(run.state.batch_stats)}
+        return {"params": flat_arrays(run.state.params), "batch_stats": flat_arrays(run.state.batch_stats)}
     finally:
         run.close()
 
 
 def test_init_from_another_class_count_loads_the_backbone_only(source_run, six_classes, tmp_path, caplog):
-    config = _config(six_classes, init_from=source_run)
+    config = tiny_config(six_classes, init_from=source_run)
     with caplog.at_level(logging.INFO, logger="saol_jax.checkpoint"):
         state = _initialised_run(config, str(tmp_path))
     fresh_model = build_model(config.model, num_classes=6, in_channels=3, rngs=nnx.Rngs(config.seed))
-    fresh = {"params": _flat(nnx.state(fresh_model, nnx.Param)),
-             "batch_stats": _flat(nnx.state(fresh_model, nnx.BatchStat))}
+    fresh = {"params": flat_arrays(nnx.state(fresh_model, nnx.Param)),
+             "batch_stats": flat_arrays(nnx.state(fresh_model, nnx.BatchStat))}
     source = checkpoint.Checkpointer(os.path.join(source_run, "checkpoints"), async_save=False)
     try:
         raw = source.restore_raw(source.steps()[-1])
@@ -76,7 +57,7 @@ def test_init_from_another_class_count_loads_the_backbone_only(source_run, six_c
         source.close()
     counts = {"backbone": 0, "head": 0}
     for collection in ("params", "batch_stats"):
-        trained = _flat(raw[collection])
+        trained = flat_arrays(raw[collection])
         for key, value in state[collection].items():
             if key[0] == "backbone":
                 np.testing.assert_array_equal(value, trained[key], err_msg="/".join(key))
@@ -96,14 +77,14 @@ def test_init_from_another_class_count_loads_the_backbone_only(source_run, six_c
 
 
 def test_init_from_same_classes_loads_the_heads_too(source_run, tiny_dataset, tmp_path, caplog):
-    config = _config(tiny_dataset, init_from=source_run)
+    config = tiny_config(tiny_dataset, init_from=source_run)
     with caplog.at_level(logging.INFO, logger="saol_jax.checkpoint"):
         state = _initialised_run(config, str(tmp_path))
     assert "initialised 0 arrays (none)" in caplog.text
     assert "(backbone, gap_fc, saol)" in caplog.text
     source = checkpoint.Checkpointer(os.path.join(source_run, "checkpoints"), async_save=False)
     try:
-        trained = _flat(source.restore_raw(source.steps()[-1])["params"])
+        trained = flat_arrays(source.restore_raw(source.steps()[-1])["params"])
     finally:
         source.close()
     for key, value in state["params"].items():
@@ -111,11 +92,11 @@ def test_init_from_same_classes_loads_the_heads_too(source_run, tiny_dataset, tm
 
 
 def test_init_from_another_backbone_still_raises(source_run, six_classes, tmp_path):
-    config = _config(six_classes, init_from=source_run)
+    config = tiny_config(six_classes, init_from=source_run)
     config.model.backbone_kwargs.widths = (8, 16, 64)
     with pytest.raises(ValueError, match="backbone/.* has shape"):
         _initialised_run(config, str(tmp_path / "widths"))
-    deeper = _config(six_classes, init_from=source_run)
+    deeper = tiny_config(six_classes, init_from=source_run)
     deeper.model.backbone_kwargs.depth = 14
     with pytest.raises(ValueError, match="the checkpoint has no variable backbone/"):
         _initialised_run(deeper, str(tmp_path / "depth"))
@@ -123,7 +104,7 @@ def test_init_from_another_backbone_still_raises(source_run, six_classes, tmp_pa
 
 def test_restoring_a_trained_model_stays_strict(source_run):
     """Without init_heads (restoring a run for the tools) a head of another shape is an error."""
-    model = build_model(_config({"name": "x", "data_dir": None}).model, num_classes=6, in_channels=3,
+    model = build_model(tiny_config({"name": "x", "data_dir": None}).model, num_classes=6, in_channels=3,
                         rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="gap_fc/fc/.* has shape"):
         checkpoint.load_weights(os.path.join(source_run, "checkpoints"),
@@ -158,7 +139,7 @@ def test_cub_recipe_smoke_trains_from_a_converted_checkpoint(tiny_boxed_dataset,
 
 
 def test_missing_init_from_names_the_converter(tmp_path):
-    model = build_model(_config({"name": "x", "data_dir": None}).model, num_classes=4, in_channels=3,
+    model = build_model(tiny_config({"name": "x", "data_dir": None}).model, num_classes=4, in_channels=3,
                         rngs=nnx.Rngs(0))
     missing = str(tmp_path / "never_converted" / "checkpoints")
     with pytest.raises(FileNotFoundError, match="saol_jax.convert_torchvision"):

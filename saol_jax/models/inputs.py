@@ -12,6 +12,10 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+# ImageNet's per-channel mean and std of images scaled to [0, 1] (what torchvision's weights expect).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 def normalise(images: jax.Array, mean: Sequence[float], std: Sequence[float], dtype: jnp.dtype) -> jax.Array:
     """uint8 [B, H, W, C] -> (x / 255 - mean) / std in `dtype`."""
