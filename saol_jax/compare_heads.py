@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from saol_jax import data, paths, visualize
+from saol_jax import data, paths
 from saol_jax.config_check import parse_flags_or_exit
-from saol_jax.restore import Trained, load_trained, output_path, read_config, use_run_devices
+from saol_jax.restore import Trained, class_names, load_trained, output_path, read_config, use_run_devices
 
 HEADS = ("saol", "gap")
 ECE_BINS = 15
@@ -117,16 +117,6 @@ def eval_log_probs(trained: Trained) -> tuple[dict[str, np.ndarray], np.ndarray]
             collected[head].append(np.asarray(outputs[head], np.float64)[keep])
         labels.append(batch["label"][keep])
     return {head: np.concatenate(parts) for head, parts in collected.items()}, np.concatenate(labels)
-
-
-def class_names(trained: Trained) -> list[str]:
-    """The dataset's class names, or the class indices where its label feature has none."""
-    try:
-        names = visualize.class_names(trained)
-    except AttributeError:  # a plain integer label feature
-        names = []
-    num_classes = trained.info.num_classes
-    return names if len(names) == num_classes else [str(k) for k in range(num_classes)]
 
 
 def compare(workdir: str) -> dict:

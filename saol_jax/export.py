@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from saol_jax import data, paths
+from saol_jax import paths
 from saol_jax.config_check import parse_flags_or_exit
-from saol_jax.restore import Trained, load_trained
+from saol_jax.restore import Trained, class_names, load_trained, output_path
 
 MODEL_FILE = "model.jax"
 INFO_FILE = "model.json"
@@ -67,13 +67,6 @@ def export_model(trained: Trained, platforms: Sequence[str] = DEFAULT_PLATFORMS)
     return jax.export.export(jax.jit(inference_function(trained)), platforms=tuple(platforms))(images)
 
 
-def class_names(trained: Trained) -> list[str]:
-    """The label feature's class names (tfds gives '0', '1', ... when it has none)."""
-    builder = data.open_builder(trained.config.dataset)
-    _, label_key = data.feature_keys(builder, trained.config.dataset)
-    return list(builder.info.features[label_key].names)
-
-
 def describe(trained: Trained, exported: jax.export.Exported) -> dict:
     """The JSON next to the artefact: what goes in, what comes out, how to call it."""
     avals = exported.out_tree.unflatten(exported.out_avals)
@@ -101,7 +94,7 @@ def write(workdir: str, out: str | None = None, platforms: Sequence[str] = DEFAU
     """Exports the newest checkpoint of `workdir` into `out` (default WORKDIR/export); returns `out`."""
     trained = load_trained(workdir)
     exported = export_model(trained, platforms)
-    out = paths.resolve(out) if out else paths.join(paths.resolve(workdir), "export")
+    out = output_path(out, workdir, "export")
     paths.write_bytes(paths.join(out, MODEL_FILE), exported.serialize())
     paths.write_json(paths.join(out, INFO_FILE), describe(trained, exported))
     return out

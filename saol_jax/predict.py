@@ -32,10 +32,11 @@ import tensorflow as tf
 from absl import app, flags
 
 from saol_jax import data, paths, visualize
-from saol_jax.compare_heads import class_names
 from saol_jax.config_check import parse_flags_or_exit
 from saol_jax.data.transforms import eval_transform
-from saol_jax.restore import NoCheckpointError, Trained, UnknownStepError, load_trained, use_run_devices
+from saol_jax.restore import (
+    NoCheckpointError, Trained, UnknownStepError, class_names, load_trained, use_run_devices,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 

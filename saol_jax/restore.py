@@ -101,6 +101,15 @@ def load_weights(
     return step, *checkpoint.load_weights(directory, params, batch_stats, step=step)
 
 
+def class_names(trained: Trained) -> list[str]:
+    """The dataset's class names, or the class indices where its label feature has none."""
+    builder = data.open_builder(trained.config.dataset)
+    _, label_key = data.feature_keys(builder, trained.config.dataset)
+    names = list(getattr(builder.info.features[label_key], "names", None) or [])
+    num_classes = trained.info.num_classes
+    return names if len(names) == num_classes else [str(k) for k in range(num_classes)]
+
+
 def load_trained(
     workdir: str, dataset_overrides: Mapping[str, object] | None = None, step: int | None = None
 ) -> Trained:

@@ -35,7 +35,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from saol_jax import cutmix, cutmix_eval, data, localization, paths  # noqa: E402
 from saol_jax.config_check import parse_flags_or_exit  # noqa: E402
-from saol_jax.restore import Trained, load_trained, output_path, use_run_devices  # noqa: E402
+from saol_jax.restore import Trained, class_names, load_trained, output_path, use_run_devices  # noqa: E402
 from saol_jax.wsol import predicted_class  # noqa: E402
 
 BOX_SEED = 0
@@ -243,13 +243,6 @@ def _save(fig, path: str) -> str:
     paths.save_figure(fig, path)
     plt.close(fig)
     return path
-
-
-def class_names(trained: Trained) -> list[str]:
-    """The label feature's names from the tfds dataset info."""
-    builder = data.open_builder(trained.config.dataset)
-    _, label_key = data.feature_keys(builder, trained.config.dataset)
-    return list(builder.info.features[label_key].names)
 
 
 def write_grids(workdir: str, out_dir: str | None = None, *, num_images: int = 8) -> list[str]:
