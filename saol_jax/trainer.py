@@ -251,7 +251,8 @@ class _Run:
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= self.info.num_classes:
             raise data.DatasetFormatError(
-                f"a {split} batch has label {low if low < 0 else high}, outside [0, {self.info.num_classes}): "
+                f"the {split} data has a batch with label {low if low < 0 else high}, "
+                f"outside [0, {self.info.num_classes}): "
                 f"the dataset's label feature declares {self.info.num_classes} classes; fix its ClassLabel "
                 "or the labels"
             )

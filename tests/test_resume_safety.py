@@ -176,7 +176,8 @@ def _relabelled(batches, label: int):
 def test_labels_outside_the_classes_stop_the_run_in_one_line(tiny_dataset, tmp_path, monkeypatch,
                                                              split, source, label):
     monkeypatch.setattr(data, source, _relabelled(getattr(data, source), label))
-    with pytest.raises(data.DatasetFormatError, match=rf"a {split} batch has label {label}, outside \[0, 4\)") as error:
+    message = rf"the {split} data has a batch with label {label}, outside \[0, 4\)"
+    with pytest.raises(data.DatasetFormatError, match=message) as error:
         train_and_evaluate(tiny_config(tiny_dataset), str(tmp_path / "w"))
     assert "\n" not in str(error.value)
 
