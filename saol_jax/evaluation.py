@@ -18,9 +18,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from saol_jax import cutmix_eval, localization, sharding
-from saol_jax.models import DTYPES
 from saol_jax.restore import Trained
-from saol_jax.train_step import StepConfig, make_eval_step
+from saol_jax.train_step import make_eval_step, step_config
 
 EvalStep = Callable[[nnx.State, nnx.State, Mapping[str, jax.Array]], dict[str, jax.Array]]
 
@@ -76,16 +75,5 @@ def eval_step_for(trained: Trained, mesh: Mesh) -> EvalStep:
     config, shape = trained.config, trained.info.image_shape
     probe = jax.ShapeDtypeStruct((1, *shape), jax.numpy.uint8)
     grid_hw = jax.eval_shape(trained.apply, trained.params, trained.batch_stats, probe)["cam"].shape[1:3]
-    step_config = StepConfig(
-        loss_weights={},
-        mean=tuple(config.dataset.mean),
-        std=tuple(config.dataset.std),
-        grid_hw=tuple(grid_hw),
-        cutmix_beta=0.0,
-        cutmix_prob=0.0,
-        cutmix_group_size=0,
-        eval_group_size=config.eval_batch_size // mesh.devices.size,
-        eval_cutmix_maps=bool(config.get("eval_cutmix_maps", False)),
-        dtype=DTYPES[config.model.dtype],
-    )
-    return make_eval_step(trained.graphdef, step_config, mesh)
+    settings = step_config(config, grid_hw, mesh.devices.size, training=False)
+    return make_eval_step(trained.graphdef, settings, mesh)

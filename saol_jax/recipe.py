@@ -11,56 +11,49 @@ recipe file loads by path from any working directory.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import ml_collections
 
 from saol_jax.data import default_dataset_config
 from saol_jax.ladder import HEAD_LADDER, apply_head
 from saol_jax.options import Option, parse_options
 
-# Global batch sizes of the hardware variants (learning rate follows linearly).
-# TPU slices are named by their accelerator type: v4-32 is `tpu_v4_32`,
-# v5litepod-16 (v5e) is `tpu_v5e_16`, v6e-8 is `tpu_v6e_8`. Per chip: 128 on
-# v4 and v6e (32 GiB of HBM), 64 on v5e (16 GiB), and at most 4096 in all
-# (as on v4-128), within the range where linear scaling with warm-up holds.
-HARDWARE_BATCH: dict[str, int] = {
-    "cpu": 64,
-    "gpu1": 64,
-    "gpu8": 512,
-    "tpu_v4_8": 512,
-    "tpu_v4_32": 2048,
-    "tpu_v4_128": 4096,
-    "tpu_v5e_8": 512,
-    "tpu_v5e_16": 1024,
-    "tpu_v5e_32": 2048,
-    "tpu_v5e_64": 4096,
-    "tpu_v6e_8": 1024,
-    "tpu_v6e_16": 2048,
-    "tpu_v6e_32": 4096,
-}
+class Hardware(NamedTuple):
+    """A hardware variant: its global batch (the learning rate follows it linearly) and its
+    jax device count, which every batch must divide by."""
 
-# The jax devices of each variant, which its batches must divide by: one per
-# chip. v4 types count TensorCores, two per chip: v4-32 has 16 devices.
-HARDWARE_DEVICES: dict[str, int] = {
-    "cpu": 1,
-    "gpu1": 1,
-    "gpu8": 8,
-    "tpu_v4_8": 4,
-    "tpu_v4_32": 16,
-    "tpu_v4_128": 64,
-    "tpu_v5e_8": 8,
-    "tpu_v5e_16": 16,
-    "tpu_v5e_32": 32,
-    "tpu_v5e_64": 64,
-    "tpu_v6e_8": 8,
-    "tpu_v6e_16": 16,
-    "tpu_v6e_32": 32,
+    batch: int
+    devices: int
+
+
+# TPU slices are named by their accelerator type: v4-32 is `tpu_v4_32`,
+# v5litepod-16 (v5e) is `tpu_v5e_16`, v6e-8 is `tpu_v6e_8`. One device per
+# chip, except v4, whose types count TensorCores, two per chip: v4-32 has 16
+# devices. Per chip: 128 images on v4 and v6e (32 GiB of HBM), 64 on v5e
+# (16 GiB), and at most 4096 in all (as on v4-128), within the range where
+# linear scaling with warm-up holds.
+HARDWARE: dict[str, Hardware] = {
+    "cpu": Hardware(batch=64, devices=1),
+    "gpu1": Hardware(batch=64, devices=1),
+    "gpu8": Hardware(batch=512, devices=8),
+    "tpu_v4_8": Hardware(batch=512, devices=4),
+    "tpu_v4_32": Hardware(batch=2048, devices=16),
+    "tpu_v4_128": Hardware(batch=4096, devices=64),
+    "tpu_v5e_8": Hardware(batch=512, devices=8),
+    "tpu_v5e_16": Hardware(batch=1024, devices=16),
+    "tpu_v5e_32": Hardware(batch=2048, devices=32),
+    "tpu_v5e_64": Hardware(batch=4096, devices=64),
+    "tpu_v6e_8": Hardware(batch=1024, devices=8),
+    "tpu_v6e_16": Hardware(batch=2048, devices=16),
+    "tpu_v6e_32": Hardware(batch=4096, devices=32),
 }
 
 # Options every recipe accepts.
 COMMON_OPTIONS: dict[str, Option] = {
     "smoke": Option(False),
     "head": Option("saol_ss_sd", tuple(HEAD_LADDER)),
-    "hw": Option("", tuple(HARDWARE_BATCH)),  # "": the recipe's own batch
+    "hw": Option("", tuple(HARDWARE)),  # "": the recipe's own batch
 }
 
 
@@ -142,11 +135,11 @@ def apply_hardware(config: ml_collections.ConfigDict, hw: str) -> None:
     """
     if not hw:
         return
-    if hw not in HARDWARE_BATCH:
-        raise ValueError(f"hw must be one of {', '.join(HARDWARE_BATCH)}, got {hw!r}")
+    if hw not in HARDWARE:
+        raise ValueError(f"hw must be one of {', '.join(HARDWARE)}, got {hw!r}")
     if config.optim.base_batch_size <= 0:
         config.optim.base_batch_size = config.batch_size
-    config.batch_size = HARDWARE_BATCH[hw]
+    config.batch_size = HARDWARE[hw].batch
     config.eval_batch_size = max(config.eval_batch_size, config.batch_size)
     if config.batch_size >= LARGE_BATCH_FACTOR * config.optim.base_batch_size:
         config.optim.warmup_epochs = max(config.optim.warmup_epochs, LARGE_BATCH_WARMUP_EPOCHS)

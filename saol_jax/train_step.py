@@ -16,12 +16,14 @@ from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from saol_jax import cutmix as cutmix_lib
 from saol_jax import cutmix_eval, localization, losses
+from saol_jax.models import DTYPES
 from saol_jax.models.inputs import normalise
 from saol_jax.sharding import DATA_AXIS, replicated
 
@@ -51,6 +53,37 @@ class StepConfig:
     dtype: jnp.dtype = jnp.float32
     ss2_form: str = "renorm"  # losses.SS2_FORMS; 'paste' adds a forward pass of the un-mixed batch
     grad_accum_steps: int = 1  # micro-batches per optimiser step (see make_train_step)
+
+
+def step_config(
+    config: ml_collections.ConfigDict, grid_hw: Sequence[int], num_devices: int, *, training: bool = True
+) -> StepConfig:
+    """The step settings of a run's `config` on `num_devices` devices.
+
+    `training=False` (tools that only evaluate a trained run) leaves the loss
+    weights and CutMix off, so the config's training fields are not needed.
+    """
+    common = dict(
+        mean=tuple(config.dataset.mean),
+        std=tuple(config.dataset.std),
+        grid_hw=tuple(grid_hw),
+        eval_group_size=config.eval_batch_size // num_devices,
+        eval_cutmix_maps=bool(config.get("eval_cutmix_maps", False)),
+        dtype=DTYPES[config.model.dtype],
+    )
+    if not training:
+        return StepConfig(loss_weights={}, cutmix_beta=0.0, cutmix_prob=0.0, cutmix_group_size=0, **common)
+    micro_per_device = config.batch_size // (num_devices * config.grad_accum_steps)
+    return StepConfig(
+        loss_weights=losses.loss_weights(config.loss),
+        ss2_form=config.loss.ss2_form,
+        cutmix_beta=config.cutmix.beta,
+        cutmix_prob=config.cutmix.prob,
+        cutmix_group_size=config.cutmix.group_size or micro_per_device,
+        grad_accum_steps=config.grad_accum_steps,
+        **common,
+    )
+
 
 # Eval images are CutMix'ed with this fixed key so every evaluation measures
 # the CutMix maps on the same boxes and partners.

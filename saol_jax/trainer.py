@@ -21,13 +21,13 @@ import numpy as np
 from flax import nnx
 
 from saol_jax import (
-    checkpoint, data, evaluation, losses, optim, paths, profiling, run_identity, sharding,
+    checkpoint, data, evaluation, optim, paths, profiling, run_identity, sharding,
 )
 from saol_jax.config_check import ConfigError, check_config, check_workdir
 from saol_jax.metrics import MetricWriter, Progress, final_eval
-from saol_jax.models import DTYPES, build_model
+from saol_jax.models import build_model
 from saol_jax.prefetch import DevicePrefetcher
-from saol_jax.train_step import StepConfig, create_train_state, make_eval_step, make_train_step, output_grid
+from saol_jax.train_step import create_train_state, make_eval_step, make_train_step, output_grid, step_config
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,6 @@ class _Run:
         check_config(config, self.info, self.mesh.devices.size)
         check_workdir(workdir)
         self.batch_size = config.batch_size
-        micro_per_device = config.batch_size // (self.mesh.devices.size * config.grad_accum_steps)
         _, shares = data.read_shares(config.dataset)
         self.steps_per_epoch = data.steps_per_epoch(self.info, config.batch_size, process_count=shares)
         self.total_steps = (
@@ -115,22 +114,9 @@ class _Run:
         eval_graphdef = nnx.graphdef(model)
         self.state = _replicate(state, self.mesh)
 
-        step_config = StepConfig(
-            loss_weights=losses.loss_weights(config.loss),
-            ss2_form=config.loss.ss2_form,
-            mean=tuple(config.dataset.mean),
-            std=tuple(config.dataset.std),
-            grid_hw=output_grid(graphdef, state, self.info.image_shape),
-            cutmix_beta=config.cutmix.beta,
-            cutmix_prob=config.cutmix.prob,
-            cutmix_group_size=config.cutmix.group_size or micro_per_device,
-            eval_group_size=config.eval_batch_size // self.mesh.devices.size,
-            eval_cutmix_maps=config.eval_cutmix_maps,
-            dtype=DTYPES[config.model.dtype],
-            grad_accum_steps=config.grad_accum_steps,
-        )
-        self.train_step = make_train_step(graphdef, tx, self.schedule, step_config, self.mesh)
-        self.eval_step = make_eval_step(eval_graphdef, step_config, self.mesh)
+        settings = step_config(config, output_grid(graphdef, state, self.info.image_shape), self.mesh.devices.size)
+        self.train_step = make_train_step(graphdef, tx, self.schedule, settings, self.mesh)
+        self.eval_step = make_eval_step(eval_graphdef, settings, self.mesh)
         self.key = _replicate(jax.random.key(config.seed), self.mesh)
 
         self.checkpointer = checkpoint.Checkpointer(

@@ -17,7 +17,7 @@ from commands import smoke_args, start_command
 from configs import fashion_mnist
 from saol_jax import checkpoint, losses, optim, sharding
 from saol_jax.models import build_model
-from saol_jax.train_step import StepConfig, create_train_state, make_train_step
+from saol_jax.train_step import StepConfig, create_train_state, make_train_step, step_config
 from saol_jax.trainer import NonFiniteLossError, train_and_evaluate
 
 LOSS_TERMS = ("saol_ce", "ss1", "ss2", "sd", "gap_ce", "total")
@@ -105,6 +105,20 @@ def test_checkpoints_are_kept_and_resume_is_a_noop_when_finished(trained, tiny_d
     again = train_and_evaluate(tiny_config(tiny_dataset, eval_batch_size=16), workdir)
     assert again == results
     assert [e["step"] for e in read_metrics(workdir) if e["event"] == "train"] == [2, 4]
+
+
+def test_step_config_reads_the_training_and_the_eval_only_settings(tiny_dataset):
+    config = tiny_config(tiny_dataset, batch_size=32, eval_batch_size=24, grad_accum_steps=2)
+    config.cutmix.group_size = 0  # 0: CutMix partners within each device's micro-batch
+    config.loss.ss2_form = "paste"
+    training = step_config(config, (3, 3), num_devices=4)
+    assert training.cutmix_group_size == 32 // (4 * 2)
+    assert (training.grad_accum_steps, training.ss2_form, training.grid_hw) == (2, "paste", (3, 3))
+    assert training.loss_weights == losses.loss_weights(config.loss) and training.loss_weights
+    assert training.eval_group_size == 24 // 4
+    evaluation_only = step_config(config, (3, 3), num_devices=4, training=False)
+    assert evaluation_only.loss_weights == {} and evaluation_only.cutmix_prob == 0.0
+    assert (evaluation_only.eval_group_size, evaluation_only.mean) == (6, training.mean)
 
 
 def _one_step(num_devices: int, config: ml_collections.ConfigDict, batch: dict):
