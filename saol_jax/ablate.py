@@ -14,9 +14,11 @@ config, the rung's head and loss weights (docs/method.md §8; they replace any
 resumes unfinished runs and skips finished ones, so an interrupted study
 goes on where it stopped. Writes `ablation.md` (mean ± std of the test
 top-1 error, %, of the SAOL output and of the GAP-FC output, each rung's
-difference from the GAP-FC baseline against two standard errors, and, on a
-dataset with boxes, the localisation of each map), `ablation.png` and
-`ablation.json` to the workdir.
+difference from the GAP-FC baseline against two standard errors, for rungs
+that train both outputs how they differ (calibration, NLL, disagreements and
+per-class error, from `saol_jax.compare_heads`, kept in each run's
+`compare_heads.json`), and, on a dataset with boxes, the localisation of
+each map), `ablation.png` and `ablation.json` to the workdir.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from ml_collections import config_flags
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from saol_jax import paths, sharding  # noqa: E402
+from saol_jax import compare_heads, paths, sharding  # noqa: E402
 from saol_jax.config_check import parse_flags_or_exit  # noqa: E402
 from saol_jax.ladder import HEAD_LADDER, apply_head, split_rung  # noqa: E402
 from saol_jax.localization import MAPS  # noqa: E402
@@ -59,6 +61,9 @@ STUDY_RUNGS = (
     *(f"saol_ss@{form}" for form in SS2_FORMS),
     *(f"saol_ss_sd@{form}" for form in SS2_FORMS),
 )
+# compare_heads scores of each output, and of their disagreements, in the two-outputs table.
+TWO_OUTPUT_SCORES = {"ece": "ECE", "nll": "NLL"}
+DISAGREEMENT_SCORES = {"rate": "disagree (%)", "saol_right": "SAOL right (%)", "gap_right": "GAP-FC right (%)"}
 # Localisation scores in the table (saol_jax.localization), with their column titles.
 LOC_SCORES = {"pointing": "pointing", "mass_ratio": "mass / area", "gt_known": "GT-known loc",
               "top1_loc": "top-1 loc", "iou": "mean IoU"}
@@ -89,6 +94,29 @@ def localisation(results: dict[str, float]) -> dict[str, float]:
     """The true-box localisation scores of an eval, `<map>_<score>` (empty without boxes)."""
     return {f"{kind}_{score}": results[f"eval/loc_{kind}_{score}"]
             for kind in MAPS for score in LOC_SCORES if f"eval/loc_{kind}_{score}" in results}
+
+
+def two_outputs(run_dir: str) -> dict:
+    """`compare_heads.compare` of a finished run with both outputs, computed once and kept in the run."""
+    path = paths.join(run_dir, compare_heads.REPORT_FILE)
+    if not paths.exists(path):
+        paths.write_json(path, compare_heads.compare(run_dir))
+    return paths.read_json(path)
+
+
+def summarise_two_outputs(reports: Sequence[dict]) -> dict:
+    """Mean ± std over seeds of each output's calibration and NLL, the disagreements (%), and the
+    per-class error of the SAOL output minus the GAP-FC output (points)."""
+    summary = {f"{head}_{score}": summarise([r[head][score] for r in reports])
+               for score in TWO_OUTPUT_SCORES for head in compare_heads.HEADS}
+    for key in DISAGREEMENT_SCORES:
+        summary[key] = summarise([100.0 * r["disagreement"][key] for r in reports])
+    summary["per_class_diff"] = {
+        name: summarise([100.0 * (r["saol"]["per_class_error"][name] - r["gap"]["per_class_error"][name])
+                         for r in reports])
+        for name in reports[0]["class_counts"]
+    }
+    return summary
 
 
 def summarise(values: Sequence[float]) -> dict[str, float]:
@@ -131,6 +159,8 @@ def run_ladder(
             results = run_one(rung_config(base, rung, seed), run_dir)
             runs.append({"seed": seed, "workdir": run_dir, "top1_error": errors(results, rung),
                          "localisation": localisation(results)})
+            if len(REPORTED[split_rung(rung)[0]]) == 2:
+                runs[-1]["two_outputs"] = two_outputs(run_dir)
         per_rung[rung] = {
             "runs": runs,
             "top1_error": {out: summarise([r["top1_error"][out] for r in runs])
@@ -138,6 +168,8 @@ def run_ladder(
             "localisation": {name: summarise([r["localisation"][name] for r in runs])
                              for name in runs[0]["localisation"]},
         }
+        if "two_outputs" in runs[0]:
+            per_rung[rung]["two_outputs"] = summarise_two_outputs([r["two_outputs"] for r in runs])
     if "gap" in per_rung and len(seed_values) > 1:
         for rung, entry in per_rung.items():
             if rung != "gap":
@@ -154,12 +186,12 @@ def run_ladder(
     return payload
 
 
-def _cell(stats: dict[str, float] | None) -> str:
+def _cell(stats: dict[str, float] | None, digits: int = 2) -> str:
     if stats is None:
         return "n/a"
     if math.isnan(stats["std"]):
-        return f"{stats['mean']:.2f}"
-    return f"{stats['mean']:.2f} ± {stats['std']:.2f}"
+        return f"{stats['mean']:.{digits}f}"
+    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
 
 
 def markdown(payload: dict) -> str:
@@ -184,6 +216,7 @@ def markdown(payload: dict) -> str:
             cells = [f"{vs[out]['diff']:+.2f} ± {vs[out]['se']:.2f}{' *' if vs[out]['beyond_2se'] else ''}"
                      if out in vs else "n/a" for out in OUTPUTS]
             lines.append(f"| {rung} | " + " | ".join(cells) + " |")
+    lines += _two_outputs_lines(payload)
     located = {rung: entry["localisation"] for rung, entry in payload["rungs"].items() if entry["localisation"]}
     if located:
         lines += ["", "Localisation against the true boxes (saol_jax.localization), mean ± std over seeds:", "",
@@ -195,6 +228,37 @@ def markdown(payload: dict) -> str:
                     cells = [_cell(scores.get(f"{kind}_{score}")) for score in LOC_SCORES]
                     lines.append(f"| {rung} | {kind} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _two_outputs_lines(payload: dict) -> list[str]:
+    """The two-outputs tables: calibration and disagreements per rung, then per-class differences."""
+    both = {rung: entry["two_outputs"] for rung, entry in payload["rungs"].items() if "two_outputs" in entry}
+    if not both:
+        return []
+    score_titles = [f"{title} {OUTPUTS[head].split()[0]}" for title in TWO_OUTPUT_SCORES.values()
+                    for head in compare_heads.HEADS]
+    lines = ["", "The two outputs of the rungs that train both (saol_jax.compare_heads on the eval split), "
+                 "mean ± std over seeds; the right shares are of the images where they disagree:", "",
+             "| rung | " + " | ".join(score_titles + list(DISAGREEMENT_SCORES.values())) + " |",
+             "|---|" + "---|" * (len(score_titles) + len(DISAGREEMENT_SCORES))]
+    for rung, summary in both.items():
+        cells = [_cell(summary[f"{head}_{score}"], digits=4) for score in TWO_OUTPUT_SCORES
+                 for head in compare_heads.HEADS]
+        cells += [_cell(summary[key]) for key in DISAGREEMENT_SCORES]
+        lines.append(f"| {rung} | " + " | ".join(cells) + " |")
+    n = len(payload["seeds"])
+    lines += ["", "Per-class top-1 error of the SAOL output minus the GAP-FC output (points, mean ± std over "
+                  "seeds; * = beyond two standard errors of the paired difference):", "",
+              "| class | " + " | ".join(both) + " |", "|---|" + "---|" * len(both)]
+    for name in next(iter(both.values()))["per_class_diff"]:
+        cells = []
+        for summary in both.values():
+            stats = summary["per_class_diff"][name]
+            beyond = n > 1 and abs(stats["mean"]) > 2 * stats["std"] / math.sqrt(n)
+            cells.append(f"{stats['mean']:+.2f} ± {stats['std']:.2f}{' *' if beyond else ''}"
+                         if not math.isnan(stats["std"]) else f"{stats['mean']:+.2f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _offset(out: str, reported: dict, width: float) -> float:

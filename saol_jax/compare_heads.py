@@ -27,6 +27,7 @@ from saol_jax.restore import Trained, class_names, load_trained, output_path, re
 
 HEADS = ("saol", "gap")
 ECE_BINS = 15
+REPORT_FILE = "compare_heads.json"  # written into the run's workdir unless --out says otherwise
 
 
 class NoSaolHeadError(ValueError):
@@ -176,7 +177,7 @@ def main(argv: list[str]) -> None:
         report = compare(args.workdir)
     except NoSaolHeadError as error:
         raise SystemExit(f"error: {error}") from None
-    out = output_path(args.out, args.workdir, "compare_heads.json")
+    out = output_path(args.out, args.workdir, REPORT_FILE)
     paths.write_json(out, report)
     print(table(report))
     print(f"wrote {out}")

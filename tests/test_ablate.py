@@ -74,9 +74,49 @@ def test_rerun_skips_finished_runs(ladder, tiny_dataset):
     with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
         before = f.read()
     again = ablate.run_ladder(smoke_config(tiny_dataset), workdir, seeds=2, rungs=RUNGS)
-    assert again == payload
+    assert json.dumps(again, sort_keys=True) == json.dumps(payload, sort_keys=True)  # NaN-safe equality
     with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
         assert f.read() == before
+
+
+def test_rungs_with_both_outputs_compare_them_per_run(ladder):
+    workdir, payload = ladder
+    assert "two_outputs" not in payload["rungs"]["gap"]["runs"][0]
+    for run in payload["rungs"][RUNGS[1]]["runs"]:
+        report = run["two_outputs"]
+        assert os.path.isfile(os.path.join(run["workdir"], "compare_heads.json"))
+        # compare_heads' full pass over the eval split agrees with the trainer's final evaluation.
+        for out in ("saol", "gap"):
+            assert 100.0 * report[out]["top1_error"] == pytest.approx(run["top1_error"][out], abs=1e-6)
+    with open(os.path.join(workdir, "ablation.md"), encoding="utf-8") as f:
+        table = f.read()
+    assert "Per-class top-1 error of the SAOL output minus the GAP-FC output" in table
+
+
+def _report(saol_errors: list[float], gap_errors: list[float], rate: float) -> dict:
+    names = [str(k) for k in range(len(saol_errors))]
+
+    def head(errors):
+        return {"per_class_error": dict(zip(names, errors)), "ece": 0.03, "nll": 0.25}
+
+    return {"class_counts": dict.fromkeys(names, 100), "saol": head(saol_errors), "gap": head(gap_errors),
+            "disagreement": {"rate": rate, "saol_right": 0.4, "gap_right": 0.45}}
+
+
+def test_two_outputs_summary_and_per_class_table():
+    reports = [_report([0.10, 0.20], [0.12, 0.20], 0.03), _report([0.10, 0.22], [0.13, 0.20], 0.02),
+               _report([0.11, 0.19], [0.13, 0.20], 0.025)]
+    summary = ablate.summarise_two_outputs(reports)
+    assert summary["rate"]["mean"] == pytest.approx(2.5)
+    assert summary["saol_ece"] == {"mean": pytest.approx(0.03), "std": pytest.approx(0.0)}
+    # Class 0: SAOL − GAP-FC = -2, -3, -2 points (mean -2.33, std 0.58, SE 0.33): beyond 2 SE.
+    # Class 1: 0, +2, -1 points (mean +0.33, std 1.53): not.
+    assert summary["per_class_diff"]["0"]["mean"] == pytest.approx(-7.0 / 3)
+    table = ablate.markdown({"dataset": "d", "backbone": "b", "seeds": [0, 1, 2], "rungs": {
+        "saol_ss_sd": {"runs": [], "top1_error": {}, "localisation": {}, "two_outputs": summary}}})
+    assert "| 0 | -2.33 ± 0.58 * |" in table
+    assert "| 1 | +0.33 ± 1.53 |" in table
+    assert "| saol_ss_sd | 0.0300 ± 0.0000 | 0.0300 ± 0.0000 | 0.2500 ± 0.0000 | 0.2500 ± 0.0000 | 2.50 ± 0.50 |" in table
 
 
 def test_rungs_with_an_ss2_form():
