@@ -111,6 +111,7 @@ def summarise_two_outputs(reports: Sequence[dict]) -> dict:
                for score in TWO_OUTPUT_SCORES for head in compare_heads.HEADS}
     for key in DISAGREEMENT_SCORES:
         summary[key] = summarise([100.0 * r["disagreement"][key] for r in reports])
+    summary["top1_diff"] = summarise([100.0 * (r["saol"]["top1_error"] - r["gap"]["top1_error"]) for r in reports])
     summary["per_class_diff"] = {
         name: summarise([100.0 * (r["saol"]["per_class_error"][name] - r["gap"]["per_class_error"][name])
                          for r in reports])
@@ -247,18 +248,23 @@ def _two_outputs_lines(payload: dict) -> list[str]:
         cells += [_cell(summary[key]) for key in DISAGREEMENT_SCORES]
         lines.append(f"| {rung} | " + " | ".join(cells) + " |")
     n = len(payload["seeds"])
-    lines += ["", "Per-class top-1 error of the SAOL output minus the GAP-FC output (points, mean ± std over "
-                  "seeds; * = beyond two standard errors of the paired difference):", "",
+    lines += ["", "Top-1 error of the SAOL output minus the GAP-FC output of the same runs, over all classes "
+                  "and per class (points, mean ± std over seeds; * = beyond two standard errors of the paired "
+                  "difference):", "",
               "| class | " + " | ".join(both) + " |", "|---|" + "---|" * len(both)]
+    lines.append("| all | " + " | ".join(_paired_cell(s["top1_diff"], n) for s in both.values()) + " |")
     for name in next(iter(both.values()))["per_class_diff"]:
-        cells = []
-        for summary in both.values():
-            stats = summary["per_class_diff"][name]
-            beyond = n > 1 and abs(stats["mean"]) > 2 * stats["std"] / math.sqrt(n)
-            cells.append(f"{stats['mean']:+.2f} ± {stats['std']:.2f}{' *' if beyond else ''}"
-                         if not math.isnan(stats["std"]) else f"{stats['mean']:+.2f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(_paired_cell(s["per_class_diff"][name], n) for s in both.values())
+                     + " |")
     return lines
+
+
+def _paired_cell(stats: dict[str, float], n: int) -> str:
+    """A paired difference over n seeds: mean ± std, starred beyond two standard errors."""
+    if math.isnan(stats["std"]):
+        return f"{stats['mean']:+.2f}"
+    beyond = abs(stats["mean"]) > 2 * stats["std"] / math.sqrt(n)
+    return f"{stats['mean']:+.2f} ± {stats['std']:.2f}{' *' if beyond else ''}"
 
 
 def _offset(out: str, reported: dict, width: float) -> float:

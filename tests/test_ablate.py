@@ -90,14 +90,15 @@ def test_rungs_with_both_outputs_compare_them_per_run(ladder):
             assert 100.0 * report[out]["top1_error"] == pytest.approx(run["top1_error"][out], abs=1e-6)
     with open(os.path.join(workdir, "ablation.md"), encoding="utf-8") as f:
         table = f.read()
-    assert "Per-class top-1 error of the SAOL output minus the GAP-FC output" in table
+    assert "Top-1 error of the SAOL output minus the GAP-FC output of the same runs" in table
 
 
 def _report(saol_errors: list[float], gap_errors: list[float], rate: float) -> dict:
     names = [str(k) for k in range(len(saol_errors))]
 
     def head(errors):
-        return {"per_class_error": dict(zip(names, errors)), "ece": 0.03, "nll": 0.25}
+        return {"top1_error": sum(errors) / len(errors), "per_class_error": dict(zip(names, errors)),
+                "ece": 0.03, "nll": 0.25}
 
     return {"class_counts": dict.fromkeys(names, 100), "saol": head(saol_errors), "gap": head(gap_errors),
             "disagreement": {"rate": rate, "saol_right": 0.4, "gap_right": 0.45}}
@@ -116,6 +117,8 @@ def test_two_outputs_summary_and_per_class_table():
         "saol_ss_sd": {"runs": [], "top1_error": {}, "localisation": {}, "two_outputs": summary}}})
     assert "| 0 | -2.33 ± 0.58 * |" in table
     assert "| 1 | +0.33 ± 1.53 |" in table
+    # All classes (equal counts): -1, -0.5, -1.5 points, mean -1.00, std 0.50, SE 0.29: beyond 2 SE.
+    assert "| all | -1.00 ± 0.50 * |" in table
     assert "| saol_ss_sd | 0.0300 ± 0.0000 | 0.0300 ± 0.0000 | 0.2500 ± 0.0000 | 0.2500 ± 0.0000 | 2.50 ± 0.50 |" in table
 
 
