@@ -117,6 +117,11 @@ def summarise_two_outputs(reports: Sequence[dict]) -> dict:
                          for r in reports])
         for name in reports[0]["class_counts"]
     }
+    summary["attention_cells"] = {
+        "all": summarise([r["attention_cells"]["mean"] for r in reports]),
+        **{name: summarise([r["attention_cells"]["per_class"][name] for r in reports])
+           for name in reports[0]["class_counts"]},
+    }
     return summary
 
 
@@ -250,12 +255,15 @@ def _two_outputs_lines(payload: dict) -> list[str]:
     n = len(payload["seeds"])
     lines += ["", "Top-1 error of the SAOL output minus the GAP-FC output of the same runs, over all classes "
                   "and per class (points, mean ± std over seeds; * = beyond two standard errors of the paired "
-                  "difference):", "",
-              "| class | " + " | ".join(both) + " |", "|---|" + "---|" * len(both)]
-    lines.append("| all | " + " | ".join(_paired_cell(s["top1_diff"], n) for s in both.values()) + " |")
-    for name in next(iter(both.values()))["per_class_diff"]:
-        lines.append(f"| {name} | " + " | ".join(_paired_cell(s["per_class_diff"][name], n) for s in both.values())
-                     + " |")
+                  "difference), and the cells the attention spreads over (exp of its entropy):", "",
+              "| class | " + " | ".join(f"{rung} | att cells" for rung in both) + " |",
+              "|---|" + "---|---|" * len(both)]
+    for name in ("all", *next(iter(both.values()))["per_class_diff"]):
+        cells = []
+        for summary in both.values():
+            cells.append(_paired_cell(summary["top1_diff"] if name == "all" else summary["per_class_diff"][name], n))
+            cells.append(_cell(summary["attention_cells"][name], digits=1))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -7,8 +7,11 @@ attention-weighted spatial class distributions) and the GAP-FC branch
 (`gap_logits`), which self-distillation trains towards the SAOL output. To
 see why one scores higher than the other, this compares them over the whole
 eval split: top-1 and per-class error, expected calibration error (ECE, 15
-equal-width confidence bins) and mean confidence, mean NLL, and how often
-their predictions differ and which one is right when they do. It prints a
+equal-width confidence bins) and mean confidence, mean NLL, how often
+their predictions differ and which one is right when they do, and per class
+how many cells the attention spreads over (`att cells`, exp of its entropy),
+since the SAOL output reads the image through the attention and GAP-FC
+averages every cell. It prints a
 table and writes the numbers as JSON (default `DIR/compare_heads.json`).
 """
 
@@ -99,25 +102,43 @@ def head_metrics(log_probs: np.ndarray, labels: np.ndarray, names: Sequence[str]
     }
 
 
-def eval_log_probs(trained: Trained) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Log-probabilities [N, K] of each head in `HEADS` and labels [N] over the whole eval split,
-    padded rows dropped."""
+def attention_cells(log_attention: jax.Array) -> jax.Array:
+    """[N] effective number of cells each attention map [N, H, W] (log-probabilities) spreads over:
+    exp of its entropy, 1 for all mass on one cell, H * W for a uniform map."""
+    probs = jnp.exp(log_attention)
+    entropy = -jnp.sum(probs * jnp.where(probs > 0, log_attention, 0.0), axis=(1, 2))
+    return jnp.exp(entropy)
+
+
+def attention_spread(cells: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> dict:
+    """Mean effective attention cells over all examples and per true class (NaN for absent classes)."""
+    total = np.bincount(labels, weights=cells, minlength=len(names))
+    count = np.bincount(labels, minlength=len(names))
+    per_class = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return {"mean": float(cells.mean()), "per_class": dict(zip(names, per_class.tolist()))}
+
+
+def eval_outputs(trained: Trained) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Over the whole eval split, padded rows dropped: log-probabilities [N, K] of each head in
+    `HEADS`, the attention's effective cells [N] (`attention_cells`) and the labels [N]."""
 
     @jax.jit
     def heads(params, batch_stats, images: jax.Array) -> dict[str, jax.Array]:
         outputs = trained.apply(params, batch_stats, images)
-        return {"saol": outputs["log_probs"], "gap": jax.nn.log_softmax(outputs["gap_logits"])}
+        return {"saol": outputs["log_probs"], "gap": jax.nn.log_softmax(outputs["gap_logits"]),
+                "cells": attention_cells(outputs["log_attention"])}
 
-    collected: dict[str, list[np.ndarray]] = {head: [] for head in HEADS}
+    collected: dict[str, list[np.ndarray]] = {key: [] for key in (*HEADS, "cells")}
     labels = []
     for batch in data.eval_batches(trained.config.dataset, global_batch_size=trained.config.eval_batch_size,
                                    process_index=0, process_count=1):
         keep = batch["mask"].astype(bool)
         outputs = jax.device_get(heads(trained.params, trained.batch_stats, jnp.asarray(batch["image"])))
-        for head in HEADS:
-            collected[head].append(np.asarray(outputs[head], np.float64)[keep])
+        for key, parts in collected.items():
+            parts.append(np.asarray(outputs[key], np.float64)[keep])
         labels.append(batch["label"][keep])
-    return {head: np.concatenate(parts) for head, parts in collected.items()}, np.concatenate(labels)
+    cells = np.concatenate(collected.pop("cells"))
+    return {head: np.concatenate(parts) for head, parts in collected.items()}, cells, np.concatenate(labels)
 
 
 def compare(workdir: str) -> dict:
@@ -132,7 +153,7 @@ def compare(workdir: str) -> dict:
         raise NoSaolHeadError(f"the model of {workdir} has no SAOL head (model.head == {head!r}): nothing to compare")
     trained = load_trained(workdir)
     names = class_names(trained)
-    log_probs, labels = eval_log_probs(trained)
+    log_probs, cells, labels = eval_outputs(trained)
     preds = [log_probs[head].argmax(axis=-1) for head in HEADS]
     return {
         "dataset": trained.config.dataset.name,
@@ -141,6 +162,7 @@ def compare(workdir: str) -> dict:
         "class_counts": dict(zip(names, np.bincount(labels, minlength=len(names)).tolist())),
         **{head: head_metrics(log_probs[head], labels, names) for head in HEADS},
         "disagreement": disagreement(*preds, labels, names=HEADS),
+        "attention_cells": attention_spread(cells, labels, names),
     }
 
 
@@ -149,10 +171,11 @@ def table(report: Mapping) -> str:
     saol, gap, dis = report["saol"], report["gap"], report["disagreement"]
     width = max(16, *(len(name) for name in report["class_counts"]))
     lines = [f"{report['dataset']} {report['split']}: {report['count']} examples",
-             f"{'class':<{width}}  {'SAOL err':>8}  {'GAP err':>8}  {'count':>6}"]
+             f"{'class':<{width}}  {'SAOL err':>8}  {'GAP err':>8}  {'count':>6}  {'att cells':>9}"]
+    cells = report["attention_cells"]
     for name, count in report["class_counts"].items():
         lines.append(f"{name:<{width}}  {saol['per_class_error'][name]:8.4f}  "
-                     f"{gap['per_class_error'][name]:8.4f}  {count:6d}")
+                     f"{gap['per_class_error'][name]:8.4f}  {count:6d}  {cells['per_class'][name]:9.2f}")
     for key, label in (("top1_error", "top-1 error"), ("ece", f"ECE ({ECE_BINS} bins)"),
                        ("mean_confidence", "mean confidence"), ("nll", "mean NLL")):
         lines.append(f"{label:<{width}}  {saol[key]:8.4f}  {gap[key]:8.4f}")

@@ -101,7 +101,8 @@ def _report(saol_errors: list[float], gap_errors: list[float], rate: float) -> d
                 "ece": 0.03, "nll": 0.25}
 
     return {"class_counts": dict.fromkeys(names, 100), "saol": head(saol_errors), "gap": head(gap_errors),
-            "disagreement": {"rate": rate, "saol_right": 0.4, "gap_right": 0.45}}
+            "disagreement": {"rate": rate, "saol_right": 0.4, "gap_right": 0.45},
+            "attention_cells": {"mean": 5.0, "per_class": dict(zip(names, [4.0, 6.0]))}}
 
 
 def test_two_outputs_summary_and_per_class_table():
@@ -115,10 +116,10 @@ def test_two_outputs_summary_and_per_class_table():
     assert summary["per_class_diff"]["0"]["mean"] == pytest.approx(-7.0 / 3)
     table = ablate.markdown({"dataset": "d", "backbone": "b", "seeds": [0, 1, 2], "rungs": {
         "saol_ss_sd": {"runs": [], "top1_error": {}, "localisation": {}, "two_outputs": summary}}})
-    assert "| 0 | -2.33 ± 0.58 * |" in table
-    assert "| 1 | +0.33 ± 1.53 |" in table
+    assert "| 0 | -2.33 ± 0.58 * | 4.0 ± 0.0 |" in table
+    assert "| 1 | +0.33 ± 1.53 | 6.0 ± 0.0 |" in table
     # All classes (equal counts): -1, -0.5, -1.5 points, mean -1.00, std 0.50, SE 0.29: beyond 2 SE.
-    assert "| all | -1.00 ± 0.50 * |" in table
+    assert "| all | -1.00 ± 0.50 * | 5.0 ± 0.0 |" in table
     assert "| saol_ss_sd | 0.0300 ± 0.0000 | 0.0300 ± 0.0000 | 0.2500 ± 0.0000 | 0.2500 ± 0.0000 | 2.50 ± 0.50 |" in table
 
 

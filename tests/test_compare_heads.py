@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -75,6 +76,21 @@ def test_mean_nll():
     assert compare_heads.mean_nll(log_probs, np.array([0, 1])) == pytest.approx(-(np.log(0.5) + np.log(0.75)) / 2)
 
 
+def test_attention_cells_count_the_cells_an_attention_map_spreads_over():
+    uniform = jnp.full((1, 4, 4), -jnp.log(16.0))
+    one_cell = jnp.log(jnp.zeros((1, 4, 4)).at[0, 1, 2].set(1.0))  # -inf elsewhere
+    halves = jnp.log(jnp.zeros((1, 4, 4)).at[0, 0, :2].set(0.5))
+    cells = compare_heads.attention_cells(jnp.concatenate([uniform, one_cell, halves]))
+    np.testing.assert_allclose(np.asarray(cells), [16.0, 1.0, 2.0], rtol=1e-6)
+
+
+def test_attention_spread_averages_per_true_class():
+    spread = compare_heads.attention_spread(np.array([2.0, 4.0, 9.0]), np.array([0, 0, 2]), ["a", "b", "c"])
+    assert spread["mean"] == pytest.approx(5.0)
+    assert spread["per_class"]["a"] == 3.0 and spread["per_class"]["c"] == 9.0
+    assert np.isnan(spread["per_class"]["b"])
+
+
 def test_a_gap_only_model_is_refused_before_anything_is_loaded(tmp_path):
     paths.write_json(str(tmp_path / "config.json"), {"model": {"head": "gap"}})
     with pytest.raises(compare_heads.NoSaolHeadError, match=r"no SAOL head \(model.head == 'gap'\)"):
@@ -105,6 +121,10 @@ def test_cli_errors_match_the_trainers_final_eval(workdir):
         assert report[head]["nll"] == pytest.approx(final[f"eval/{head}_loss"], rel=1e-4)
         assert set(report[head]["per_class_error"]) == set(report["class_counts"])
         assert 0.0 <= report[head]["ece"] <= 1.0 and 0.0 < report[head]["mean_confidence"] <= 1.0
+    cells = report["attention_cells"]
+    grid = 3 * 3  # the tiny model's output grid
+    assert 1.0 <= cells["mean"] <= grid
+    assert set(cells["per_class"]) == set(report["class_counts"])
     dis = report["disagreement"]
     assert 0 <= dis["count"] <= 30
     if dis["count"]:
