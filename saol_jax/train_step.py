@@ -13,10 +13,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -26,6 +26,9 @@ from saol_jax import cutmix_eval, localization, losses
 from saol_jax.models import DTYPES
 from saol_jax.models.inputs import normalise
 from saol_jax.sharding import DATA_AXIS, replicated
+
+if TYPE_CHECKING:  # the accelerator image runs this module without ml_collections
+    import ml_collections
 
 
 class TrainState(struct.PyTreeNode):
