@@ -216,10 +216,16 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_dataset, tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_signal_saves_then_exits(tiny_dataset, tmp_path, signum):
     workdir = str(tmp_path / "preempted")
-    proc = start_command("train", smoke_args(
-        tiny_dataset, workdir, "--config.num_train_steps=100000", "--config.checkpoint_every_steps=100000",
-        "--config.log_every_steps=1",
-    ))
+    # The child inherits an ignored SIGHUP (pytest under nohup), which the trainer rightly leaves
+    # ignored; start it with the default disposition, as from a terminal.
+    inherited = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        proc = start_command("train", smoke_args(
+            tiny_dataset, workdir, "--config.num_train_steps=100000", "--config.checkpoint_every_steps=100000",
+            "--config.log_every_steps=1",
+        ))
+    finally:
+        signal.signal(signal.SIGHUP, inherited)
     metrics = os.path.join(workdir, "metrics.jsonl")
     deadline = time.time() + 240
     while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
