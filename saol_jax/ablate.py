@@ -106,16 +106,17 @@ def two_outputs(run_dir: str) -> dict:
 
 def summarise_two_outputs(reports: Sequence[dict]) -> dict:
     """Mean ± std over seeds of each output's calibration and NLL, the disagreements (%), and the
-    per-class error of the SAOL output minus the GAP-FC output (points)."""
+    top-1 error of the SAOL output minus the GAP-FC output (points), over all classes and per class,
+    and the attention's effective cells, likewise."""
     summary = {f"{head}_{score}": summarise([r[head][score] for r in reports])
                for score in TWO_OUTPUT_SCORES for head in compare_heads.HEADS}
     for key in DISAGREEMENT_SCORES:
         summary[key] = summarise([100.0 * r["disagreement"][key] for r in reports])
-    summary["top1_diff"] = summarise([100.0 * (r["saol"]["top1_error"] - r["gap"]["top1_error"]) for r in reports])
-    summary["per_class_diff"] = {
-        name: summarise([100.0 * (r["saol"]["per_class_error"][name] - r["gap"]["per_class_error"][name])
-                         for r in reports])
-        for name in reports[0]["class_counts"]
+    summary["error_diff"] = {
+        "all": summarise([100.0 * (r["saol"]["top1_error"] - r["gap"]["top1_error"]) for r in reports]),
+        **{name: summarise([100.0 * (r["saol"]["per_class_error"][name] - r["gap"]["per_class_error"][name])
+                            for r in reports])
+           for name in reports[0]["class_counts"]},
     }
     summary["attention_cells"] = {
         "all": summarise([r["attention_cells"]["mean"] for r in reports]),
@@ -258,10 +259,10 @@ def _two_outputs_lines(payload: dict) -> list[str]:
                   "difference), and the cells the attention spreads over (exp of its entropy):", "",
               "| class | " + " | ".join(f"{rung} | att cells" for rung in both) + " |",
               "|---|" + "---|---|" * len(both)]
-    for name in ("all", *next(iter(both.values()))["per_class_diff"]):
+    for name in next(iter(both.values()))["error_diff"]:
         cells = []
         for summary in both.values():
-            cells.append(_paired_cell(summary["top1_diff"] if name == "all" else summary["per_class_diff"][name], n))
+            cells.append(_paired_cell(summary["error_diff"][name], n))
             cells.append(_cell(summary["attention_cells"][name], digits=1))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines

@@ -113,7 +113,7 @@ def test_two_outputs_summary_and_per_class_table():
     assert summary["saol_ece"] == {"mean": pytest.approx(0.03), "std": pytest.approx(0.0)}
     # Class 0: SAOL − GAP-FC = -2, -3, -2 points (mean -2.33, std 0.58, SE 0.33): beyond 2 SE.
     # Class 1: 0, +2, -1 points (mean +0.33, std 1.53): not.
-    assert summary["per_class_diff"]["0"]["mean"] == pytest.approx(-7.0 / 3)
+    assert summary["error_diff"]["0"]["mean"] == pytest.approx(-7.0 / 3)
     table = ablate.markdown({"dataset": "d", "backbone": "b", "seeds": [0, 1, 2], "rungs": {
         "saol_ss_sd": {"runs": [], "top1_error": {}, "localisation": {}, "two_outputs": summary}}})
     assert "| 0 | -2.33 ± 0.58 * | 4.0 ± 0.0 |" in table
