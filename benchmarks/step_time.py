@@ -60,6 +60,8 @@ class Workload:
     ghost_bn_size: int = 0  # 0: BatchNorm statistics over the global batch
     lr: float = 0.1
     cutmix_prob: float = 1.0  # 0: every CutMix box is empty (the step still draws them)
+    grad_accum_steps: int = 1  # micro-batches per optimiser step (the global batch stays `batch`)
+    grad_accum_unroll: bool | None = None  # StepConfig.grad_accum_unroll (None: by platform)
 
 
 TINY = Workload(backbone="resnet_cifar", batch=16, image_size=12, num_classes=4, width=8,
@@ -135,8 +137,10 @@ def prepare(work: Workload, rung: str, mesh: jax.sharding.Mesh,
         grid_hw=output_grid(graphdef, state, (work.image_size, work.image_size, work.channels)),
         cutmix_beta=1.0,
         cutmix_prob=work.cutmix_prob,
-        cutmix_group_size=work.cutmix_group_size or per_device,
+        cutmix_group_size=work.cutmix_group_size or per_device // work.grad_accum_steps,
         dtype=DTYPES[work.dtype],
+        grad_accum_steps=work.grad_accum_steps,
+        grad_accum_unroll=work.grad_accum_unroll,
     )
     state = jax.device_put(state, sharding.replicated(mesh))
     batch = sharding.global_batch(host_batch(work), mesh)

@@ -56,6 +56,7 @@ class StepConfig:
     dtype: jnp.dtype = jnp.float32
     ss2_form: str = "renorm"  # losses.SS2_FORMS; 'paste' adds a forward pass of the un-mixed batch
     grad_accum_steps: int = 1  # micro-batches per optimiser step (see make_train_step)
+    grad_accum_unroll: bool | None = None  # micro-batches unrolled (True) or a loop; None: unrolled on CPU only
 
 
 def step_config(
@@ -156,12 +157,19 @@ def make_train_step(
     except SS-2 ``renorm`` with CutMix, which divides by the valid regions of
     each micro-batch. Metrics: loss terms averaged over micro-batches,
     accuracies over the whole batch, `grad_norm` of the averaged gradient.
+    The micro-batches run as a loop, which keeps one micro-batch's
+    activations live, except on CPU (`cfg.grad_accum_unroll`): XLA:CPU runs
+    the loop's body about 12x slower than the same work unrolled
+    (`benchmarks/grad_accum.py`), and host memory is seldom the limit there.
     """
     if cfg.ss2_form not in losses.SS2_FORMS:
         raise ValueError(f"loss.ss2_form must be one of {losses.SS2_FORMS}, got {cfg.ss2_form!r}")
     paste = cfg.ss2_form == "paste" and cfg.loss_weights.get("ss2", 0.0) != 0.0
     accum = cfg.grad_accum_steps
     devices = mesh.devices.size
+    unroll = cfg.grad_accum_unroll
+    if unroll is None:
+        unroll = mesh.devices.flat[0].platform == "cpu"
     micro_sharding = NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))
 
     def split_micro(x: jax.Array) -> jax.Array:
@@ -235,6 +243,7 @@ def make_train_step(
                 functools.partial(micro_step, state.params),
                 (zeros, state.batch_stats),
                 (jax.tree.map(split_micro, micro), model_keys),
+                unroll=unroll,
             )
         grads = jax.tree.map(lambda g: g / accum, grad_sum)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

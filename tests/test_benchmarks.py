@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import head_cost, scaling, step_time
+from benchmarks import grad_accum, head_cost, scaling, step_time
 
 
 def read(path) -> dict:
@@ -46,6 +46,40 @@ def test_step_time_tiny(tmp_path):
     assert result["devices"] == 8 and result["per_device_batch"] == 2
     goal = result["goals"]["saol_within_5pct"]
     assert goal["met"] == (goal["measured"] >= 0.95)
+
+
+def test_grad_accum_tiny_keeps_rows_on_their_devices(tmp_path):
+    out = tmp_path / "grad_accum.json"
+    result = grad_accum.main(["--tiny", "--accum", "1,2", "--reps", "1", "--steps", "1", "--out", str(out)])
+    variants = read(out)["variants"]
+    assert variants.keys() == {"1", "2 loop", "2 unrolled"}
+    single, loop = variants["1"]["collectives"], variants["2 loop"]["collectives"]
+    # The loop all-reduces gradients and BN statistics once per micro-batch, as the single step does once;
+    # splitting the batch into micro-batches adds no gather or exchange of rows.
+    assert loop["per_micro_batch"]["all-reduce"] == single["per_step"]["all-reduce"] > 0
+    assert loop["per_step"]["all-reduce"] == 0 == single["per_micro_batch"]["all-reduce"]
+    for op in ("all-gather", "all-to-all", "collective-permute"):
+        assert loop["per_step"][op] + loop["per_micro_batch"][op] == single["per_step"][op], op
+    assert result["variants"]["1"]["cpu_time_over_k1"] == 1.0
+
+
+def test_collectives_counts_loop_bodies_apart():
+    hlo = """HloModule m
+
+%body.1 (p: (s32[], f32[4])) -> (s32[], f32[4]) {
+  %a = f32[4] all-reduce(f32[4] %x), to_apply=%add
+  %b = f32[4] all-reduce(f32[4] %a), to_apply=%add
+}
+
+ENTRY %main.2 (p0: f32[4]) -> f32[4] {
+  %w = (s32[], f32[4]) while((s32[], f32[4]) %t), condition=%cond.1, body=%body.1
+  %g = f32[8] all-gather-start(f32[4] %y), dimensions={0}
+  %r = f32[4] all-reduce(f32[4] %z), to_apply=%add
+}
+"""
+    counts = grad_accum.collectives(hlo)
+    assert counts["per_micro_batch"]["all-reduce"] == 2 and counts["per_micro_batch"]["all-gather"] == 0
+    assert counts["per_step"]["all-reduce"] == 1 and counts["per_step"]["all-gather"] == 1
 
 
 def test_scaling_tiny_losses_agree_and_pipeline_is_timed(tmp_path, tiny_dataset):

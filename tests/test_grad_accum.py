@@ -25,7 +25,7 @@ BATCH, DEVICES, ACCUM = 32, 8, 2
 MICRO_PER_DEVICE = BATCH // (DEVICES * ACCUM)
 
 
-def _two_steps(config, accum: int, batches: list[dict]) -> tuple[dict, dict]:
+def _two_steps(config, accum: int, batches: list[dict], unroll: bool | None = None) -> tuple[dict, dict]:
     """Metrics of the second step and the parameters after two steps on 8 devices."""
     mesh = sharding.make_mesh(DEVICES)
     model = build_model(config.model, num_classes=4, in_channels=3, rngs=nnx.Rngs(0))
@@ -36,7 +36,7 @@ def _two_steps(config, accum: int, batches: list[dict]) -> tuple[dict, dict]:
     step_config = StepConfig(
         loss_weights=losses.loss_weights(config.loss), ss2_form=config.loss.ss2_form, mean=(0.5,), std=(0.25,),
         grid_hw=(3, 3), cutmix_beta=1.0, cutmix_prob=config.cutmix.prob, cutmix_group_size=MICRO_PER_DEVICE,
-        grad_accum_steps=accum,
+        grad_accum_steps=accum, grad_accum_unroll=unroll,
     )
     train_step = make_train_step(graphdef, tx, schedule, step_config, mesh)
     for batch in batches:
@@ -45,9 +45,11 @@ def _two_steps(config, accum: int, batches: list[dict]) -> tuple[dict, dict]:
     return jax.device_get(metrics), jax.device_get(state.params)
 
 
-@pytest.mark.parametrize("ss2_form, cutmix_prob", [("renorm", 0.0), ("paste", 1.0)],
-                         ids=["renorm-no-cutmix", "paste-cutmix"])
-def test_accumulated_micro_batches_give_the_large_batch_update(tiny_dataset, ss2_form, cutmix_prob):
+@pytest.mark.parametrize("ss2_form, cutmix_prob, unroll", [
+    ("renorm", 0.0, None), ("paste", 1.0, None), ("paste", 1.0, False),
+], ids=["renorm-no-cutmix", "paste-cutmix", "paste-cutmix-loop"])
+def test_accumulated_micro_batches_give_the_large_batch_update(tiny_dataset, ss2_form, cutmix_prob, unroll):
+    # unroll=None unrolls on CPU; False runs the loop accelerators use.
     # 'paste' with CutMix on also checks that partners are found within each micro-batch.
     config = tiny_config(tiny_dataset, **{
         "model.ghost_bn_size": MICRO_PER_DEVICE, "cutmix.prob": cutmix_prob, "loss.ss2_form": ss2_form,
@@ -58,7 +60,7 @@ def test_accumulated_micro_batches_give_the_large_batch_update(tiny_dataset, ss2
         "label": rng.integers(0, 4, (BATCH,), dtype=np.int32),
     } for _ in range(2)]
     metrics_1, params_1 = _two_steps(config, 1, batches)
-    metrics_k, params_k = _two_steps(config, ACCUM, batches)
+    metrics_k, params_k = _two_steps(config, ACCUM, batches, unroll)
     for name in [f"loss/{term}" for term in LOSS_TERMS] + ["train/saol_top1", "train/lr", "train/grad_norm"]:
         np.testing.assert_allclose(metrics_k[name], metrics_1[name], rtol=1e-5, atol=1e-6, err_msg=name)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), params_k, params_1)
