@@ -152,6 +152,15 @@ def test_versus_baseline_and_localisation_table():
     assert "| saol_ss_sd | cam | 0.60 ± 0.14 |" in table
 
 
+def test_localisation_leaves_out_an_untrained_cam():
+    results = {f"eval/loc_{kind}_pointing": 0.5 for kind in ("attention", "spatial", "product", "cam")}
+    assert set(ablate.localisation(results, "saol_ss@paste")) == {
+        "attention_pointing", "spatial_pointing", "product_pointing"}
+    assert set(ablate.localisation(results, "saol_ss_sd@paste")) == {
+        "attention_pointing", "spatial_pointing", "product_pointing", "cam_pointing"}
+    assert ablate.localisation({"eval/saol_top1": 0.9}, "saol") == {}
+
+
 def test_summary_statistics():
     assert ablate.summarise([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(2 ** 0.5)}
     assert ablate._cell(ablate.summarise([5.0])) == "5.00"
