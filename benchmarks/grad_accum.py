@@ -26,7 +26,7 @@ import os
 import re
 
 from benchmarks import default_out, format_table, write_json
-from benchmarks.step_time import TINY, Workload, prepare, time_alternating
+from benchmarks.step_time import TINY, Workload, frozen_kwargs, prepare, time_alternating
 from saol_jax import sharding
 
 COLLECTIVES = ("all-reduce", "all-gather", "all-to-all", "collective-permute", "reduce-scatter")
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     work = dataclasses.replace(TINY, batch=32) if args.tiny else Workload(
         backbone=args.backbone, batch=args.batch, image_size=args.image_size, channels=args.channels,
         num_classes=args.num_classes, width=args.width,
-        backbone_kwargs=tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in args.backbone_kwargs.items()),
+        backbone_kwargs=frozen_kwargs(args.backbone_kwargs),
     )
     result = measure(work, args.rung, args.accum, devices=args.devices, reps=args.reps, steps=args.steps)
     load = result["load_average_1m"]

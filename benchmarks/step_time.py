@@ -64,6 +64,11 @@ class Workload:
     grad_accum_unroll: bool | None = None  # StepConfig.grad_accum_unroll (None: by platform)
 
 
+def frozen_kwargs(kwargs: dict) -> tuple[tuple[str, object], ...]:
+    """`--backbone_kwargs` JSON as Workload's hashable pairs (lists become tuples)."""
+    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items())
+
+
 TINY = Workload(backbone="resnet_cifar", batch=16, image_size=12, num_classes=4, width=8,
                 backbone_kwargs=(("depth", 8), ("widths", (8, 16, 32))))
 
@@ -294,7 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
         backbone=args.backbone, batch=args.batch, image_size=args.image_size,
         num_classes=args.num_classes, width=args.width, dtype=args.dtype, ghost_bn_size=args.ghost_bn_size,
         channels=args.channels,
-        backbone_kwargs=tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in args.backbone_kwargs.items()),
+        backbone_kwargs=frozen_kwargs(args.backbone_kwargs),
     )
     result = measure(work, devices=args.devices, reps=args.reps, steps=args.steps, rungs=args.rungs)
     report(result)
