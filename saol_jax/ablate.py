@@ -14,9 +14,10 @@ config, the rung's head and loss weights (docs/method.md §8; they replace any
 resumes unfinished runs and skips finished ones, so an interrupted study
 goes on where it stopped. Writes `ablation.md` (mean ± std of the test
 top-1 error, %, of the SAOL output and of the GAP-FC output, each rung's
-difference from the GAP-FC baseline against two standard errors, for rungs
-that train both outputs how they differ (calibration, NLL, disagreements and
-per-class error, from `saol_jax.compare_heads`, kept in each run's
+difference from the GAP-FC baseline against two standard errors, for every
+SAOL rung how many cells its attention spreads over, for rungs that train
+both outputs how they differ (calibration, NLL, disagreements and per-class
+error; these two from `saol_jax.compare_heads`, kept in each run's
 `compare_heads.json`), and, on a dataset with boxes, the localisation of
 each map), `ablation.png` and `ablation.json` to the workdir.
 """
@@ -90,6 +91,11 @@ def errors(results: dict[str, float], rung: str) -> dict[str, float]:
     return {out: 100.0 * (1.0 - results[f"eval/{out}_top1"]) for out in REPORTED[split_rung(rung)[0]]}
 
 
+def has_attention(rung: str) -> bool:
+    """Whether the rung's model has the SAOL head, and so an attention map."""
+    return split_rung(rung)[0] != "gap"
+
+
 def localisation(results: dict[str, float], rung: str) -> dict[str, float]:
     """The true-box localisation scores of an eval, `<map>_<score>` (empty without boxes).
 
@@ -100,8 +106,8 @@ def localisation(results: dict[str, float], rung: str) -> dict[str, float]:
             for kind in kinds for score in LOC_SCORES if f"eval/loc_{kind}_{score}" in results}
 
 
-def two_outputs(run_dir: str) -> dict:
-    """`compare_heads.compare` of a finished run with both outputs, computed once and kept in the run."""
+def head_report(run_dir: str) -> dict:
+    """`compare_heads.compare` of a finished SAOL run, computed once and kept in the run."""
     path = paths.join(run_dir, compare_heads.REPORT_FILE)
     if not paths.exists(path):
         paths.write_json(path, compare_heads.compare(run_dir))
@@ -170,8 +176,11 @@ def run_ladder(
             results = run_one(rung_config(base, rung, seed), run_dir)
             runs.append({"seed": seed, "workdir": run_dir, "top1_error": errors(results, rung),
                          "localisation": localisation(results, rung)})
-            if len(REPORTED[split_rung(rung)[0]]) == 2:
-                runs[-1]["two_outputs"] = two_outputs(run_dir)
+            if has_attention(rung):
+                report = head_report(run_dir)
+                runs[-1]["attention_cells"] = report["attention_cells"]["mean"]
+                if len(REPORTED[split_rung(rung)[0]]) == 2:
+                    runs[-1]["two_outputs"] = report
         per_rung[rung] = {
             "runs": runs,
             "top1_error": {out: summarise([r["top1_error"][out] for r in runs])
@@ -179,6 +188,8 @@ def run_ladder(
             "localisation": {name: summarise([r["localisation"][name] for r in runs])
                              for name in runs[0]["localisation"]},
         }
+        if has_attention(rung):
+            per_rung[rung]["attention_cells"] = summarise([r["attention_cells"] for r in runs])
         if "two_outputs" in runs[0]:
             per_rung[rung]["two_outputs"] = summarise_two_outputs([r["two_outputs"] for r in runs])
     if "gap" in per_rung and len(seed_values) > 1:
@@ -227,6 +238,12 @@ def markdown(payload: dict) -> str:
             cells = [f"{vs[out]['diff']:+.2f} ± {vs[out]['se']:.2f}{' *' if vs[out]['beyond_2se'] else ''}"
                      if out in vs else "n/a" for out in OUTPUTS]
             lines.append(f"| {rung} | " + " | ".join(cells) + " |")
+    spread = {rung: entry["attention_cells"] for rung, entry in payload["rungs"].items()
+              if "attention_cells" in entry}
+    if spread:
+        lines += ["", "Cells the attention spreads over on the eval split (exp of its entropy, mean over images; "
+                      "mean ± std over seeds):", "", "| rung | att cells |", "|---|---|"]
+        lines += [f"| {rung} | {_cell(cells, digits=1)} |" for rung, cells in spread.items()]
     lines += _two_outputs_lines(payload)
     located = {rung: entry["localisation"] for rung, entry in payload["rungs"].items() if entry["localisation"]}
     if located:

@@ -12,7 +12,7 @@ from commands import run_command
 from configs import fashion_mnist
 from saol_jax import ablate
 
-RUNGS = ("gap", "saol_ss_sd@paste")  # the paste form also checks its extra forward pass in the trainer
+RUNGS = ("gap", "saol", "saol_ss_sd@paste")  # the paste form also checks its extra forward pass in the trainer
 
 
 def smoke_config(dataset: dict):
@@ -48,8 +48,9 @@ def test_every_rung_and_seed_has_its_own_run(ladder):
 def test_outputs_reported_per_rung(ladder):
     _, payload = ladder
     assert set(payload["rungs"]["gap"]["top1_error"]) == {"gap"}
-    assert set(payload["rungs"][RUNGS[1]]["top1_error"]) == {"saol", "gap"}
-    assert set(payload["rungs"][RUNGS[1]]["vs_gap"]) == {"saol", "gap"}
+    assert set(payload["rungs"]["saol"]["top1_error"]) == {"saol"}  # its GAP-FC branch is not trained
+    assert set(payload["rungs"][RUNGS[2]]["top1_error"]) == {"saol", "gap"}
+    assert set(payload["rungs"][RUNGS[2]]["vs_gap"]) == {"saol", "gap"}
     assert "vs_gap" not in payload["rungs"]["gap"]
 
 
@@ -59,7 +60,7 @@ def test_table_plot_and_json_are_written(ladder):
         table = f.read()
     rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
     assert "n/a" in rows["gap"].split("|")[2]  # no SAOL output on the GAP-FC baseline
-    assert "±" in rows[RUNGS[1]].split("|")[2] and "±" in rows[RUNGS[1]].split("|")[3]
+    assert "±" in rows[RUNGS[2]].split("|")[2] and "±" in rows[RUNGS[2]].split("|")[3]
     assert "Difference of mean top-1 error from GAP-FC" in table
     assert "Localisation" not in table  # the tiny dataset has no boxes
     with open(os.path.join(workdir, "ablation.json"), encoding="utf-8") as f:
@@ -79,10 +80,29 @@ def test_rerun_skips_finished_runs(ladder, tiny_dataset):
         assert f.read() == before
 
 
+def test_every_saol_rung_reports_its_attention_spread(ladder):
+    workdir, payload = ladder
+    assert "attention_cells" not in payload["rungs"]["gap"]
+    grid = 3 * 3  # the tiny dataset's 12x12 images through the smoke backbone's stride 4
+    for rung in RUNGS[1:]:
+        entry = payload["rungs"][rung]
+        cells = [run["attention_cells"] for run in entry["runs"]]
+        assert all(1.0 <= c <= grid for c in cells)
+        assert entry["attention_cells"]["mean"] == pytest.approx(sum(cells) / len(cells))
+        with open(os.path.join(entry["runs"][0]["workdir"], "compare_heads.json"), encoding="utf-8") as f:
+            assert json.load(f)["attention_cells"]["mean"] == cells[0]
+    with open(os.path.join(workdir, "ablation.md"), encoding="utf-8") as f:
+        table = f.read()
+    section = table.split("Cells the attention spreads over")[1].split("\n\n")[1]  # the table after its title
+    rows = [line.split("|")[1].strip() for line in section.splitlines()]
+    assert rows == ["rung", "---", *RUNGS[1:]]
+
+
 def test_rungs_with_both_outputs_compare_them_per_run(ladder):
     workdir, payload = ladder
     assert "two_outputs" not in payload["rungs"]["gap"]["runs"][0]
-    for run in payload["rungs"][RUNGS[1]]["runs"]:
+    assert "two_outputs" not in payload["rungs"]["saol"]["runs"][0]
+    for run in payload["rungs"][RUNGS[2]]["runs"]:
         report = run["two_outputs"]
         assert os.path.isfile(os.path.join(run["workdir"], "compare_heads.json"))
         # compare_heads' full pass over the eval split agrees with the trainer's final evaluation.
