@@ -45,6 +45,9 @@ def _problems(config: ml_collections.ConfigDict, info: DatasetInfo, num_devices:
     elif accum > 1 and group and micro % group:
         yield (f"cutmix.group_size={group} must divide the per-device micro-batch of {micro} "
                "with grad_accum_steps > 1 (--config.cutmix.group_size=N, 0 for that micro-batch)")
+    floor = config.model.saol.get("attention_floor", 0.0)
+    if config.model.head == "saol" and not 0.0 <= floor < 1.0:
+        yield f"model.saol.attention_floor={floor} must be in [0, 1) (--config.model.saol.attention_floor=EPS)"
     if config.num_train_steps <= 0 and config.num_epochs <= 0:
         yield "set num_epochs or num_train_steps to a positive value"
     if config.eval_every_epochs <= 0:

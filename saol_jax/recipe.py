@@ -76,7 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.backbone_kwargs = ml_collections.ConfigDict()
     c.model.head = "saol"
     c.model.saol = ml_collections.ConfigDict(
-        {"num_stages": 3, "att_kernel": 1, "att_width": 128, "mid_width": 128}
+        {"num_stages": 3, "att_kernel": 1, "att_width": 128, "mid_width": 128, "attention_floor": 0.0}
     )
     c.model.dtype = "float32"
     c.model.ghost_bn_size = 0

@@ -24,6 +24,7 @@ BAD_CONFIGS = {
     "mean-length": ({"dataset.mean": (0.5, 0.5)}, "dataset.mean has 2 values but tiny_shapes images have 3"),
     "std-length": ({"dataset.std": (0.2, 0.2)}, "dataset.std has 2 values"),
     "empty-eval-split": ({"dataset.eval_split": "test[30:]"}, "eval split 'test[30:]' of tiny_shapes is empty"),
+    "attention-floor-one": ({"model.saol.attention_floor": 1.0}, "model.saol.attention_floor=1.0 must be in [0, 1)"),
     "grad-accum-not-divisible": ({"grad_accum_steps": 3},
                                  "batch_size=16 must be a multiple of grad_accum_steps x devices = 3 x 8"),
 }

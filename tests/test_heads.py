@@ -59,6 +59,23 @@ def test_attention_is_uniform_at_initialisation():
     np.testing.assert_array_equal(out["log_attention"], jnp.full((3, 4, 4), -jnp.log(16.0)))
 
 
+def test_attention_floor_spreads_that_share_of_the_mass_evenly():
+    features = _features(jax.random.key(3))
+    plain = _perturbed_head()(features)
+    floored_head = _perturbed_head(attention_floor=0.5)
+    floored = floored_head(features)
+    attention = np.exp(np.asarray(plain["log_attention"], np.float64))
+    expected = 0.5 * attention + 0.5 / 16
+    np.testing.assert_allclose(np.exp(floored["log_attention"]), expected, rtol=1e-5)
+    assert float(np.exp(floored["log_attention"]).min()) >= 0.5 / 16 * (1 - 1e-5)
+    # The output is still eq. 2 with the floored attention: the plain output blended with the cells' mean.
+    spatial = np.exp(np.asarray(plain["log_spatial"], np.float64))
+    blended = 0.5 * np.exp(np.asarray(plain["log_probs"], np.float64)) + 0.5 * spatial.mean(axis=(1, 2))
+    np.testing.assert_allclose(np.exp(floored["log_probs"]), blended, rtol=1e-5)
+    with pytest.raises(ValueError, match="attention_floor"):
+        SaolHead(STAGES, 5, attention_floor=1.0, rngs=nnx.Rngs(0))
+
+
 def test_num_stages_selects_the_last_maps():
     head = SaolHead(STAGES, 5, num_stages=2, att_width=6, mid_width=4, rngs=nnx.Rngs(0))
     assert [p.conv.in_features for p in head.projections] == [12, 16]

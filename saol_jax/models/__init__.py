@@ -41,7 +41,7 @@ def build_model(
 
     Fields: `backbone` (a name in BACKBONES), `backbone_kwargs`
     (architecture overrides), `head` ('gap' or 'saol'), `saol` (num_stages,
-    att_kernel, att_width, mid_width), `dtype` ('float32' or 'bfloat16') and
+    att_kernel, att_width, mid_width, attention_floor), `dtype` ('float32' or 'bfloat16') and
     `ghost_bn_size` (0 = BatchNorm statistics over the whole global batch).
     """
     if model_config.dtype not in DTYPES:

@@ -71,6 +71,12 @@ class SaolHead(nnx.Module):
     the output grid, projected by a 1x1 ConvBnRelu to `mid_width`,
     concatenated and classified per position by a 1x1 conv, softmax over
     classes. The output is y_hat_k = sum_ij A_ij Y_kij, computed in log space.
+
+    `attention_floor` eps in [0, 1) replaces A by (1 - eps) A + eps / (Ho Wo):
+    at least eps of the attention's mass is spread evenly over the grid, so
+    the output reads every cell. 0, the default, is the paper's head; the
+    floor is an intervention for measuring what a concentrated attention
+    costs (docs/method.md §3.6).
     """
 
     def __init__(
@@ -84,14 +90,18 @@ class SaolHead(nnx.Module):
         mid_width: int = 256,
         dtype: jnp.dtype = jnp.float32,
         ghost_size: int = 0,
+        attention_floor: float = 0.0,
         rngs: nnx.Rngs,
     ):
+        if not 0.0 <= attention_floor < 1.0:
+            raise ValueError(f"attention_floor={attention_floor} must be in [0, 1)")
         if not 1 <= num_stages <= len(stage_channels):
             raise ValueError(
                 f"num_stages={num_stages} must be between 1 and the backbone's "
                 f"{len(stage_channels)} stages"
             )
         self.num_stages = num_stages
+        self.attention_floor = attention_floor
         conv, norm = layer_factories(dtype=dtype, ghost_size=ghost_size, init_mode="fan_out", rngs=rngs)
         self.att_hidden = ConvBnRelu(stage_channels[-1], att_width, att_kernel, conv=conv, norm=norm)
         self.att_out = nnx.Conv(
@@ -118,6 +128,9 @@ class SaolHead(nnx.Module):
         scores = self.att_out(self.att_hidden(last))[..., 0].astype(jnp.float32)
         log_attention = jax.nn.log_softmax(scores.reshape(batch, ho * wo), axis=-1)
         log_attention = log_attention.reshape(batch, ho, wo)
+        if self.attention_floor > 0.0:
+            floor = self.attention_floor
+            log_attention = jnp.logaddexp(jnp.log1p(-floor) + log_attention, jnp.log(floor / (ho * wo)))
 
         fused = jnp.concatenate(
             [
