@@ -15,7 +15,8 @@ epochs, 1638 steps, one final evaluation; `paste` adds a forward pass per
 step), and test top-1 91.96 ± 0.03% with the SAOL output and 92.12 ± 0.11%
 with the GAP-FC output (seeds 0-2, `python -m saol_jax.ablate`; README,
 "The study on the default recipe"), against 91.90 ± 0.14% for `head=gap`,
-90.73 ± 0.08% for `head=saol` and 91.87 ± 0.26% for `head=saol_ss`.
+90.73 ± 0.08% for `head=saol` and 91.87 ± 0.26% for `head=saol_ss`
+(91.78 ± 0.15% with SS-2 `mass_mix`, 91.57 ± 0.05% with `renorm`).
 With the earlier default `renorm` (`--config.loss.ss2_form=renorm`), seed 0,
 nothing else running: 8 min 35 s at a median 519 img/s, 91.64% and 91.86%.
 Why the GAP-FC branch scores higher than the SAOL output here (the README
