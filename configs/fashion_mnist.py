@@ -22,6 +22,9 @@ nothing else running: 8 min 35 s at a median 519 img/s, 91.64% and 91.86%.
 Why the GAP-FC branch scores higher than the SAOL output here (the README
 has the numbers): the gap sits in Coat, Shirt, Pullover and Dress, the
 classes where the attention is most concentrated; calibration is equal.
+Forcing the attention wider (`--config.model.saol.attention_floor=0.5`)
+does not close that gap: the SAOL output gets worse (8.32 ± 0.08% error
+against 8.04 ± 0.03%), so the concentration is not its cause.
 Options (after a colon): `head=gap|saol|saol_ss|saol_ss_sd`, `smoke`, `hw=...`.
 """
 
