@@ -188,7 +188,7 @@ def run_ladder(
             "localisation": {name: summarise([r["localisation"][name] for r in runs])
                              for name in runs[0]["localisation"]},
         }
-        if has_attention(rung):
+        if "attention_cells" in runs[0]:
             per_rung[rung]["attention_cells"] = summarise([r["attention_cells"] for r in runs])
         if "two_outputs" in runs[0]:
             per_rung[rung]["two_outputs"] = summarise_two_outputs([r["two_outputs"] for r in runs])
