@@ -39,6 +39,10 @@ MAPS = ("attention", "spatial", "product", "cam")
 SAOL_MAPS = ("attention", "spatial", "product")
 IOU_THRESHOLD = 0.5
 DEFAULT_THRESHOLD = 0.2
+# MaxBoxAccV2 (Choe et al., "Evaluating Weakly Supervised Object Localization Methods Right",
+# CVPR 2020): box accuracy at every map threshold of a sweep, at each of these IoU levels.
+IOU_LEVELS = (0.3, 0.5, 0.7)
+SWEEP_THRESHOLDS = tuple(round(0.01 * i, 2) for i in range(100))
 PER_EXAMPLE = "per_example"  # key of the per-example values an eval step hands to `iou_sums`
 
 
@@ -155,6 +159,44 @@ def box_iou(box: np.ndarray, gt_boxes: np.ndarray) -> float:
     gt_area = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])
     union = area + gt_area - inter
     return float(np.max(np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)))
+
+
+def sweep_ious(
+    heatmap: np.ndarray, gt_boxes: np.ndarray, thresholds=SWEEP_THRESHOLDS, component: str = "largest"
+) -> np.ndarray:
+    """[T] IoU with `gt_boxes` of `threshold_box(heatmap, t)` for each threshold t of the sweep."""
+    return np.array([box_iou(threshold_box(heatmap, t, component), gt_boxes) for t in thresholds])
+
+
+def box_hits(ious: np.ndarray, iou_levels=IOU_LEVELS) -> np.ndarray:
+    """[..., T] IoUs -> [L, T] counts of boxes with IoU >= each level, summed over the leading axes."""
+    ious = np.asarray(ious, np.float64).reshape(-1, np.shape(ious)[-1])
+    return np.stack([(ious >= level).sum(axis=0) for level in iou_levels]).astype(np.float64)
+
+
+def max_box_accuracy(accuracy: np.ndarray) -> tuple[np.ndarray, float]:
+    """[L, T] box accuracy per IoU level and threshold -> (best per level [L], MaxBoxAccV2).
+
+    MaxBoxAccV2 is the mean over the IoU levels of each level's best accuracy
+    over the thresholds; each level takes its own best threshold.
+    """
+    best = np.asarray(accuracy, np.float64).max(axis=-1)
+    return best, float(best.mean())
+
+
+def operating_thresholds(accuracy: np.ndarray, thresholds=SWEEP_THRESHOLDS) -> np.ndarray:
+    """[L, T] box accuracy (on validation data) -> [L] the threshold that maximises each level.
+
+    Ties go to the lowest threshold. Apply the result to test data with
+    `accuracy_at(test_accuracy, chosen, thresholds)`.
+    """
+    return np.asarray(thresholds, np.float64)[np.argmax(np.asarray(accuracy), axis=-1)]
+
+
+def accuracy_at(accuracy: np.ndarray, chosen: np.ndarray, thresholds=SWEEP_THRESHOLDS) -> np.ndarray:
+    """[L, T] box accuracy, [L] chosen thresholds -> [L] the accuracy of each level at its threshold."""
+    index = [int(np.argmin(np.abs(np.asarray(thresholds) - t))) for t in np.asarray(chosen)]
+    return np.asarray(accuracy, np.float64)[np.arange(len(index)), index]
 
 
 # ------------------------------------------------------------------ an eval loop's pieces

@@ -167,3 +167,32 @@ def test_box_scores_and_iou_sums_on_a_hand_made_batch():
 
 def test_iou_sums_pass_through_without_boxes():
     assert loc.iou_sums({"count": 3.0}) == {"count": 3.0}
+
+
+# ----------------------------------------------------------------- MaxBoxAccV2 (threshold sweep)
+
+
+def test_sweep_finds_the_threshold_that_outlines_the_box():
+    # A 16x16 heatmap: 1.0 in the true box (top-left 8x8), 0.6 in a ring around it, 0.3 elsewhere.
+    heat = np.full((16, 16), 0.3)
+    heat[:12, :12] = 0.6
+    heat[:8, :8] = 1.0
+    gt = np.array([0.0, 0.0, 0.5, 0.5])
+    thresholds = (0.0, 0.5, 0.9)
+    ious = loc.sweep_ious(heat, gt, thresholds)
+    # t=0: whole image (IoU 64/256); t=0.5: the 12x12 block (64/144); t=0.9: the box itself.
+    np.testing.assert_allclose(ious, [0.25, 64 / 144, 1.0])
+    hits = loc.box_hits(ious[None], (0.3, 0.5, 0.7))
+    np.testing.assert_array_equal(hits, [[0, 1, 1], [0, 0, 1], [0, 0, 1]])
+
+
+def test_max_box_accuracy_takes_each_levels_best_threshold():
+    accuracy = np.array([[0.2, 0.9, 0.5], [0.1, 0.4, 0.6], [0.0, 0.1, 0.3]])
+    best, v2 = loc.max_box_accuracy(accuracy)
+    np.testing.assert_allclose(best, [0.9, 0.6, 0.3])
+    assert v2 == pytest.approx(0.6)
+    chosen = loc.operating_thresholds(accuracy, (0.1, 0.2, 0.3))
+    np.testing.assert_allclose(chosen, [0.2, 0.3, 0.3])
+    # The thresholds chosen on one split are applied to another, whatever that split's best is.
+    other = np.array([[0.8, 0.1, 0.2], [0.9, 0.2, 0.3], [0.7, 0.0, 0.1]])
+    np.testing.assert_allclose(loc.accuracy_at(other, chosen, (0.1, 0.2, 0.3)), [0.1, 0.3, 0.1])
