@@ -2,8 +2,9 @@
 
 `eval_metrics` runs an eval step (`saol_jax.train_step.make_eval_step`)
 over batches, adds up its masked sums (with the host side of the box scores,
-`saol_jax.localization.iou_sums`) and turns them into the `eval/*` means
-that metrics.jsonl records (see `saol_jax.metrics`). `eval_step_for` builds
+`saol_jax.localization.iou_sums`, whose threshold sweeps are arrays) and
+turns them into the `eval/*` figures that metrics.jsonl records (see
+`saol_jax.metrics`). `eval_step_for` builds
 that step for a restored model (`saol_jax.restore.Trained`).
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -24,25 +26,46 @@ from saol_jax.train_step import make_eval_step, step_config
 EvalStep = Callable[[nnx.State, nnx.State, Mapping[str, jax.Array]], dict[str, jax.Array]]
 
 
-def add_sums(totals: Mapping[str, float], sums: Mapping[str, Any]) -> dict[str, float]:
-    """`totals` plus one batch's host-side eval sums (`iou_sums` of an eval step's output)."""
+Totals = dict[str, "float | np.ndarray"]
+
+
+def add_sums(totals: Mapping[str, Any], sums: Mapping[str, Any]) -> Totals:
+    """`totals` plus one batch's host-side eval sums (`iou_sums` of an eval step's output):
+    scalars stay floats, the threshold sweeps' arrays add element-wise."""
     result = dict(totals)
     for name, value in sums.items():
-        result[name] = result.get(name, 0.0) + float(value)
+        value = np.asarray(value, np.float64)
+        result[name] = result.get(name, 0.0) + (float(value) if value.ndim == 0 else value)
     return result
 
 
-def summarise(totals: Mapping[str, float]) -> dict[str, float]:
-    """Summed eval sums -> `eval/<name>` means over the counted examples, `eval/count`, and the
-    `eval/cutmix_*` figures of `cutmix_eval.cutmix_metrics` when the sums hold them."""
+def summarise(totals: Mapping[str, Any], thresholds: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
+    """Summed eval sums -> `eval/<name>` means over the counted examples, `eval/count`, the box
+    scores of `localization.sweep_summary` and the `eval/cutmix_*` figures of
+    `cutmix_eval.cutmix_metrics` when the sums hold them.
+
+    `thresholds` maps a localisation map to the [L] operating thresholds chosen
+    on another split (`chosen_thresholds` of its summary); without, each map's
+    box scores are at this split's own best thresholds.
+    """
     totals = dict(totals)
     count = totals.pop("count", 0.0)
     located = {name: totals.pop(name) for name in cutmix_eval.SUM_KEYS if name in totals}
+    swept = {name: totals.pop(name) for name in list(totals) if localization.is_sweep_sum(name)}
     results = {f"eval/{name}": value / max(count, 1.0) for name, value in totals.items()}
+    results.update({f"eval/{k}": v for k, v in localization.sweep_summary(swept, count, thresholds).items()})
     results["eval/count"] = count
     if located:
         results.update({f"eval/cutmix_{k}": v for k, v in cutmix_eval.cutmix_metrics(located).items()})
     return results
+
+
+def chosen_thresholds(results: Mapping[str, float]) -> dict[str, np.ndarray]:
+    """Each map's [L] operating thresholds in an eval summary (`eval/loc_<map>_threshold_<level>`), to
+    score another split at: `summarise(test_totals, chosen_thresholds(validation_results))`."""
+    levels = [localization.level_name(level) for level in localization.IOU_LEVELS]
+    return {kind: np.array([results[f"eval/loc_{kind}_threshold_{level}"] for level in levels])
+            for kind in localization.MAPS if f"eval/loc_{kind}_maxboxacc_v2" in results}
 
 
 def eval_metrics(
@@ -51,16 +74,19 @@ def eval_metrics(
     batch_stats: nnx.State,
     batches: Iterable[Mapping[str, jax.Array]],
     fetch: Callable[[Any], Any] = jax.device_get,
+    thresholds: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Top-1/top-5 and loss of both heads (and box scores, CutMix-map figures when the step gives them).
 
     `batches` are the eval step's inputs (padded, with `mask`), already on
-    the step's devices; `fetch` copies its replicated output to the host.
+    the step's devices; `fetch` copies its replicated output to the host;
+    `thresholds`: the box scores' operating thresholds chosen on another
+    split (see `summarise`).
     """
-    totals: dict[str, float] = {}
+    totals: Totals = {}
     for batch in batches:
         totals = add_sums(totals, localization.iou_sums(fetch(eval_step(params, batch_stats, batch))))
-    return summarise(totals)
+    return summarise(totals, thresholds)
 
 
 def eval_mesh(config, num_devices: int | None = None) -> Mesh:

@@ -1,10 +1,13 @@
 """Object localisation by a model's maps, scored against true boxes.
 
-Maps, each [B, Ho, Wo] on the head's output grid (`cell_maps`):
-  attention  SAOL's attention A;
-  spatial    SAOL's spatial probability Y_c of the predicted class c;
+Maps, each [B, Ho, Wo] on the head's output grid (`cell_maps`), of a class c:
+  attention  SAOL's attention A (one map, whatever c);
+  spatial    SAOL's spatial probability Y_c;
   product    A * Y_c, each cell's share of the output probability of c;
-  cam        the GAP-FC branch's class activation map of its predicted class.
+  cam        the GAP-FC branch's class activation map of c.
+Scores against the true box take c = the TRUE class (GT-known
+localisation); top-1 localisation takes the predicted class and needs the
+prediction right, so when it counts the two classes are the same map.
 
 Scores of one image with true box b (normalised [ymin, xmin, ymax, xmax]):
   pointing    the map's maximum cell has its centre inside b;
@@ -15,13 +18,21 @@ Scores of one image with true box b (normalised [ymin, xmin, ymax, xmax]):
   iou         IoU with b of the box around the thresholded map (the CAM /
               CutMix WSOL protocol: upsample bilinearly to the input size,
               min-max normalise, keep pixels >= threshold, take the largest
-              4-connected component, bound it);
-  gt_known    iou >= 0.5;  top1_loc  gt_known and the predicted class right.
+              4-connected component, bound it), at every threshold of
+              SWEEP_THRESHOLDS;
+  box accuracy  the share of images with iou >= an IoU level, per level of
+              IOU_LEVELS and threshold; MaxBoxAccV2 (Choe et al., CVPR 2020)
+              averages over the levels each level's accuracy at its
+              operating threshold: the best one of the split itself, or one
+              chosen on another (validation) split;
+  top1_loc    iou >= 0.5 at the IoU-0.5 operating threshold and the
+              predicted class right.
 
 `pointing`, `mass_ratio` and `upsample_normalised` are pure jax (run inside
-jit); `threshold_box` and `box_iou` are numpy, because connected components
-are found on the host. `box_scores` and `iou_sums` combine them for an
-evaluation loop.
+jit); `threshold_box`, `sweep_ious` and `box_iou` are numpy, because
+connected components are found on the host. `box_scores`, `iou_sums` and
+`sweep_figures` combine them for an evaluation loop: the sweep travels as
+additive sums (`sweep_sums`), so batches, hosts and splits add up.
 """
 
 from __future__ import annotations
@@ -37,8 +48,8 @@ from saol_jax.cutmix import cell_coverage
 
 MAPS = ("attention", "spatial", "product", "cam")
 SAOL_MAPS = ("attention", "spatial", "product")
-IOU_THRESHOLD = 0.5
-DEFAULT_THRESHOLD = 0.2
+IOU_THRESHOLD = 0.5  # the IoU level of GT-known and top-1 localisation
+DEFAULT_THRESHOLD = 0.2  # the box a picture draws (saol_jax.visualize); scores sweep every threshold
 # MaxBoxAccV2 (Choe et al., "Evaluating Weakly Supervised Object Localization Methods Right",
 # CVPR 2020): box accuracy at every map threshold of a sweep, at each of these IoU levels.
 IOU_LEVELS = (0.3, 0.5, 0.7)
@@ -149,23 +160,65 @@ def threshold_box(heatmap: np.ndarray, threshold: float, component: str = "large
 
 def box_iou(box: np.ndarray, gt_boxes: np.ndarray) -> float:
     """Largest IoU between a normalised box [4] and the ground-truth boxes [N, 4] (or [4])."""
-    gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)
-    top = np.maximum(box[0], gt_boxes[:, 0])
-    left = np.maximum(box[1], gt_boxes[:, 1])
-    bottom = np.minimum(box[2], gt_boxes[:, 2])
-    right = np.minimum(box[3], gt_boxes[:, 3])
+    return float(box_ious(np.asarray(box)[None], gt_boxes)[0])
+
+
+def box_ious(boxes: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray:
+    """[T] largest IoU of each normalised box of boxes [T, 4] with the ground-truth boxes [N, 4] (or [4])."""
+    boxes = np.asarray(boxes, np.float64)[:, None]
+    gt_boxes = np.asarray(gt_boxes, np.float64).reshape(1, -1, 4)
+    top = np.maximum(boxes[..., 0], gt_boxes[..., 0])
+    left = np.maximum(boxes[..., 1], gt_boxes[..., 1])
+    bottom = np.minimum(boxes[..., 2], gt_boxes[..., 2])
+    right = np.minimum(boxes[..., 3], gt_boxes[..., 3])
     inter = np.clip(bottom - top, 0, None) * np.clip(right - left, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    gt_area = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    gt_area = (gt_boxes[..., 2] - gt_boxes[..., 0]) * (gt_boxes[..., 3] - gt_boxes[..., 1])
     union = area + gt_area - inter
-    return float(np.max(np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)))
+    return np.max(np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0), axis=-1)
+
+
+# 4-connectivity inside each slice of a [T, H, W] stack, none across slices.
+_SLICE_CROSS = np.zeros((3, 3, 3), bool)
+_SLICE_CROSS[1] = scipy.ndimage.generate_binary_structure(2, 1)
+
+
+def sweep_boxes(heatmap: np.ndarray, thresholds=SWEEP_THRESHOLDS, component: str = "largest") -> np.ndarray:
+    """[T, 4] `threshold_box(heatmap, t, component)` for each threshold t, found at once.
+
+    The T masks are labelled as one [T, H, W] stack (one scipy call instead
+    of T); scipy numbers components in raster order, so each slice's labels
+    form a run and the largest one (ties: the lowest label, as in
+    `threshold_box`) is a segment maximum. An empty mask (a NaN map) gives
+    the empty box [0, 0, 0, 0].
+    """
+    heatmap = np.asarray(heatmap)
+    height, width = heatmap.shape
+    masks = heatmap[None] >= np.asarray(thresholds, heatmap.dtype)[:, None, None]
+    if component == "largest":
+        labels = np.empty(masks.shape, np.intp)
+        count = scipy.ndimage.label(masks, _SLICE_CROSS, output=labels)
+        last = np.maximum.accumulate(labels.reshape(len(masks), -1).max(axis=1))
+        first = np.concatenate([[0], last[:-1]]) + 1
+        present = last >= first
+        # key orders components by size, then by lowest label: the segment maximum is the one kept.
+        key = np.bincount(labels.ravel(), minlength=count + 1) * (count + 1) - np.arange(count + 1)
+        largest = np.zeros(len(masks), np.intp)
+        if present.any():
+            largest[present] = count + 1 - np.maximum.reduceat(key[1:], first[present] - 1) % (count + 1)
+        masks = (labels == largest[:, None, None]) & masks
+    rows, cols = masks.any(axis=2), masks.any(axis=1)
+    boxes = np.stack([rows.argmax(axis=1) / height, cols.argmax(axis=1) / width,
+                      (height - rows[:, ::-1].argmax(axis=1)) / height,
+                      (width - cols[:, ::-1].argmax(axis=1)) / width], axis=-1)
+    return np.where(rows.any(axis=1)[:, None], boxes, 0.0)
 
 
 def sweep_ious(
     heatmap: np.ndarray, gt_boxes: np.ndarray, thresholds=SWEEP_THRESHOLDS, component: str = "largest"
 ) -> np.ndarray:
     """[T] IoU with `gt_boxes` of `threshold_box(heatmap, t)` for each threshold t of the sweep."""
-    return np.array([box_iou(threshold_box(heatmap, t, component), gt_boxes) for t in thresholds])
+    return box_ious(sweep_boxes(heatmap, thresholds, component), gt_boxes)
 
 
 def box_hits(ious: np.ndarray, iou_levels=IOU_LEVELS) -> np.ndarray:
@@ -199,6 +252,64 @@ def accuracy_at(accuracy: np.ndarray, chosen: np.ndarray, thresholds=SWEEP_THRES
     return np.asarray(accuracy, np.float64)[np.arange(len(index)), index]
 
 
+# ------------------------------------------------------------------ additive sums of a sweep
+
+# Sums of one map over images (`sweep_sums`): boxes with IoU >= each level [L, T], those of them at
+# IoU >= 0.5 whose prediction is right [T], and the IoUs [T], at each threshold of the sweep.
+SWEEP_SUMS = ("sweep_hits", "sweep_top1", "sweep_iou")
+
+
+def level_name(level: float) -> str:
+    """IoU level -> its name in metric keys: 0.3 -> '30'."""
+    return f"{round(100 * level):02d}"
+
+
+def sweep_sums(ious: np.ndarray, correct: np.ndarray, iou_levels=IOU_LEVELS) -> dict[str, np.ndarray]:
+    """Per-image IoUs [N, T] at the sweep's thresholds, whether each prediction is right [N] -> SWEEP_SUMS.
+
+    `ious` are those of the true class's map. Top-1 localisation takes the
+    predicted class's map, which is that same map whenever the prediction
+    is right, and counts nothing otherwise: so it is the true class's hits
+    among the right predictions.
+    """
+    ious = np.asarray(ious, np.float64).reshape(-1, np.shape(ious)[-1])
+    correct = np.asarray(correct, bool).reshape(-1)
+    return {
+        "sweep_hits": box_hits(ious, iou_levels),
+        "sweep_top1": box_hits(ious[correct], (IOU_THRESHOLD,))[0],
+        "sweep_iou": ious.sum(axis=0),
+    }
+
+
+def sweep_figures(
+    sums: Mapping[str, np.ndarray], count: float, chosen: np.ndarray | None = None,
+    thresholds=SWEEP_THRESHOLDS, iou_levels=IOU_LEVELS,
+) -> dict[str, float]:
+    """A map's box scores over `count` images from its SWEEP_SUMS, at operating thresholds.
+
+    Args:
+      sums: the map's summed `sweep_sums`.
+      count: the number of images summed.
+      chosen: [L] operating threshold per IoU level, chosen on another split
+        (`operating_thresholds`); None takes this split's own best.
+    Returns:
+      `maxboxacc_v2` (mean over the levels of the accuracy at each level's
+      threshold), `maxboxacc_<level>` and `threshold_<level>` per level,
+      `top1_loc` and the mean `iou`, both at the IoU-0.5 level's threshold.
+    """
+    accuracy = np.asarray(sums["sweep_hits"], np.float64) / max(count, 1.0)
+    chosen = operating_thresholds(accuracy, thresholds) if chosen is None else np.asarray(chosen, np.float64)
+    per_level = accuracy_at(accuracy, chosen, thresholds)
+    at = int(np.argmin(np.abs(np.asarray(thresholds) - chosen[list(iou_levels).index(IOU_THRESHOLD)])))
+    figures = {"maxboxacc_v2": float(per_level.mean())}
+    for level, value, threshold in zip(iou_levels, per_level, chosen):
+        figures[f"maxboxacc_{level_name(level)}"] = float(value)
+        figures[f"threshold_{level_name(level)}"] = float(threshold)
+    figures["top1_loc"] = float(np.asarray(sums["sweep_top1"])[at]) / max(count, 1.0)
+    figures["iou"] = float(np.asarray(sums["sweep_iou"])[at]) / max(count, 1.0)
+    return figures
+
+
 # ------------------------------------------------------------------ an eval loop's pieces
 
 
@@ -208,7 +319,9 @@ def box_scores(
 ) -> dict:
     """Localisation of every map the outputs allow, for one eval batch (jit-able).
 
-    SAOL's maps use SAOL's predicted class, the CAM the GAP-FC branch's.
+    Every class map is taken at the TRUE class (pointing, mass ratio and
+    the boxes); whether the prediction is right is that of SAOL for SAOL's
+    maps, of the GAP-FC branch for the CAM (top-1 localisation).
 
     Args:
       outputs: model outputs with `cam` (and SAOL's, if any).
@@ -228,7 +341,7 @@ def box_scores(
     sums = {}
     per_example = {"bbox": boxes.astype(jnp.float32), "mask": mask}
     for kind in kinds:
-        maps = cell_maps(outputs, kind, predicted[kind])
+        maps = cell_maps(outputs, kind, labels)
         sums[f"loc_{kind}_pointing"] = jnp.sum(pointing(maps, boxes).astype(jnp.float32) * weight)
         sums[f"loc_{kind}_mass_ratio"] = jnp.sum(mass_ratio(maps, boxes, image_hw) * weight)
         per_example[f"heatmap/{kind}"] = upsample_normalised(maps, image_hw)
@@ -237,12 +350,10 @@ def box_scores(
     return sums
 
 
-def iou_sums(
-    sums: Mapping, threshold: float = DEFAULT_THRESHOLD, component: str = "largest"
-) -> dict[str, float]:
-    """Host side of `box_scores`: replaces its PER_EXAMPLE values by masked sums.
+def iou_sums(sums: Mapping, thresholds=SWEEP_THRESHOLDS, component: str = "largest") -> dict:
+    """Host side of `box_scores`: replaces its PER_EXAMPLE values by masked sweep sums.
 
-    Adds `loc_<map>_iou`, `loc_<map>_gt_known` and `loc_<map>_top1_loc`;
+    Adds `loc_<map>_<sum>` for each of SWEEP_SUMS (arrays, see `sweep_sums`);
     the other entries of `sums` pass through. Sums without PER_EXAMPLE are
     returned unchanged.
     """
@@ -257,10 +368,30 @@ def iou_sums(
             continue
         kind = key.split("/", 1)[1]
         heatmaps = np.asarray(heatmaps)
-        ious = np.array([box_iou(threshold_box(heatmaps[b], threshold, component), boxes[b]) for b in keep])
-        located = ious >= IOU_THRESHOLD
+        ious = np.array([sweep_ious(heatmaps[b], boxes[b], thresholds, component) for b in keep])
+        ious = ious.reshape(len(keep), len(thresholds))
         correct = np.asarray(per_example[f"correct/{kind}"])[keep]
-        sums[f"loc_{kind}_iou"] = float(ious.sum())
-        sums[f"loc_{kind}_gt_known"] = float(located.sum())
-        sums[f"loc_{kind}_top1_loc"] = float((located & correct).sum())
+        sums.update({f"loc_{kind}_{name}": value for name, value in sweep_sums(ious, correct).items()})
     return sums
+
+
+def sweep_summary(
+    totals: Mapping[str, np.ndarray | float], count: float, chosen: Mapping[str, np.ndarray] | None = None
+) -> dict[str, float]:
+    """`loc_<map>_<figure>` of `sweep_figures` for each map with sweep sums `loc_<map>_<sum>` in `totals`.
+
+    `chosen` maps a map to its [L] operating thresholds from another split;
+    maps not in it take this split's own best.
+    """
+    kinds = [kind for kind in MAPS if f"loc_{kind}_{SWEEP_SUMS[0]}" in totals]
+    results = {}
+    for kind in kinds:
+        sums = {name: totals[f"loc_{kind}_{name}"] for name in SWEEP_SUMS}
+        figures = sweep_figures(sums, count, (chosen or {}).get(kind))
+        results.update({f"loc_{kind}_{name}": value for name, value in figures.items()})
+    return results
+
+
+def is_sweep_sum(name: str) -> bool:
+    """Whether `name` is a `loc_<map>_<sum>` key of SWEEP_SUMS (an array, not a mean's numerator)."""
+    return name.startswith("loc_") and name.endswith(SWEEP_SUMS)

@@ -10,10 +10,11 @@ Grids from the first eval images:
   class, and the cells where the pasted class wins;
 - `localisation_grid.png`, only when the eval split has true boxes (a
   top-level `bbox` feature): per image, the input, then the maps that
-  `saol_jax.localization` scores: SAOL's attention, SAOL's spatial map of its
-  predicted class and the GAP-FC branch's CAM of its predicted class, each
-  min-max scaled, with the true box (solid) and the box the WSOL threshold
-  rule derives from the map (dashed) and their IoU.
+  `saol_jax.localization` scores: SAOL's attention, SAOL's spatial map of the
+  true class and the GAP-FC branch's CAM of the true class (the maps
+  GT-known localisation scores), each min-max scaled, with the true box
+  (solid) and the box the WSOL threshold rule derives from the map at
+  threshold `localization.DEFAULT_THRESHOLD` (dashed) and their IoU.
 The first two need a SAOL head; a GAP-FC model (model.head == 'gap') gets
 only the localisation grid, with the input and the CAM.
 Overlays show the Ho x Wo output cells as blocks over the image.
@@ -36,7 +37,6 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from saol_jax import cutmix, cutmix_eval, data, localization, paths  # noqa: E402
 from saol_jax.config_check import parse_flags_or_exit  # noqa: E402
 from saol_jax.restore import Trained, class_names, load_trained, output_path, use_run_devices  # noqa: E402
-from saol_jax.wsol import predicted_class  # noqa: E402
 
 BOX_SEED = 0
 BOX_BETA = 2.0  # boxes of about half the image most of the time
@@ -75,13 +75,9 @@ class Maps:
             return np.exp(self.outputs["log_probs"])
         return np.asarray(jax.nn.softmax(self.outputs["gap_logits"], axis=-1))
 
-    def predicted(self, kind: str) -> np.ndarray:
-        """[B] the class the map `kind` (saol_jax.localization.MAPS) is of: GAP-FC's for `cam`, else SAOL's."""
-        return np.asarray(predicted_class(self.outputs, "gap" if kind == "cam" else "saol"))
-
     def cell_map(self, kind: str) -> np.ndarray:
-        """[B, Ho, Wo] the map `kind` as saol_jax.localization scores it."""
-        return np.asarray(localization.cell_maps(self.outputs, kind, jnp.asarray(self.predicted(kind))))
+        """[B, Ho, Wo] the map `kind` of the true class, as saol_jax.localization scores it."""
+        return np.asarray(localization.cell_maps(self.outputs, kind, jnp.asarray(self.labels)))
 
 
 def eval_images(trained: Trained, num_images: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -223,7 +219,7 @@ def localisation_grid(maps: Maps, names: list[str], path: str) -> str:
         _show_image(axes[b, 0], maps.images[b])
         axes[b, 0].set_title(_class_title(maps, b, names), fontsize=8)
     for col, kind in enumerate(kinds, start=1):
-        cell_maps, predicted = maps.cell_map(kind), maps.predicted(kind)
+        cell_maps = maps.cell_map(kind)
         found = threshold_boxes(cell_maps, image_hw)
         found_pixels = pixel_boxes(found, image_hw)
         for b in range(num):
@@ -231,7 +227,7 @@ def localisation_grid(maps: Maps, names: list[str], path: str) -> str:
             _overlay(ax, maps.images[b], cell_maps[b], float(cell_maps[b].max()), vmin=float(cell_maps[b].min()))
             _draw_box(ax, found_pixels[b], linestyle="--")
             iou = localization.box_iou(found[b], maps.boxes[b])
-            ax.set_title(f"{MAP_TITLES[kind]} of {names[predicted[b]]}\nIoU {iou:.2f}", fontsize=8)
+            ax.set_title(f"{MAP_TITLES[kind]} of {names[maps.labels[b]]}\nIoU {iou:.2f}", fontsize=8)
     for row, true_box in zip(axes, pixel_boxes(maps.boxes, image_hw)):
         for ax in row:
             _draw_box(ax, true_box)

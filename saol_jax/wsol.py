@@ -1,24 +1,39 @@
 """Weakly supervised object localisation (WSOL) of a trained model on a tfds dataset with boxes.
 
     python -m saol_jax.wsol --workdir DIR --dataset caltech_birds2011 [--data_dir D] [--split test]
-        [--map attention|spatial|product|cam] [--threshold 0.2] [--component largest|all] [--out FILE]
+        [--threshold_split 'train[-5000:]'] [--map attention|spatial|product|cam]
+        [--component largest|all] [--out FILE]
 
-Protocol (that of CAM and CutMix on CUB-200-2011): each image is resized to
-the model input (no crop, so normalised boxes keep their meaning); the
-chosen map on the Ho x Wo output grid is upsampled bilinearly to the input
-size and min-max normalised; pixels >= `threshold` are kept; the predicted
-box bounds the largest 4-connected component of them (or all of them).
-Top-1 localisation counts an image when the class is right AND the IoU with
-a ground-truth box is >= 0.5; GT-known localisation ignores the class.
+Protocol (Choe et al., "Evaluating Weakly Supervised Object Localization
+Methods Right", CVPR 2020, with the box rule of CAM and CutMix): each image
+is resized to the model input (no crop, so normalised boxes keep their
+meaning); the map of the TRUE class on the Ho x Wo output grid is upsampled
+bilinearly to the input size and min-max normalised; for every threshold of
+`localization.SWEEP_THRESHOLDS`, pixels >= it are kept and the predicted box
+bounds the largest 4-connected component of them (or all of them). Box
+accuracy at IoU level d is the share of images whose box has IoU >= d with a
+ground-truth box.
 
-Maps: `attention` (SAOL's A), `spatial` (SAOL's Y for the predicted class),
-`product` (A times that Y), `cam` (class activation map of the GAP-FC
-branch for the predicted class; works for GAP-FC-only models too). Besides
-the box IoU it reports pointing accuracy and the map's mass in the box over
-the box's area share (definitions in `saol_jax.localization`). The dataset needs (image, label)
-supervised keys and a top-level box feature (`--bbox_key`, default `bbox`:
-a tfds BBoxFeature, normalised [ymin, xmin, ymax, xmax], or a sequence of
-them; with several boxes the best IoU counts).
+The operating threshold of each IoU level (0.3, 0.5, 0.7) is the one with
+the best box accuracy on the threshold split (`--threshold_split`, default
+the run's `dataset.validation_split`); the scored split (`--split`, default
+the run's eval split) is then measured at those thresholds: MaxBoxAccV2 is
+the mean over the levels, GT-known localisation the accuracy at IoU 0.5, and
+top-1 localisation counts an image when its box hits IoU 0.5 and the class
+predicted by `--head` is right (the predicted class's map is then the true
+class's). The scored split's own best thresholds are reported under
+`oracle`, for reference only: choosing them on the split scored flatters
+the result.
+
+Maps: `attention` (SAOL's A, one map whatever the class), `spatial`
+(SAOL's Y of the class), `product` (A times that Y), `cam` (the GAP-FC
+branch's class activation map; works for GAP-FC-only models too). Besides
+the boxes it reports pointing accuracy and the map's mass in the box over
+the box's area share, of the true class's map (definitions in
+`saol_jax.localization`). The dataset needs (image, label) supervised keys
+and a top-level box feature (`--bbox_key`, default `bbox`: a tfds
+BBoxFeature, normalised [ymin, xmin, ymax, xmax], or a sequence of them;
+with several boxes the best IoU counts).
 """
 
 from __future__ import annotations
@@ -38,19 +53,24 @@ from saol_jax import data, paths
 from saol_jax.config_check import parse_flags_or_exit
 from saol_jax.data import preprocess
 from saol_jax.localization import (
-    DEFAULT_THRESHOLD,
-    IOU_THRESHOLD,
     MAPS,
-    box_iou,
+    SWEEP_THRESHOLDS,
     cell_maps,
     mass_ratio,
+    operating_thresholds,
     pointing,
-    threshold_box,
+    sweep_figures,
+    sweep_ious,
+    sweep_sums,
     upsample_normalised,
 )
 from saol_jax.restore import Trained, load_trained, output_path, use_run_devices
 
 COMPONENTS = ("largest", "all")
+
+
+class ThresholdSplitError(ValueError):
+    """No split to choose the operating thresholds on, or the scored split itself."""
 
 
 def predicted_class(outputs: Mapping[str, jax.Array], head: str) -> jax.Array:
@@ -92,28 +112,90 @@ def batches(stream: Iterator[tuple], batch_size: int) -> Iterator[tuple[np.ndarr
         yield np.stack(images), np.array(labels), boxes
 
 
+Sums = dict[str, "float | np.ndarray"]
+
+
+def split_sums(
+    trained: Trained, scores, split: str, bbox_key: str, component: str, batch_size: int, max_examples: int,
+) -> Sums:
+    """Summed scores of one split: `count`, `correct`, `pointing`, `mass_ratio` and the map's
+    `localization.sweep_sums` (`scores` is the jitted forward of `evaluate`)."""
+    no_images = sweep_sums(np.zeros((0, len(SWEEP_THRESHOLDS))), np.zeros(0, bool))
+    totals: Sums = {"count": 0.0, "correct": 0.0, "pointing": 0.0, "mass_ratio": 0.0, **no_images}
+    stream = examples(trained, split, bbox_key)
+    if max_examples:
+        stream = itertools.islice(stream, max_examples)
+    for images, labels, boxes in batches(stream, batch_size):
+        num = len(labels)
+        padded = np.concatenate([images, np.repeat(images[-1:], batch_size - num, axis=0)])
+        padded_labels = np.concatenate([labels, np.repeat(labels[-1:], batch_size - num)])
+        first_boxes = np.stack([b[0] for b in boxes] + [boxes[-1][0]] * (batch_size - num))
+        pred, heat, points, ratios = jax.device_get(scores(
+            trained.params, trained.batch_stats, jnp.asarray(padded), jnp.asarray(padded_labels),
+            jnp.asarray(first_boxes)))
+        ious = np.stack([sweep_ious(heat[b], boxes[b], SWEEP_THRESHOLDS, component) for b in range(num)])
+        correct = pred[:num] == labels
+        batch = {"count": num, "correct": correct.sum(), "pointing": points[:num].sum(),
+                 "mass_ratio": ratios[:num].sum(), **sweep_sums(ious, correct)}
+        totals = {name: totals[name] + np.asarray(value, np.float64) for name, value in batch.items()}
+    return {name: float(v) if np.ndim(v) == 0 else v for name, v in totals.items()}
+
+
+def report(tuning: Sums, scored: Sums) -> dict:
+    """The scores of a split (`scored`) at the operating thresholds chosen on another (`tuning`).
+
+    Returns `count`, `top1_cls`, `pointing`, `mass_ratio`, the
+    `localization.sweep_figures` at the chosen thresholds (`maxboxacc_v2`,
+    `maxboxacc_<level>`, `threshold_<level>`, `top1_loc`, and the mean IoU as
+    `mean_iou`), `gt_known_loc` (= `maxboxacc_50`), `threshold_count` (the
+    tuning split's images), and `oracle`: the figures at the scored split's
+    own best thresholds.
+    """
+    count = max(scored["count"], 1.0)
+    chosen = operating_thresholds(tuning["sweep_hits"] / max(tuning["count"], 1.0), SWEEP_THRESHOLDS)
+
+    def figures(thresholds):
+        result = sweep_figures(scored, scored["count"], thresholds)
+        result["mean_iou"] = result.pop("iou")
+        return result
+
+    headline = figures(chosen)
+    return {
+        "count": int(scored["count"]),
+        "threshold_count": int(tuning["count"]),
+        "top1_cls": scored["correct"] / count,
+        "gt_known_loc": headline["maxboxacc_50"],
+        **headline,
+        "pointing": scored["pointing"] / count,
+        "mass_ratio": scored["mass_ratio"] / count,
+        "oracle": figures(None),
+    }
+
+
 def evaluate(
     workdir: str,
     *,
     dataset: str | None = None,
     data_dir: str | None = None,
     split: str | None = None,
+    threshold_split: str | None = None,
     bbox_key: str = "bbox",
     kind: str = "attention",
-    threshold: float = DEFAULT_THRESHOLD,
     component: str = "largest",
     head: str = "auto",
     batch_size: int = 64,
     max_examples: int = 0,
-) -> dict[str, float]:
-    """Top-1 / GT-known localisation, top-1 classification, mean IoU, pointing and mass ratio of one map.
+) -> dict:
+    """MaxBoxAccV2, GT-known and top-1 localisation, top-1 classification, mean IoU, pointing and mass
+    ratio of one map on `split`, at the thresholds chosen on `threshold_split` (see `report`).
 
     Scores as in `saol_jax.localization`; with several boxes per image the
-    IoU takes the best box, pointing and mass ratio the first.
+    IoU takes the best box, pointing and mass ratio the first. Raises
+    ThresholdSplitError without a threshold split (none given and no
+    `dataset.validation_split` in the run's config) or when it is `split`.
     """
-    if kind not in MAPS or component not in COMPONENTS or not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"need map in {MAPS}, component in {COMPONENTS}, 0 <= threshold <= 1; "
-                         f"got {kind!r}, {component!r}, {threshold}")
+    if kind not in MAPS or component not in COMPONENTS:
+        raise ValueError(f"need map in {MAPS} and component in {COMPONENTS}; got {kind!r}, {component!r}")
     overrides = {k: v for k, v in (("name", dataset), ("data_dir", data_dir)) if v is not None}
     trained = load_trained(workdir, overrides)
     is_saol = trained.config.model.head == "saol"
@@ -121,50 +203,34 @@ def evaluate(
     if (kind != "cam" or head == "saol") and not is_saol:
         raise ValueError(f"map {kind!r} with head {head!r} needs a SAOL model; use --map cam --head gap")
     split = split or trained.info.eval_split
+    threshold_split = threshold_split or trained.config.dataset.get("validation_split")
+    if not threshold_split:
+        raise ThresholdSplitError(
+            "no split to choose the box thresholds on: the run's config has no dataset.validation_split; "
+            "pass --threshold_split SPLIT (held-out data, not the scored split)")
+    if threshold_split == split:
+        raise ThresholdSplitError(f"--threshold_split {threshold_split!r} is the scored --split; "
+                                  "choose the thresholds on held-out data")
 
     @jax.jit
-    def scores(params, batch_stats, images: jax.Array, boxes: jax.Array):
+    def scores(params, batch_stats, images: jax.Array, labels: jax.Array, boxes: jax.Array):
         outputs = trained.apply(params, batch_stats, images)
-        pred = predicted_class(outputs, head)
-        maps = cell_maps(outputs, kind, pred)
+        maps = cell_maps(outputs, kind, labels)
         hw = images.shape[1:3]
-        return pred, upsample_normalised(maps, hw), pointing(maps, boxes), mass_ratio(maps, boxes, hw)
+        return (predicted_class(outputs, head), upsample_normalised(maps, hw), pointing(maps, boxes),
+                mass_ratio(maps, boxes, hw))
 
-    totals = {"count": 0, "correct": 0, "gt_known": 0, "top1_loc": 0, "iou": 0.0, "pointing": 0, "mass_ratio": 0.0}
-    stream = examples(trained, split, bbox_key)
-    if max_examples:
-        stream = itertools.islice(stream, max_examples)
-    for images, labels, boxes in batches(stream, batch_size):
-        num = len(labels)
-        padded = np.concatenate([images, np.repeat(images[-1:], batch_size - num, axis=0)])
-        first_boxes = np.stack([b[0] for b in boxes] + [boxes[-1][0]] * (batch_size - num))
-        pred, heat, points, ratios = jax.device_get(
-            scores(trained.params, trained.batch_stats, jnp.asarray(padded), jnp.asarray(first_boxes)))
-        for b in range(num):
-            iou = box_iou(threshold_box(heat[b], threshold, component), boxes[b])
-            correct = int(pred[b] == labels[b])
-            totals["count"] += 1
-            totals["correct"] += correct
-            totals["gt_known"] += int(iou >= IOU_THRESHOLD)
-            totals["top1_loc"] += int(iou >= IOU_THRESHOLD and correct)
-            totals["iou"] += iou
-            totals["pointing"] += int(points[b])
-            totals["mass_ratio"] += float(ratios[b])
-    count = max(totals["count"], 1)
+    def sums_of(name: str) -> Sums:
+        return split_sums(trained, scores, name, bbox_key, component, batch_size, max_examples)
+
     return {
         "dataset": trained.config.dataset.name,
         "split": split,
+        "threshold_split": threshold_split,
         "map": kind,
         "head": head,
-        "threshold": threshold,
         "component": component,
-        "count": totals["count"],
-        "top1_loc": totals["top1_loc"] / count,
-        "gt_known_loc": totals["gt_known"] / count,
-        "top1_cls": totals["correct"] / count,
-        "mean_iou": totals["iou"] / count,
-        "pointing": totals["pointing"] / count,
-        "mass_ratio": totals["mass_ratio"] / count,
+        **report(sums_of(threshold_split), sums_of(split)),
     }
 
 
@@ -174,14 +240,16 @@ def define_flags() -> None:
     flags.DEFINE_string("dataset", None, "tfds name (default: the run's dataset).")
     flags.DEFINE_string("data_dir", None, "tfds data_dir (default: the run's).")
     flags.DEFINE_string("split", None, "Split to score (default: the run's eval split).")
+    flags.DEFINE_string("threshold_split", None,
+                        "Held-out split the operating thresholds are chosen on (default: the run's "
+                        "dataset.validation_split).")
     flags.DEFINE_string("bbox_key", "bbox", "The dataset's box feature.")
     flags.DEFINE_enum("map", "attention", MAPS, "Map whose boxes are scored.")
-    flags.DEFINE_float("threshold", DEFAULT_THRESHOLD, "Fraction of the map's range.")
     flags.DEFINE_enum("component", "largest", COMPONENTS, "Pixels the box bounds.")
     flags.DEFINE_enum("head", "auto", ["auto", "saol", "gap"],
                       "Output whose class is used (auto: SAOL when present).")
     flags.DEFINE_integer("batch_size", 64, "Images per forward pass.")
-    flags.DEFINE_integer("max_examples", 0, "Examples scored (0: the whole split).")
+    flags.DEFINE_integer("max_examples", 0, "Examples used of each split (0: all).")
     flags.DEFINE_string("out", None, "JSON file (default WORKDIR/wsol_<map>.json).")
     flags.mark_flag_as_required("workdir")
 
@@ -191,11 +259,14 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     args = flags.FLAGS
     use_run_devices(args.workdir)
-    results = evaluate(
-        args.workdir, dataset=args.dataset, data_dir=args.data_dir, split=args.split, bbox_key=args.bbox_key,
-        kind=args.map, threshold=args.threshold, component=args.component, head=args.head,
-        batch_size=args.batch_size, max_examples=args.max_examples,
-    )
+    try:
+        results = evaluate(
+            args.workdir, dataset=args.dataset, data_dir=args.data_dir, split=args.split,
+            threshold_split=args.threshold_split, bbox_key=args.bbox_key, kind=args.map,
+            component=args.component, head=args.head, batch_size=args.batch_size, max_examples=args.max_examples,
+        )
+    except ThresholdSplitError as error:
+        raise SystemExit(f"error: {error}") from None
     out = output_path(args.out, args.workdir, f"wsol_{args.map}.json")
     paths.write_json(out, results)
     print(json.dumps(results, indent=2))

@@ -50,7 +50,7 @@ def test_mass_ratio_ignores_a_shift_and_a_scale_of_the_map():
     np.testing.assert_allclose(loc.mass_ratio(constant, BOX, (16, 16)), [1.0], rtol=1e-6)
 
 
-def test_cell_maps_pick_the_predicted_class():
+def test_cell_maps_pick_the_given_class():
     attention = jnp.array([[[0.1, 0.2], [0.3, 0.4]]] * 2)
     spatial = jnp.stack([jnp.full((2, 2, 2), 0.1), jnp.full((2, 2, 2), 0.9)], -1)
     outputs = {
@@ -148,21 +148,115 @@ def test_box_scores_and_iou_sums_on_a_hand_made_batch():
 
     fetched = loc.iou_sums(jax.device_get(sums))
     assert loc.PER_EXAMPLE not in fetched
-    # Example 0: the attention's thresholded box is the top-left cell's pixels and more
-    # (bilinear spread), never the whole image; example 1: the box lands in the top row.
-    iou_0 = loc.box_iou(loc.threshold_box(np.asarray(sums[loc.PER_EXAMPLE]["heatmap/attention"][0]), 0.2),
-                        np.asarray(boxes[0]))
-    iou_1 = loc.box_iou(loc.threshold_box(np.asarray(sums[loc.PER_EXAMPLE]["heatmap/attention"][1]), 0.2),
-                        np.asarray(boxes[1]))
-    assert fetched["loc_attention_iou"] == pytest.approx(iou_0 + iou_1)
-    assert fetched["loc_attention_gt_known"] == float(iou_0 >= 0.5) + float(iou_1 >= 0.5)
-    # The flat spatial map's box is the whole image: IoU 1/4 and 1/2, GT-known once (example 1).
-    assert fetched["loc_spatial_iou"] == pytest.approx(0.75)
-    assert fetched["loc_spatial_gt_known"] == 1.0 and fetched["loc_spatial_top1_loc"] == 1.0
+    # The attention: the sweep's sums are those of the reference box rule at every threshold.
+    heat = np.asarray(sums[loc.PER_EXAMPLE]["heatmap/attention"])
+    ious = np.array([[loc.box_iou(loc.threshold_box(heat[b], t), np.asarray(boxes[b])) for t in loc.SWEEP_THRESHOLDS]
+                     for b in (0, 1)])
+    np.testing.assert_allclose(fetched["loc_attention_sweep_iou"], ious.sum(axis=0))
+    np.testing.assert_array_equal(fetched["loc_attention_sweep_hits"], loc.box_hits(ious))
+    # The flat spatial map's box is the whole image at every threshold: IoU 1/4 and 1/2, so one
+    # hit at IoU 0.3 and 0.5 (example 1, whose class SAOL gets right: top-1 too), none at 0.7.
+    num = len(loc.SWEEP_THRESHOLDS)
+    np.testing.assert_allclose(fetched["loc_spatial_sweep_iou"], np.full(num, 0.75))
+    np.testing.assert_array_equal(fetched["loc_spatial_sweep_hits"], [[1] * num, [1] * num, [0] * num])
+    np.testing.assert_array_equal(fetched["loc_spatial_sweep_top1"], [1] * num)
     # The flat CAM of example 1 also gives the whole image, but GAP-FC predicts class 1 there:
-    # GT-known without top-1 localisation.
-    assert fetched["loc_cam_gt_known"] >= 1.0
-    assert fetched["loc_cam_top1_loc"] == fetched["loc_cam_gt_known"] - 1.0
+    # GT-known without top-1 localisation, at every threshold.
+    assert fetched["loc_cam_sweep_hits"][1].min() >= 1.0
+    np.testing.assert_array_equal(fetched["loc_cam_sweep_top1"], fetched["loc_cam_sweep_hits"][1] - 1.0)
+
+
+def two_class_outputs(saol_pred: list[int], gap_pred: list[int]) -> dict:
+    """Outputs on a 4x4 grid, 2 classes, for len(saol_pred) images: class 0's spatial map and CAM
+    fill the top-left 2x2 cells, class 1's the bottom-right ones; SAOL and GAP-FC predict as given."""
+    top_left = jnp.zeros((4, 4)).at[:2, :2].set(1.0)
+    bottom_right = jnp.zeros((4, 4)).at[2:, 2:].set(1.0)
+    num = len(saol_pred)
+    spatial0 = jnp.broadcast_to(0.1 + 0.8 * top_left, (num, 4, 4))
+    return {
+        "log_attention": jnp.log(jnp.broadcast_to((0.1 + top_left) / jnp.sum(0.1 + top_left), (num, 4, 4))),
+        "log_spatial": jnp.log(jnp.stack([spatial0, 1.0 - spatial0], -1)),
+        "log_probs": jnp.log(jax.nn.one_hot(jnp.array(saol_pred), 2) * 0.8 + 0.1),
+        "gap_logits": jax.nn.one_hot(jnp.array(gap_pred), 2),
+        "cam": jnp.broadcast_to(jnp.stack([top_left, bottom_right], -1), (num, 4, 4, 2)),
+    }
+
+
+def test_class_maps_take_the_true_class_and_top1_the_prediction():
+    # Both images are of class 0 with the box on the top-left quadrant; image 0 is predicted as
+    # class 1 (whose maps point at the bottom right), image 1 as class 0.
+    outputs = two_class_outputs(saol_pred=[1, 0], gap_pred=[1, 0])
+    boxes = jnp.array([[0.0, 0.0, 0.5, 0.5]] * 2)
+    scores = jax.jit(loc.box_scores, static_argnums=4)
+    sums = jax.device_get(scores(outputs, jnp.array([0, 0]), boxes, jnp.array([True, True]), (16, 16)))
+    true_map = np.asarray(loc.upsample_normalised(loc.cell_maps(outputs, "spatial", jnp.array([0, 0])), (16, 16)))
+    for kind in ("spatial", "product", "cam"):
+        # The true class's map points into the box for both images and puts all its mass there.
+        assert float(sums[f"loc_{kind}_pointing"]) == 2.0, kind
+        assert float(sums[f"loc_{kind}_mass_ratio"]) == pytest.approx(8.0, rel=1e-5), kind
+    np.testing.assert_allclose(sums[loc.PER_EXAMPLE]["heatmap/spatial"], true_map, atol=1e-6)
+    fetched = loc.iou_sums(sums)
+    for kind in ("attention", "spatial", "product", "cam"):
+        hits, top1 = fetched[f"loc_{kind}_sweep_hits"], fetched[f"loc_{kind}_sweep_top1"]
+        # GT-known: both images located at the good thresholds; top-1: only image 1 (right class).
+        assert hits[1].max() == 2.0, kind
+        np.testing.assert_array_equal(top1, hits[1] / 2, err_msg=kind)
+        figures = loc.sweep_figures({k: fetched[f"loc_{kind}_{k}"] for k in loc.SWEEP_SUMS}, 2.0)
+        assert figures["maxboxacc_50"] == 1.0 and figures["top1_loc"] == 0.5, kind
+
+
+def test_sweep_sums_of_two_batches_add_up_to_those_of_one():
+    from saol_jax import evaluation
+
+    rng = np.random.default_rng(0)
+    num = 6
+    outputs = {
+        "log_attention": jax.nn.log_softmax(jnp.asarray(rng.normal(size=(num, 16)), jnp.float32)).reshape(num, 4, 4),
+        "log_spatial": jax.nn.log_softmax(jnp.asarray(rng.normal(size=(num, 4, 4, 3)), jnp.float32)),
+        "log_probs": jax.nn.log_softmax(jnp.asarray(rng.normal(size=(num, 3)), jnp.float32)),
+        "gap_logits": jnp.asarray(rng.normal(size=(num, 3)), jnp.float32),
+        "cam": jnp.asarray(rng.normal(size=(num, 4, 4, 3)), jnp.float32),
+    }
+    corner = rng.uniform(0.0, 0.5, size=(num, 2))
+    boxes = jnp.asarray(np.concatenate([corner, corner + rng.uniform(0.2, 0.5, size=(num, 2))], 1), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 3, num))
+    mask = jnp.array([True] * 5 + [False])  # the last image is padding
+
+    scores = jax.jit(loc.box_scores, static_argnums=4)
+
+    def host_sums(rows: list[int], counted: list[bool]) -> dict:
+        # A batch of the images `rows` (repeats as padding, as the eval batches pad) with its own mask.
+        sliced = {k: v[jnp.array(rows)] for k, v in outputs.items()}
+        batch = (labels[jnp.array(rows)], boxes[jnp.array(rows)], jnp.array(counted))
+        return loc.iou_sums(jax.device_get(scores(sliced, *batch, (16, 16))))
+
+    one = evaluation.add_sums({}, host_sums(list(range(num)), list(np.asarray(mask))))
+    first = host_sums([0, 1, 2, 0, 0, 0], [True] * 3 + [False] * 3)
+    two = evaluation.add_sums(evaluation.add_sums({}, first), host_sums([3, 4, 5, 3, 3, 3], [True] * 2 + [False] * 4))
+    assert one.keys() == two.keys() and any(loc.is_sweep_sum(k) for k in one)
+    for name in one:
+        np.testing.assert_allclose(two[name], one[name], rtol=1e-6, err_msg=name)
+    summary = evaluation.summarise({**one, "count": 5.0})
+    assert summary["eval/loc_attention_maxboxacc_v2"] == pytest.approx(
+        loc.max_box_accuracy(one["loc_attention_sweep_hits"] / 5.0)[1])
+
+
+def test_summary_at_thresholds_chosen_on_another_split():
+    from saol_jax import evaluation
+
+    # Two thresholds: this split is best at 0.0 for every level, the other at 0.01.
+    hits = np.array([[4.0, 2.0], [3.0, 1.0], [2.0, 0.0]])
+    totals = {"count": 4.0, "loc_cam_sweep_hits": hits, "loc_cam_sweep_top1": np.array([2.0, 1.0]),
+              "loc_cam_sweep_iou": np.array([2.0, 1.0])}
+    own = {"eval/loc_cam_threshold_30": 0.0, "eval/loc_cam_threshold_50": 0.0, "eval/loc_cam_threshold_70": 0.0}
+    other = {k: 0.01 for k in own} | {"eval/loc_cam_maxboxacc_v2": 0.0}
+    at_own = evaluation.summarise(totals)
+    assert {k: at_own[k] for k in own} == own
+    assert at_own["eval/loc_cam_maxboxacc_v2"] == pytest.approx(0.75)
+    assert at_own["eval/loc_cam_top1_loc"] == 0.5 and at_own["eval/loc_cam_iou"] == 0.5
+    at_other = evaluation.summarise(totals, evaluation.chosen_thresholds(other))
+    assert at_other["eval/loc_cam_maxboxacc_50"] == 0.25 and at_other["eval/loc_cam_maxboxacc_v2"] == 0.25
+    assert at_other["eval/loc_cam_top1_loc"] == 0.25 and at_other["eval/count"] == 4.0
 
 
 def test_iou_sums_pass_through_without_boxes():
@@ -196,3 +290,21 @@ def test_max_box_accuracy_takes_each_levels_best_threshold():
     # The thresholds chosen on one split are applied to another, whatever that split's best is.
     other = np.array([[0.8, 0.1, 0.2], [0.9, 0.2, 0.3], [0.7, 0.0, 0.1]])
     np.testing.assert_allclose(loc.accuracy_at(other, chosen, (0.1, 0.2, 0.3)), [0.1, 0.3, 0.1])
+
+
+def test_sweep_boxes_match_the_box_rule_at_every_threshold():
+    # Smooth maps with several peaks, and coarse maps with equal-size components (ties go to the
+    # first component in raster order, as in `threshold_box`).
+    rng = np.random.default_rng(1)
+    smooth = np.asarray(loc.upsample_normalised(jnp.asarray(rng.random((6, 5, 5)) ** 3, jnp.float32), (20, 20)))
+    coarse = np.round(rng.random((6, 9, 9)) * 3) / 3
+    for heat in [*smooth, *coarse]:
+        for component in ("largest", "all"):
+            want = [loc.threshold_box(heat, t, component) for t in loc.SWEEP_THRESHOLDS]
+            np.testing.assert_array_equal(loc.sweep_boxes(heat, loc.SWEEP_THRESHOLDS, component), want)
+
+
+def test_sweep_of_a_map_without_pixels_gives_no_box():
+    heat = np.full((4, 4), np.nan)
+    np.testing.assert_array_equal(loc.sweep_boxes(heat, (0.0, 0.5)), np.zeros((2, 4)))
+    np.testing.assert_array_equal(loc.sweep_ious(heat, np.array([0, 0, 1, 1]), (0.0, 0.5)), [0.0, 0.0])
