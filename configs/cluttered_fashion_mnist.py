@@ -9,8 +9,8 @@ Fashion-MNIST item resized to 20-44 pixels at a random position among 3-6
 fragments of other items, light noise, the item's true box with each image;
 20,000 train / 5,000 test canvases. Every evaluation reports, besides
 accuracy, the localisation of SAOL's attention, its spatial map of the
-predicted class, their product and the GAP-FC branch's CAM against the true
-boxes (`eval/loc_<map>_pointing|mass_ratio|iou|gt_known|top1_loc`,
+true class, their product and the GAP-FC branch's CAM against the true
+boxes (`eval/loc_<map>_pointing|mass_ratio|maxboxacc_v2|maxboxacc_50|top1_loc|...`,
 saol_jax.localization).
 
 Why GAP-FC's CAM cannot solve this trivially (design reasons, to be checked

@@ -5,7 +5,7 @@
 Reports what the trainer logs at an evaluation (`saol_jax.metrics`): top-1,
 top-5 and loss of the SAOL output and of the GAP-FC branch, `eval/count`,
 on a dataset with true boxes the localisation scores of every map
-(`eval/loc_<map>_pointing|mass_ratio|iou|gt_known|top1_loc`, see
+(`eval/loc_<map>_pointing|mass_ratio|maxboxacc_v2|maxboxacc_50|top1_loc|...`, see
 `saol_jax.localization`) and, when the run measures them, the CutMix-map
 figures. `--split` is any split (or tfds split expression such as
 `train[:10%]`) of the run's dataset, default the run's eval split; `--step`

@@ -14,10 +14,14 @@ metrics.jsonl holds one JSON object per event with keys:
   eval:    `eval/<head>_top1`, `eval/<head>_top5`, `eval/<head>_loss` for
            head in {saol, gap}, `eval/count` (examples evaluated);
            on a dataset with true boxes (saol_jax.localization), for map in
-           {attention, spatial, product} (SAOL) and cam (GAP-FC):
-           `eval/loc_<map>_pointing`, `eval/loc_<map>_mass_ratio`,
-           `eval/loc_<map>_iou`, `eval/loc_<map>_gt_known`,
-           `eval/loc_<map>_top1_loc`;
+           {attention, spatial, product} (SAOL) and cam (GAP-FC), each of
+           the true class: `eval/loc_<map>_pointing`,
+           `eval/loc_<map>_mass_ratio`, and over a sweep of box thresholds
+           at the split's own best ones `eval/loc_<map>_maxboxacc_v2`,
+           `eval/loc_<map>_maxboxacc_<level>` and
+           `eval/loc_<map>_threshold_<level>` (level 30, 50, 70: IoU 0.3,
+           0.5, 0.7; GT-known localisation is `maxboxacc_50`), and at the
+           IoU-0.5 threshold `eval/loc_<map>_top1_loc` and `eval/loc_<map>_iou`;
            with a SAOL head, how its maps follow the pasted box on CutMix'ed
            eval images (saol_jax.cutmix_eval; a check of label mixing, not
            localisation): `eval/cutmix_partner_iou`,

@@ -64,7 +64,7 @@ from saol_jax.localization import (
     sweep_sums,
     upsample_normalised,
 )
-from saol_jax.restore import Trained, load_trained, output_path, use_run_devices
+from saol_jax.restore import Trained, load_trained, output_path, read_config, use_run_devices
 
 COMPONENTS = ("largest", "all")
 
@@ -196,6 +196,11 @@ def evaluate(
     """
     if kind not in MAPS or component not in COMPONENTS:
         raise ValueError(f"need map in {MAPS} and component in {COMPONENTS}; got {kind!r}, {component!r}")
+    threshold_split = threshold_split or read_config(workdir).dataset.get("validation_split")
+    if not threshold_split:
+        raise ThresholdSplitError(
+            "no split to choose the box thresholds on: the run's config has no dataset.validation_split; "
+            "pass --threshold_split SPLIT (held-out data, not the scored split)")
     overrides = {k: v for k, v in (("name", dataset), ("data_dir", data_dir)) if v is not None}
     trained = load_trained(workdir, overrides)
     is_saol = trained.config.model.head == "saol"
@@ -203,11 +208,6 @@ def evaluate(
     if (kind != "cam" or head == "saol") and not is_saol:
         raise ValueError(f"map {kind!r} with head {head!r} needs a SAOL model; use --map cam --head gap")
     split = split or trained.info.eval_split
-    threshold_split = threshold_split or trained.config.dataset.get("validation_split")
-    if not threshold_split:
-        raise ThresholdSplitError(
-            "no split to choose the box thresholds on: the run's config has no dataset.validation_split; "
-            "pass --threshold_split SPLIT (held-out data, not the scored split)")
     if threshold_split == split:
         raise ThresholdSplitError(f"--threshold_split {threshold_split!r} is the scored --split; "
                                   "choose the thresholds on held-out data")

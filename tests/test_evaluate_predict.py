@@ -54,7 +54,7 @@ def test_newest_step_on_the_eval_split_equals_the_trainers_final_eval(workdir):
     measured = {k: v for k, v in results.items() if k.startswith("eval/")}
     assert set(measured) == set(logged)
     assert {"eval/saol_top1", "eval/gap_top5", "eval/saol_loss", "eval/loc_attention_iou",
-            "eval/loc_cam_top1_loc", "eval/loc_product_pointing"} <= set(measured)
+            "eval/loc_cam_top1_loc", "eval/loc_product_pointing", "eval/loc_spatial_maxboxacc_v2"} <= set(measured)
     for name, value in logged.items():
         assert measured[name] == pytest.approx(value, rel=1e-5, abs=1e-6, nan_ok=True), name
 
@@ -66,7 +66,7 @@ def test_an_older_step_and_the_train_split(workdir):
     assert older["eval/saol_loss"] != pytest.approx(newest["eval/saol_loss"])
     train = evaluate.evaluate(workdir, split="train")
     assert train["split"] == "train" and train["eval/count"] == 96
-    assert 0.0 <= train["eval/loc_attention_gt_known"] <= 1.0
+    assert 0.0 <= train["eval/loc_attention_maxboxacc_50"] <= 1.0
 
 
 def test_a_workdir_without_checkpoints_is_an_error(workdir, tmp_path):

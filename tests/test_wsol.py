@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 
 from commands import run_command
 from configs import fashion_mnist
-from saol_jax import wsol
+from saol_jax import localization, wsol
 from saol_jax.trainer import train_and_evaluate
 
 SIZE = 16
@@ -19,8 +19,41 @@ NUM_TEST = 20
 
 
 def test_bad_settings_fail_before_loading_anything(tmp_path):
-    with pytest.raises(ValueError, match="threshold"):
-        wsol.evaluate(str(tmp_path), threshold=1.5)
+    with pytest.raises(ValueError, match="component"):
+        wsol.evaluate(str(tmp_path), component="convex")
+
+
+def hand_made_sums(count: int, best: int, correct: int) -> dict:
+    """Sums of a split of `count` images whose box accuracy peaks at threshold index `best` at every
+    IoU level (all images located there, half as many one step away, none elsewhere), of which the
+    first `correct` are classified right."""
+    num = len(localization.SWEEP_THRESHOLDS)
+    ious = np.zeros((count, num))
+    ious[:, best] = 0.8
+    ious[: count // 2, best + 1] = 0.6
+    return {"count": float(count), "correct": float(correct), "pointing": count / 4, "mass_ratio": 1.5 * count,
+            **localization.sweep_sums(ious, np.arange(count) < correct)}
+
+
+def test_thresholds_are_chosen_on_the_tuning_split_and_applied_to_the_scored_one():
+    # The tuning split is best at threshold 0.10, the scored split at 0.40: the headline scores the
+    # scored split at 0.10 (nothing located there), its own best is only the oracle.
+    results = wsol.report(hand_made_sums(8, best=10, correct=8), hand_made_sums(10, best=40, correct=6))
+    for level in ("30", "50", "70"):
+        assert results[f"threshold_{level}"] == 0.10 and results[f"maxboxacc_{level}"] == 0.0
+        assert results["oracle"][f"threshold_{level}"] == 0.40 and results["oracle"][f"maxboxacc_{level}"] == 1.0
+    assert results["maxboxacc_v2"] == 0.0 and results["gt_known_loc"] == 0.0 and results["top1_loc"] == 0.0
+    assert results["oracle"]["maxboxacc_v2"] == 1.0 and results["oracle"]["top1_loc"] == 0.6
+    assert results["oracle"]["mean_iou"] == pytest.approx(0.8)
+    assert results["count"] == 10 and results["threshold_count"] == 8 and results["top1_cls"] == 0.6
+    assert results["pointing"] == 0.25 and results["mass_ratio"] == 1.5
+    # One step higher on the tuning split: the IoU-0.5 and 0.3 levels locate half the scored images
+    # at 0.41 (IoU 0.6), the 0.7 level none; top-1 counts those of them classified right.
+    results = wsol.report(hand_made_sums(8, best=41, correct=8), hand_made_sums(10, best=40, correct=6))
+    assert results["threshold_50"] == 0.41
+    assert results["maxboxacc_30"] == 0.5 and results["maxboxacc_50"] == 0.5 and results["maxboxacc_70"] == 0.0
+    assert results["maxboxacc_v2"] == pytest.approx(1 / 3) and results["top1_loc"] == 0.5
+    assert results["mean_iou"] == pytest.approx(0.3)
 
 
 # ----------------------------------------------------------------- synthetic dataset
@@ -84,48 +117,53 @@ def test_training_evaluation_reports_true_box_localisation(workdir):
         final = [json.loads(line) for line in f if '"eval"' in line][-1]
     assert final["eval/count"] == NUM_TEST
     for kind in ("attention", "spatial", "product", "cam"):
-        for metric in ("pointing", "iou", "gt_known", "top1_loc"):
-            assert 0.0 <= final[f"eval/loc_{kind}_{metric}"] <= 1.0, (kind, metric)
-        assert final[f"eval/loc_{kind}_top1_loc"] <= final[f"eval/loc_{kind}_gt_known"]
-        assert final[f"eval/loc_{kind}_mass_ratio"] >= 0.0
+        scores = {name[len(f"eval/loc_{kind}_"):]: v for name, v in final.items() if name.startswith(f"eval/loc_{kind}_")}
+        for metric in ("pointing", "maxboxacc_v2", "maxboxacc_30", "maxboxacc_50", "maxboxacc_70", "top1_loc", "iou"):
+            assert 0.0 <= scores[metric] <= 1.0, (kind, metric)
+        for level in ("30", "50", "70"):
+            assert scores[f"threshold_{level}"] in localization.SWEEP_THRESHOLDS
+        assert scores["maxboxacc_30"] >= scores["maxboxacc_50"] >= scores["maxboxacc_70"]
+        assert scores["top1_loc"] <= scores["maxboxacc_50"]
+        assert scores["mass_ratio"] >= 0.0
 
 
 def test_offline_evaluator_agrees_with_the_training_evaluation(workdir):
+    # Scoring the eval split at its own best thresholds (the oracle) is what the trainer reports.
     with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
         final = [json.loads(line) for line in f if '"eval"' in line][-1]
-    results = wsol.evaluate(workdir, kind="spatial", batch_size=8)
-    assert results["gt_known_loc"] == pytest.approx(final["eval/loc_spatial_gt_known"])
+    results = wsol.evaluate(workdir, kind="spatial", threshold_split="train", batch_size=8)
+    assert results["split"] == "test" and results["threshold_split"] == "train"
+    assert results["count"] == NUM_TEST and results["threshold_count"] == 64
+    for name in ("maxboxacc_v2", "maxboxacc_50", "threshold_50", "top1_loc"):
+        assert results["oracle"][name] == pytest.approx(final[f"eval/loc_spatial_{name}"]), name
     assert results["pointing"] == pytest.approx(final["eval/loc_spatial_pointing"])
     assert results["mass_ratio"] == pytest.approx(final["eval/loc_spatial_mass_ratio"], rel=1e-4)
-
-
-def gt_areas(dataset: dict) -> np.ndarray:
-    ds = tfds.builder(dataset["name"], data_dir=dataset["data_dir"]).as_dataset(split="test")
-    boxes = np.stack([ex["bbox"] for ex in tfds.as_numpy(ds)])
-    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-
-
-def test_whole_image_boxes_score_the_ground_truth_area(workdir, box_dataset):
-    # Threshold 0 keeps every pixel: the predicted box is the image, so IoU = GT box area.
-    results = wsol.evaluate(workdir, threshold=0.0, component="all", batch_size=8)
-    areas = gt_areas(box_dataset)
-    assert results["count"] == NUM_TEST
-    assert results["mean_iou"] == pytest.approx(areas.mean())
-    assert results["gt_known_loc"] == pytest.approx(np.mean(areas >= 0.5))
+    # The thresholds chosen on another split can only do as well as the split's own best.
+    assert results["maxboxacc_v2"] <= results["oracle"]["maxboxacc_v2"]
+    assert results["gt_known_loc"] == results["maxboxacc_50"] <= results["oracle"]["maxboxacc_50"]
     assert results["top1_loc"] <= min(results["gt_known_loc"], results["top1_cls"])
-    assert results["mass_ratio"] >= 0.0
 
 
 def test_product_map_of_a_saol_model(workdir):
-    results = wsol.evaluate(workdir, kind="product", batch_size=8, max_examples=8)
-    assert results["map"] == "product" and results["count"] == 8
+    results = wsol.evaluate(workdir, kind="product", threshold_split="train", batch_size=8, max_examples=8)
+    assert results["map"] == "product" and results["count"] == 8 and results["threshold_count"] == 8
     assert 0.0 <= results["pointing"] <= 1.0 and results["mass_ratio"] >= 0.0
+
+
+def test_a_threshold_split_is_needed_and_must_be_held_out(workdir):
+    with pytest.raises(wsol.ThresholdSplitError, match="validation_split"):
+        wsol.evaluate(workdir, max_examples=2)
+    with pytest.raises(wsol.ThresholdSplitError, match="held-out"):
+        wsol.evaluate(workdir, split="test", threshold_split="test", max_examples=2)
+    proc = run_command("wsol", ["--workdir", workdir, "--max_examples", "2"], timeout=300)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: no split to choose the box thresholds on")
 
 
 def test_cli_writes_json_and_cam_works(workdir):
     out = os.path.join(workdir, "wsol_cam.json")
     proc = run_command("wsol", ["--workdir", workdir, "--map", "cam", "--head", "gap", "--max_examples", "5",
-                                "--batch_size", "4", "--out", out], timeout=300)
+                                "--threshold_split", "train[:10]", "--batch_size", "4", "--out", out], timeout=300)
     assert proc.returncode == 0, proc.stderr[-5000:]
     printed, wrote = proc.stdout.rsplit("wrote ", 1)
     assert wrote.strip() == out
@@ -133,6 +171,9 @@ def test_cli_writes_json_and_cam_works(workdir):
     with open(out, encoding="utf-8") as f:
         assert json.load(f) == results
     assert results["count"] == 5 and results["map"] == "cam" and results["head"] == "gap"
-    for key in ("top1_loc", "gt_known_loc", "top1_cls", "mean_iou", "pointing"):
+    assert results["threshold_split"] == "train[:10]" and results["threshold_count"] == 5
+    for key in ("maxboxacc_v2", "top1_loc", "gt_known_loc", "top1_cls", "mean_iou", "pointing"):
         assert 0.0 <= results[key] <= 1.0
+    for key in ("maxboxacc_v2", "top1_loc", "mean_iou"):
+        assert 0.0 <= results["oracle"][key] <= 1.0
     assert results["top1_loc"] <= min(results["gt_known_loc"], results["top1_cls"])
