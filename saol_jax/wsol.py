@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -116,7 +116,7 @@ Sums = dict[str, "float | np.ndarray"]
 
 
 def split_sums(
-    trained: Trained, scores, split: str, bbox_key: str, component: str, batch_size: int, max_examples: int,
+    trained: Trained, scores: Callable[..., tuple], split: str, bbox_key: str, component: str, batch_size: int, max_examples: int,
 ) -> Sums:
     """Summed scores of one split: `count`, `correct`, `pointing`, `mass_ratio` and the map's
     `localization.sweep_sums` (`scores` is the jitted forward of `evaluate`)."""
