@@ -37,7 +37,7 @@ additive sums (`sweep_sums`), so batches, hosts and splits add up.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -202,7 +202,7 @@ def sweep_boxes(heatmap: np.ndarray, thresholds=SWEEP_THRESHOLDS, component: str
         first = np.concatenate([[0], last[:-1]]) + 1
         present = last >= first
         # key orders components by size, then by lowest label: the segment maximum is the one kept.
-        key = np.bincount(labels.ravel(), minlength=count + 1) * (count + 1) - np.arange(count + 1)
+        key = np.bincount(labels[masks], minlength=count + 1) * (count + 1) - np.arange(count + 1)
         largest = np.zeros(len(masks), np.intp)
         if present.any():
             largest[present] = count + 1 - np.maximum.reduceat(key[1:], first[present] - 1) % (count + 1)
@@ -219,6 +219,14 @@ def sweep_ious(
 ) -> np.ndarray:
     """[T] IoU with `gt_boxes` of `threshold_box(heatmap, t)` for each threshold t of the sweep."""
     return box_ious(sweep_boxes(heatmap, thresholds, component), gt_boxes)
+
+
+def sweep_ious_of(
+    heatmaps: np.ndarray, gt_boxes: Sequence[np.ndarray], thresholds=SWEEP_THRESHOLDS, component: str = "largest"
+) -> np.ndarray:
+    """[N, T] `sweep_ious` of each heatmap of heatmaps [N, H, W] with its own true boxes."""
+    rows = [sweep_ious(heatmap, boxes, thresholds, component) for heatmap, boxes in zip(heatmaps, gt_boxes)]
+    return np.array(rows, np.float64).reshape(len(heatmaps), len(thresholds))
 
 
 def box_hits(ious: np.ndarray, iou_levels=IOU_LEVELS) -> np.ndarray:
@@ -367,9 +375,7 @@ def iou_sums(sums: Mapping, thresholds=SWEEP_THRESHOLDS, component: str = "large
         if not key.startswith("heatmap/"):
             continue
         kind = key.split("/", 1)[1]
-        heatmaps = np.asarray(heatmaps)
-        ious = np.array([sweep_ious(heatmaps[b], boxes[b], thresholds, component) for b in keep])
-        ious = ious.reshape(len(keep), len(thresholds))
+        ious = sweep_ious_of(np.asarray(heatmaps)[keep], boxes[keep], thresholds, component)
         correct = np.asarray(per_example[f"correct/{kind}"])[keep]
         sums.update({f"loc_{kind}_{name}": value for name, value in sweep_sums(ious, correct).items()})
     return sums

@@ -60,7 +60,7 @@ from saol_jax.localization import (
     operating_thresholds,
     pointing,
     sweep_figures,
-    sweep_ious,
+    sweep_ious_of,
     sweep_sums,
     upsample_normalised,
 )
@@ -133,7 +133,7 @@ def split_sums(
         pred, heat, points, ratios = jax.device_get(scores(
             trained.params, trained.batch_stats, jnp.asarray(padded), jnp.asarray(padded_labels),
             jnp.asarray(first_boxes)))
-        ious = np.stack([sweep_ious(heat[b], boxes[b], SWEEP_THRESHOLDS, component) for b in range(num)])
+        ious = sweep_ious_of(heat[:num], boxes, SWEEP_THRESHOLDS, component)
         correct = pred[:num] == labels
         batch = {"count": num, "correct": correct.sum(), "pointing": points[:num].sum(),
                  "mass_ratio": ratios[:num].sum(), **sweep_sums(ious, correct)}
