@@ -11,7 +11,8 @@ import scipy.stats
 
 from commands import run_command
 from configs import fashion_mnist
-from saol_jax import ablate
+import saol_jax
+from saol_jax import ablate, report
 
 RUNGS = ("gap", "saol", "saol_ss_sd@paste")  # the paste form also checks its extra forward pass in the trainer
 RECIPE = {"config": "configs/fashion_mnist.py:smoke", "overrides": {"dataset.name": "tiny"}}
@@ -62,10 +63,12 @@ def test_table_plot_and_json_are_written(ladder):
     workdir, payload = ladder
     with open(os.path.join(workdir, "ablation.md"), encoding="utf-8") as f:
         table = f.read()
-    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    first = table.split("\n\n")[1]  # the error table, after its title
+    rows = {line.split("|")[1].strip(): line for line in first.splitlines() if line.startswith("| ")}
     assert "n/a" in rows["gap"].split("|")[2]  # no SAOL output on the GAP-FC baseline
     assert "±" in rows[RUNGS[2]].split("|")[2] and "±" in rows[RUNGS[2]].split("|")[3]
-    assert "Difference of mean top-1 error from GAP-FC" in table
+    assert "Test top-1 error minus GAP-FC + CutMix's (points), Welch's t-test" in table
+    assert "Warning: the comparisons of saol have 2 seed(s) on a side" in table
     assert "Localisation" not in table  # the tiny dataset has no boxes
     with open(os.path.join(workdir, "ablation.json"), encoding="utf-8") as f:
         assert json.load(f) == payload
@@ -115,6 +118,26 @@ def test_rungs_with_both_outputs_compare_them_per_run(ladder):
     with open(os.path.join(workdir, "ablation.md"), encoding="utf-8") as f:
         table = f.read()
     assert "Top-1 error of the SAOL output minus the GAP-FC output of the same runs" in table
+
+
+def test_result_files_and_the_report_render_the_study(ladder):
+    workdir, payload = ladder
+    results_dir = os.path.join(workdir, "results")
+    for rung in RUNGS:
+        for run in payload["rungs"][rung]["runs"]:
+            with open(os.path.join(results_dir, rung, f"seed{run['seed']}.json"), encoding="utf-8") as f:
+                record = json.load(f)
+            assert (record["rung"], record["seed"], record["recipe"]) == (rung, run["seed"], RECIPE)
+            assert record["config"]["seed"] == run["seed"] and record["step"] == run["step"] > 0
+            assert record["software"]["version"] == saol_jax.__version__
+            for out, error in run["top1_error"].items():
+                assert 100.0 * (1.0 - record["metrics"]["test"][f"{out}_top1"]) == pytest.approx(error)
+            assert ("compare_heads" in record) == (rung != "gap")
+    with open(os.path.join(results_dir, "study.json"), encoding="utf-8") as f:
+        study = json.load(f)
+    assert study["recipe"] == RECIPE and set(study["rungs"]) == set(RUNGS)
+    # The tables rendered from the result files alone are the study's own.
+    assert report.render(results_dir) == ablate.markdown(payload)
 
 
 def _report(saol_errors: list[float], gap_errors: list[float], rate: float) -> dict:
