@@ -81,7 +81,8 @@ STUDY_RUNGS = (
 # compare_heads scores of each output, and of their disagreements, in the two-outputs table.
 TWO_OUTPUT_SCORES = {"ece": "ECE", "nll": "NLL"}
 DISAGREEMENT_SCORES = {"rate": "disagree (%)", "saol_right": "SAOL right (%)", "gap_right": "GAP-FC right (%)"}
-# Localisation scores in the table (saol_jax.localization), with their column titles.
+# Column titles, and order, of the known localisation scores (saol_jax.localization); the tables show
+# every score the runs have, others under their metric name after these.
 LOC_SCORES = {"pointing": "pointing", "mass_ratio": "mass / area", "gt_known": "GT-known loc",
               "top1_loc": "top-1 loc", "iou": "mean IoU"}
 
