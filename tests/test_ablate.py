@@ -12,7 +12,7 @@ import scipy.stats
 from commands import run_command
 from configs import fashion_mnist
 import saol_jax
-from saol_jax import ablate, report
+from saol_jax import ablate, report, results
 
 RUNGS = ("gap", "saol", "saol_ss_sd@paste")  # the paste form also checks its extra forward pass in the trainer
 RECIPE = {"config": "configs/fashion_mnist.py:smoke", "overrides": {"dataset.name": "tiny"}}
@@ -236,3 +236,31 @@ def test_cli_rejects_an_unknown_rung(tmp_path):
     )
     assert proc.returncode != 0
     assert "nope" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_study_name():
+    assert ablate.study_name("configs/fashion_mnist.py:smoke", "workdirs/study/") == "fashion_mnist-smoke-study"
+    assert ablate.study_name("configs/cluttered_fashion_mnist.py", "gs://b/runs/x") == "cluttered_fashion_mnist-x"
+
+
+def test_final_metrics_keep_what_the_run_logged_at_its_last_step(tmp_path):
+    events = [{"event": "eval", "step": 5, "eval/saol_top1": 0.1, "val/saol_top1": 0.2},
+              {"event": "train", "step": 10, "loss/total": 1.0},
+              {"event": "eval", "step": 10, "eval/saol_top1": 0.5, "val/saol_top1": 0.6, "val/loc_attention_iou": 0.3}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    step, metrics = ablate.final_metrics(str(tmp_path), {"eval/saol_top1": 0.5})
+    assert step == 10
+    assert metrics == {"eval/saol_top1": 0.5, "val/saol_top1": 0.6, "val/loc_attention_iou": 0.3}
+    entry = ablate.run_entry({"rung": "saol", "seed": 0, "metrics": results.split_metrics(metrics)})
+    assert entry["val_top1_error"] == {"saol": pytest.approx(40.0)} and entry["top1_error"] == {"saol": 50.0}
+    assert entry["val_localisation"] == {"attention_iou": 0.3} and entry["localisation"] == {}
+
+
+def test_the_choice_is_made_on_the_validation_split():
+    def entry(val, test):
+        return {"top1_error": {"saol": ablate.summarise(test)}, "val_top1_error": {"saol": ablate.summarise(val)}}
+
+    # saol_ss is the better on the validation split, saol on the test split: saol_ss is chosen.
+    chosen = ablate.choose({"saol": entry([20.0, 21.0], [18.0, 18.5]), "saol_ss": entry([19.0, 19.5], [19.0, 19.2])})
+    assert chosen["rung"] == "saol_ss" and chosen["test_top1_error"]["mean"] == pytest.approx(19.1)
+    assert ablate.choose({"saol": {"top1_error": {"saol": ablate.summarise([18.0, 19.0])}}}) is None
