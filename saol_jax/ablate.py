@@ -457,7 +457,7 @@ def _sections(payload: dict) -> dict[str, list[str]]:
         sections["localisation_versus"] = lines
     warnings = seed_warnings(payload)
     if warnings:
-        sections["warnings"] = warnings
+        sections["warnings"] = [f"- {line}" for line in warnings]
     return sections
 
 
