@@ -42,7 +42,7 @@ def render(results_dir: str, sections: Sequence[str] = ablate.SECTIONS) -> str:
         raise ReportError(f"unknown sections {unknown}; valid: {', '.join(ablate.SECTIONS)}")
     try:
         records = results.read_runs(results_dir)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
         raise ReportError(str(error)) from None
     return ablate.markdown(ablate.study_payload(records), sections)
 

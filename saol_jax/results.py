@@ -84,7 +84,7 @@ def write_run(results_dir: str, record: Mapping[str, Any]) -> str:
 def read_runs(results_dir: str) -> list[dict[str, Any]]:
     """Every run record under `results_dir` (`<rung>/seed<seed>.json`), by rung then seed.
 
-    Raises FileNotFoundError for a folder without run files.
+    Raises FileNotFoundError for a folder without run files, ValueError for a file that is not one.
     """
     results_dir = paths.resolve(results_dir)
     found = []
@@ -99,5 +99,11 @@ def read_runs(results_dir: str) -> list[dict[str, Any]]:
     records = []
     for path in found:
         with open(path, encoding="utf-8") as f:
-            records.append(json.load(f))
+            try:
+                record = json.load(f)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} is not JSON: {error}") from None
+        if not isinstance(record, dict) or not {"rung", "seed", "metrics", "config"} <= set(record):
+            raise ValueError(f"{path} is not a run file: it needs rung, seed, metrics and config")
+        records.append(record)
     return sorted(records, key=lambda r: (r["rung"], r["seed"]))

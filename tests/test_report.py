@@ -157,6 +157,10 @@ def test_user_mistakes_are_report_errors(root):
         report.render(os.path.join(root, "toy"), ["error", "nope"])
     with pytest.raises(report.ReportError, match="no run files"):
         report.update(DOC.replace("toy", "missing"), root)
+    with open(os.path.join(root, "toy", "gap", "seed0.json"), "w", encoding="utf-8") as f:
+        f.write('{"rung": "gap"')
+    with pytest.raises(report.ReportError, match="seed0.json is not JSON"):
+        report.render(os.path.join(root, "toy"))
 
 
 def test_result_files_are_deterministic(tmp_path):
