@@ -1,7 +1,7 @@
 """The ablation ladder over several seeds: GAP-FC, SAOL, SAOL + SS, SAOL + SS + SD, each SS-2 form.
 
-    python -m saol_jax.ablate --config configs/cluttered_fashion_mnist.py --seeds 3 [--workdir DIR]
-        [--rungs gap,saol,saol_ss@renorm,...] [--config.field=value ...]
+    python -m saol_jax.ablate --config configs/cluttered_fashion_mnist.py --seeds 5 [--workdir DIR]
+        [--results DIR] [--rungs gap,saol,saol_ss@renorm,...] [--config.field=value ...]
 
 A rung is a ladder head (`gap`, `saol`, `saol_ss`, `saol_ss_sd`), optionally
 with an SS-2 form after `@` (`saol_ss@paste`; without one, the recipe's
@@ -12,22 +12,36 @@ Each (rung, seed) trains in `<workdir>/<rung>/seed<seed>` with the recipe's
 config, the rung's head and loss weights (docs/method.md §8; they replace any
 `loss.*` weight override) and seed `config.seed + i`. Re-running the same command
 resumes unfinished runs and skips finished ones, so an interrupted study
-goes on where it stopped. Writes `ablation.md` (mean ± std of the test
-top-1 error, %, of the SAOL output and of the GAP-FC output, each rung's
-difference from the GAP-FC baseline against two standard errors, for every
-SAOL rung how many cells its attention spreads over, for rungs that train
-both outputs how they differ (calibration, NLL, disagreements and per-class
-error; these two from `saol_jax.compare_heads`, kept in each run's
-`compare_heads.json`), and, on a dataset with boxes, the localisation of
-each map), `ablation.png` and `ablation.json` to the workdir.
+goes on where it stopped. Writes `ablation.md` (mean ± std of the top-1
+error, %, of the SAOL output and of the GAP-FC output, on the test split and,
+where the runs log one, the validation split; each rung's difference from the
+GAP-FC baseline with Welch's t-test across seeds; the rung chosen on the
+validation split; for every SAOL rung how many cells its attention spreads
+over; for rungs that train both outputs how they differ (calibration, NLL,
+disagreements, and the paired t-test of their errors over all classes and per
+class; these from `saol_jax.compare_heads`, kept in each run's
+`compare_heads.json`); and, on a dataset with boxes, the localisation of each
+map and its difference from the baseline's CAM), `ablation.png` and
+`ablation.json` to the workdir. A difference is called significant only at
+p < 0.05 after Holm's correction across the rows of its table (saol_jax.stats);
+comparisons with fewer than 5 seeds a side are flagged.
+
+Each finished run's result file (recipe, config, rung, seed, step, every final
+metric) and the study's statistics go to `--results` (default
+`results/<recipe>-<workdir name>`; format in results/README.md), from which
+`python -m saol_jax.report` renders the tables.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
+import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import matplotlib
 import ml_collections
@@ -38,11 +52,13 @@ from ml_collections import config_flags
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from saol_jax import compare_heads, paths, sharding  # noqa: E402
+from saol_jax import compare_heads, paths, sharding, stats  # noqa: E402
+from saol_jax import results as results_files  # noqa: E402
 from saol_jax.config_check import parse_flags_or_exit  # noqa: E402
 from saol_jax.ladder import HEAD_LADDER, apply_head, split_rung  # noqa: E402
 from saol_jax.localization import MAPS  # noqa: E402
 from saol_jax.losses import SS2_FORMS  # noqa: E402
+from saol_jax.metrics import read_events  # noqa: E402
 from saol_jax.trainer import USER_ERRORS, train_and_evaluate  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -65,7 +81,8 @@ STUDY_RUNGS = (
 # compare_heads scores of each output, and of their disagreements, in the two-outputs table.
 TWO_OUTPUT_SCORES = {"ece": "ECE", "nll": "NLL"}
 DISAGREEMENT_SCORES = {"rate": "disagree (%)", "saol_right": "SAOL right (%)", "gap_right": "GAP-FC right (%)"}
-# Localisation scores in the table (saol_jax.localization), with their column titles.
+# Column titles, and order, of the known localisation scores (saol_jax.localization); the tables show
+# every score the runs have, others under their metric name after these.
 LOC_SCORES = {"pointing": "pointing", "mass_ratio": "mass / area", "gt_known": "GT-known loc",
               "top1_loc": "top-1 loc", "iou": "mean IoU"}
 
@@ -86,9 +103,37 @@ def run_one(config: ml_collections.ConfigDict, run_dir: str) -> dict[str, float]
     return train_and_evaluate(config, run_dir)
 
 
-def errors(results: dict[str, float], rung: str) -> dict[str, float]:
-    """Top-1 error (%) of the outputs reported for `rung`."""
-    return {out: 100.0 * (1.0 - results[f"eval/{out}_top1"]) for out in REPORTED[split_rung(rung)[0]]}
+def final_metrics(run_dir: str, results: dict[str, float]) -> tuple[int | None, dict[str, float]]:
+    """The run's last logged step and its final metrics: `results` and whatever else (validation) the
+    run logged at that step."""
+    events = read_events(run_dir)
+    if not events:
+        return None, dict(results)
+    step = max(e.get("step", 0) for e in events)
+    prefixes = tuple(results_files.SPLITS.values())
+    logged = {k: v for e in events if e.get("step") == step for k, v in e.items() if k.startswith(prefixes)}
+    return step, {**logged, **results}
+
+
+def run_record(rung: str, seed: int, run_dir: str, config: ml_collections.ConfigDict,
+               metrics: dict[str, float], step: int | None, report: dict | None, recipe: dict) -> dict:
+    """What one run leaves in its result file (results/README.md)."""
+    record = {"rung": rung, "seed": seed, "step": step, "workdir": run_dir, "recipe": recipe,
+              "config": json.loads(config.to_json_best_effort()), "metrics": results_files.split_metrics(metrics),
+              "software": results_files.software()}
+    if report is not None:
+        record["compare_heads"] = report
+    return record
+
+
+def _number(value: float | None) -> float:
+    """A metric read back from a result file, where null stands for a non-finite value."""
+    return math.nan if value is None else float(value)
+
+
+def errors(metrics: dict[str, float | None], rung: str) -> dict[str, float]:
+    """Top-1 error (%) of the outputs reported for `rung`, from one split's metrics (`<output>_top1`)."""
+    return {out: 100.0 * (1.0 - _number(metrics[f"{out}_top1"])) for out in REPORTED[split_rung(rung)[0]]}
 
 
 def has_attention(rung: str) -> bool:
@@ -96,14 +141,15 @@ def has_attention(rung: str) -> bool:
     return split_rung(rung)[0] != "gap"
 
 
-def localisation(results: dict[str, float], rung: str) -> dict[str, float]:
-    """The true-box localisation scores of an eval, `<map>_<score>` (empty without boxes).
+def localisation(metrics: dict[str, float | None], rung: str) -> dict[str, float]:
+    """The true-box localisation scores of one split's metrics (`loc_<map>_<score>`), as `<map>_<score>`;
+    every score the run has (empty without boxes).
 
     The CAM is left out where the rung does not train the GAP-FC branch (it would be an untrained layer's).
     """
     kinds = [kind for kind in MAPS if kind != "cam" or "gap" in REPORTED[split_rung(rung)[0]]]
-    return {f"{kind}_{score}": results[f"eval/loc_{kind}_{score}"]
-            for kind in kinds for score in LOC_SCORES if f"eval/loc_{kind}_{score}" in results}
+    return {key[len("loc_"):]: _number(value) for key, value in sorted(metrics.items())
+            if any(key.startswith(f"loc_{kind}_") for kind in kinds)}
 
 
 def head_report(run_dir: str) -> dict:
@@ -114,31 +160,41 @@ def head_report(run_dir: str) -> dict:
     return paths.read_json(path)
 
 
+def tested(samples: dict[str, tuple[Sequence[float], Sequence[float]]],
+           test: Callable[..., stats.TTest] = stats.welch) -> dict[str, dict]:
+    """`test` on each (a, b) of one family, with Holm's adjusted p and whether it is below ALPHA."""
+    results = {key: test(a, b) for key, (a, b) in samples.items()}
+    adjusted = stats.holm([r.p for r in results.values()])
+    return {key: {**dataclasses.asdict(r), "p_holm": float(q), "significant": stats.significant(q)}
+            for (key, r), q in zip(results.items(), adjusted)}
+
+
 def summarise_two_outputs(reports: Sequence[dict]) -> dict:
     """Mean ± std over seeds of each output's calibration and NLL, the disagreements (%), and the
     top-1 error of the SAOL output minus the GAP-FC output (points), over all classes and per class,
-    and the attention's effective cells, likewise."""
+    with its paired t-test (Holm's correction across the classes), and the attention's effective
+    cells, likewise."""
     summary = {f"{head}_{score}": summarise([r[head][score] for r in reports])
                for score in TWO_OUTPUT_SCORES for head in compare_heads.HEADS}
     for key in DISAGREEMENT_SCORES:
         summary[key] = summarise([100.0 * r["disagreement"][key] for r in reports])
-    summary["error_diff"] = {
-        "all": summarise([100.0 * (r["saol"]["top1_error"] - r["gap"]["top1_error"]) for r in reports]),
-        **{name: summarise([100.0 * (r["saol"]["per_class_error"][name] - r["gap"]["per_class_error"][name])
-                            for r in reports])
-           for name in reports[0]["class_counts"]},
-    }
+    names = list(reports[0]["class_counts"])
+    pairs = {"all": ([100.0 * r["saol"]["top1_error"] for r in reports],
+                     [100.0 * r["gap"]["top1_error"] for r in reports]),
+             **{name: ([100.0 * r["saol"]["per_class_error"][name] for r in reports],
+                       [100.0 * r["gap"]["per_class_error"][name] for r in reports]) for name in names}}
+    summary["error_test"] = {**tested({"all": pairs["all"]}, stats.paired),
+                             **tested({name: pairs[name] for name in names}, stats.paired)}
     summary["attention_cells"] = {
         "all": summarise([r["attention_cells"]["mean"] for r in reports]),
-        **{name: summarise([r["attention_cells"]["per_class"][name] for r in reports])
-           for name in reports[0]["class_counts"]},
+        **{name: summarise([r["attention_cells"]["per_class"][name] for r in reports]) for name in names},
     }
     return summary
 
 
 def summarise(values: Sequence[float]) -> dict[str, float]:
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
-    return {"mean": float(np.mean(values)), "std": std}
+    mean, std = stats.mean_std(values)
+    return {"mean": mean, "std": std}
 
 
 def check_rungs(rungs: Sequence[str]) -> None:
@@ -148,153 +204,303 @@ def check_rungs(rungs: Sequence[str]) -> None:
                          f"each optionally @{'|'.join(SS2_FORMS)}")
 
 
-def versus_baseline(entry: dict, baseline: dict) -> dict[str, dict[str, float | bool]]:
-    """Each output's mean error minus the GAP-FC baseline's, its standard error and |diff| > 2 SE."""
-    base = baseline["top1_error"]["gap"]
-    base_n = len(baseline["runs"])
-    out = {}
-    for output, stats in entry["top1_error"].items():
-        se = math.sqrt(stats["std"] ** 2 / len(entry["runs"]) + base["std"] ** 2 / base_n)
-        diff = stats["mean"] - base["mean"]
-        out[output] = {"diff": diff, "se": se, "beyond_2se": bool(abs(diff) > 2 * se)}
-    return out
+def versus_baseline(per_rung: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    """Welch's test of each rung's test top-1 error (per output) against the GAP-FC baseline's, across
+    seeds; one Holm family of all (rung, output) rows. {rung: {output: test}}."""
+    base = [run["top1_error"]["gap"] for run in per_rung["gap"]["runs"]]
+    rows = tested({(rung, out): ([run["top1_error"][out] for run in entry["runs"]], base)
+                   for rung, entry in per_rung.items() if rung != "gap" for out in entry["top1_error"]})
+    return _nest(rows)
 
 
-def run_ladder(
-    base: ml_collections.ConfigDict, workdir: str, *, seeds: int, rungs: Sequence[str] = STUDY_RUNGS
-) -> dict:
-    """Trains every (rung, seed), then writes the table, plot and JSON; returns the JSON payload."""
-    check_rungs(rungs)
-    workdir = paths.resolve(workdir)
-    seed_values = [base.seed + i for i in range(seeds)]
+def localisation_versus_baseline(per_rung: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    """Welch's test of each rung's test localisation scores (per map) against the GAP-FC baseline's CAM,
+    across seeds; one Holm family per score. {rung: {'<map>_<score>': test}}."""
+    base_runs = per_rung["gap"]["runs"]
+    scores = [name[len("cam_"):] for name in per_rung["gap"]["localisation"] if name.startswith("cam_")]
+    rows = {}
+    for score in scores:
+        base = [run["localisation"][f"cam_{score}"] for run in base_runs]
+        rows.update(tested({(rung, name): ([run["localisation"][name] for run in entry["runs"]], base)
+                            for rung, entry in per_rung.items() if rung != "gap"
+                            for name in entry["localisation"] if _score_of(name) == score}))
+    return _nest(rows)
+
+
+def _score_of(name: str) -> str:
+    """'attention_gt_known' -> 'gt_known': the score of a `<map>_<score>` name."""
+    kind = next(kind for kind in MAPS if name.startswith(f"{kind}_"))
+    return name[len(kind) + 1:]
+
+
+def _nest(rows: dict[tuple[str, str], dict]) -> dict[str, dict[str, dict]]:
+    nested: dict[str, dict[str, dict]] = {}
+    for (outer, inner), row in rows.items():
+        nested.setdefault(outer, {})[inner] = row
+    return nested
+
+
+def choose(per_rung: dict[str, dict]) -> dict | None:
+    """The rung with the lowest mean SAOL-output top-1 error on the validation split, with its test
+    error; None where the runs have no validation metrics (a choice is never made on the test split)."""
+    candidates = {rung: entry for rung, entry in per_rung.items() if "saol" in entry.get("val_top1_error", {})}
+    if not candidates:
+        return None
+    rung = min(candidates, key=lambda r: candidates[r]["val_top1_error"]["saol"]["mean"])
+    return {"rung": rung, "output": "saol", "val_top1_error": candidates[rung]["val_top1_error"]["saol"],
+            "test_top1_error": candidates[rung]["top1_error"]["saol"]}
+
+
+def run_entry(record: dict) -> dict:
+    """One run of the study, from its result-file record: its errors and localisation per split, and
+    its compare_heads report where it has a SAOL head."""
+    rung, metrics = record["rung"], record["metrics"]
+    entry = {"seed": record["seed"], "workdir": record.get("workdir"), "step": record.get("step"),
+             "top1_error": errors(metrics["test"], rung), "localisation": localisation(metrics["test"], rung)}
+    reported = REPORTED[split_rung(rung)[0]]
+    if all(f"{out}_top1" in metrics.get("val", {}) for out in reported):
+        entry["val_top1_error"] = errors(metrics["val"], rung)
+        entry["val_localisation"] = localisation(metrics["val"], rung)
+    report = record.get("compare_heads")
+    if report is not None:
+        entry["attention_cells"] = report["attention_cells"]["mean"]
+        if len(reported) == 2:
+            entry["two_outputs"] = report
+    return entry
+
+
+def _rung_order(rung: str) -> tuple[int, str]:
+    return (STUDY_RUNGS.index(rung) if rung in STUDY_RUNGS else len(STUDY_RUNGS), rung)
+
+
+def study_payload(records: Sequence[dict]) -> dict:
+    """The study's summaries (mean ± std over seeds) and tests, from its runs' result-file records."""
+    rungs = sorted({r["rung"] for r in records}, key=_rung_order)
     per_rung = {}
     for rung in rungs:
-        runs = []
-        for seed in seed_values:
-            run_dir = paths.join(workdir, rung, f"seed{seed}")
-            log.info("ablation: %s, seed %d in %s", rung, seed, run_dir)
-            results = run_one(rung_config(base, rung, seed), run_dir)
-            runs.append({"seed": seed, "workdir": run_dir, "top1_error": errors(results, rung),
-                         "localisation": localisation(results, rung)})
-            if has_attention(rung):
-                report = head_report(run_dir)
-                runs[-1]["attention_cells"] = report["attention_cells"]["mean"]
-                if len(REPORTED[split_rung(rung)[0]]) == 2:
-                    runs[-1]["two_outputs"] = report
-        per_rung[rung] = {
+        runs = [run_entry(r) for r in sorted(records, key=lambda r: r["seed"]) if r["rung"] == rung]
+        entry = {
             "runs": runs,
-            "top1_error": {out: summarise([r["top1_error"][out] for r in runs])
-                           for out in REPORTED[split_rung(rung)[0]]},
+            "top1_error": {out: summarise([r["top1_error"][out] for r in runs]) for out in runs[0]["top1_error"]},
             "localisation": {name: summarise([r["localisation"][name] for r in runs])
                              for name in runs[0]["localisation"]},
         }
+        if all("val_top1_error" in r for r in runs):
+            entry["val_top1_error"] = {out: summarise([r["val_top1_error"][out] for r in runs])
+                                       for out in runs[0]["val_top1_error"]}
+            entry["val_localisation"] = {name: summarise([r["val_localisation"][name] for r in runs])
+                                         for name in runs[0]["val_localisation"]}
         if "attention_cells" in runs[0]:
-            per_rung[rung]["attention_cells"] = summarise([r["attention_cells"] for r in runs])
+            entry["attention_cells"] = summarise([r["attention_cells"] for r in runs])
         if "two_outputs" in runs[0]:
-            per_rung[rung]["two_outputs"] = summarise_two_outputs([r["two_outputs"] for r in runs])
-    if "gap" in per_rung and len(seed_values) > 1:
-        for rung, entry in per_rung.items():
-            if rung != "gap":
-                entry["vs_gap"] = versus_baseline(entry, per_rung["gap"])
+            entry["two_outputs"] = summarise_two_outputs([r["two_outputs"] for r in runs])
+        per_rung[rung] = entry
+    if "gap" in per_rung:
+        for rung, rows in versus_baseline(per_rung).items():
+            per_rung[rung]["vs_gap"] = rows
+        for rung, rows in localisation_versus_baseline(per_rung).items():
+            per_rung[rung]["loc_vs_gap"] = rows
+    config = records[0]["config"]
     payload = {
-        "dataset": base.dataset.name,
-        "backbone": base.model.backbone,
-        "seeds": seed_values,
+        "dataset": config["dataset"]["name"],
+        "backbone": config["model"]["backbone"],
+        "seeds": sorted({r["seed"] for r in records}),
         "rungs": per_rung,
     }
-    paths.write_json(paths.join(workdir, "ablation.json"), payload)
-    paths.write_text(paths.join(workdir, "ablation.md"), markdown(payload) + "\n")
-    plot(payload, paths.join(workdir, "ablation.png"))
+    chosen = choose(per_rung)
+    if chosen is not None:
+        payload["chosen"] = chosen
     return payload
 
 
-def _cell(stats: dict[str, float] | None, digits: int = 2) -> str:
-    if stats is None:
+def run_ladder(
+    base: ml_collections.ConfigDict, workdir: str, *, seeds: int, rungs: Sequence[str] = STUDY_RUNGS,
+    results_dir: str | None = None, recipe: dict | None = None,
+) -> dict:
+    """Trains every (rung, seed), then writes the table, plot and JSON; returns the JSON payload.
+
+    With `results_dir`, also writes each run's result file and the study's statistics there
+    (saol_jax.results); `recipe` (the recipe file and its command-line overrides) goes in each.
+    """
+    check_rungs(rungs)
+    workdir = paths.resolve(workdir)
+    seed_values = [base.seed + i for i in range(seeds)]
+    records = []
+    for rung in rungs:
+        for seed in seed_values:
+            run_dir = paths.join(workdir, rung, f"seed{seed}")
+            log.info("ablation: %s, seed %d in %s", rung, seed, run_dir)
+            config = rung_config(base, rung, seed)
+            step, metrics = final_metrics(run_dir, run_one(config, run_dir))
+            report = head_report(run_dir) if has_attention(rung) else None
+            records.append(run_record(rung, seed, run_dir, config, metrics, step, report, recipe or {}))
+            if results_dir is not None:
+                results_files.write_run(results_dir, records[-1])
+    payload = study_payload(records)
+    for line in seed_warnings(payload):
+        log.warning("%s", line)
+    paths.write_json(paths.join(workdir, "ablation.json"), payload)
+    paths.write_text(paths.join(workdir, "ablation.md"), markdown(payload) + "\n")
+    plot(payload, paths.join(workdir, "ablation.png"))
+    if results_dir is not None:
+        paths.write_text(paths.join(results_dir, results_files.STUDY_FILE),
+                         results_files.dumps({"recipe": recipe or {}, "workdir": workdir, **payload}))
+    return payload
+
+
+def _cell(summary: dict[str, float] | None, digits: int = 2) -> str:
+    if summary is None:
         return "n/a"
-    if math.isnan(stats["std"]):
-        return f"{stats['mean']:.{digits}f}"
-    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+    if math.isnan(summary["std"]):
+        return f"{summary['mean']:.{digits}f}"
+    return f"{summary['mean']:.{digits}f} ± {summary['std']:.{digits}f}"
 
 
-def markdown(payload: dict) -> str:
-    """The results table: one row per rung, mean ± std over seeds."""
-    seeds = payload["seeds"]
-    lines = [
-        f"Test top-1 error (%), {payload['dataset']}, {payload['backbone']}, "
-        f"mean ± std over {len(seeds)} seed(s) {seeds}.",
-        "",
-        "| rung | " + " | ".join(OUTPUTS.values()) + " |",
-        "|---|" + "---|" * len(OUTPUTS),
-    ]
+def _p(p: float) -> str:
+    if math.isnan(p):
+        return "n/a"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+TEST_COLUMNS = ("difference ± SE", "t", "df", "p", "Holm p", "significant")
+
+
+def _test_cells(row: dict, digits: int = 2) -> list[str]:
+    """A test's cells under TEST_COLUMNS."""
+    se = "" if math.isnan(row["se"]) else f" ± {row['se']:.{digits}f}"
+    t = "n/a" if math.isnan(row["t"]) else f"{row['t']:.2f}"
+    df = "n/a" if math.isnan(row["df"]) else f"{row['df']:.1f}"
+    verdict = "yes" if row["significant"] else "no"
+    if row["reason"]:
+        verdict += f" ({row['reason']})"
+    return [f"{row['difference']:+.{digits}f}{se}", t, df, _p(row["p"]), _p(row["p_holm"]), verdict]
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _header(titles: Sequence[str]) -> list[str]:
+    return [_row(titles), "|" + "---|" * len(titles)]
+
+
+def seed_warnings(payload: dict) -> list[str]:
+    """One line per comparison with fewer than MIN_SEEDS seeds on a side."""
+    lines = []
     for rung, entry in payload["rungs"].items():
+        rows = [*entry.get("vs_gap", {}).values(), *entry.get("loc_vs_gap", {}).values(),
+                *entry.get("two_outputs", {}).get("error_test", {}).values()]
+        fewest = min((min(row["n_a"], row["n_b"]) for row in rows), default=None)
+        if fewest is not None and fewest < stats.MIN_SEEDS:
+            lines.append(f"Warning: the comparisons of {rung} have {fewest} seed(s) on a side; a headline "
+                         f"comparison needs at least {stats.MIN_SEEDS}.")
+    return lines
+
+
+def _sections(payload: dict) -> dict[str, list[str]]:
+    """The tables of `markdown`, by section name (saol_jax.report renders any of them)."""
+    seeds, rungs = payload["seeds"], payload["rungs"]
+    has_val = any("val_top1_error" in entry for entry in rungs.values())
+    splits = ("test", "val") if has_val else ("test",)
+    titles = [f"{title}, {split}" for split in splits for title in OUTPUTS.values()]
+    sections = {"error": [
+        f"Top-1 error (%), {payload['dataset']}, {payload['backbone']}, mean ± std over {len(seeds)} seed(s) "
+        f"{seeds}; the split of each column in its title (test: the eval split; val: the validation split).",
+        "", *_header(["rung", *titles])]}
+    for rung, entry in rungs.items():
         cells = [_cell(entry["top1_error"].get(out)) for out in OUTPUTS]
-        lines.append(f"| {rung} | " + " | ".join(cells) + " |")
-    compared = {rung: entry["vs_gap"] for rung, entry in payload["rungs"].items() if "vs_gap" in entry}
+        if has_val:
+            cells += [_cell(entry.get("val_top1_error", {}).get(out)) for out in OUTPUTS]
+        sections["error"].append(_row([rung, *cells]))
+    compared = {rung: entry["vs_gap"] for rung, entry in rungs.items() if "vs_gap" in entry}
     if compared:
-        lines += ["", "Difference of mean top-1 error from GAP-FC + CutMix (points; SE from the seeds' spread; "
-                      "* = beyond two standard errors):", "",
-                  "| rung | " + " | ".join(OUTPUTS.values()) + " |", "|---|" + "---|" * len(OUTPUTS)]
-        for rung, vs in compared.items():
-            cells = [f"{vs[out]['diff']:+.2f} ± {vs[out]['se']:.2f}{' *' if vs[out]['beyond_2se'] else ''}"
-                     if out in vs else "n/a" for out in OUTPUTS]
-            lines.append(f"| {rung} | " + " | ".join(cells) + " |")
-    spread = {rung: entry["attention_cells"] for rung, entry in payload["rungs"].items()
-              if "attention_cells" in entry}
+        sections["versus"] = [
+            f"Test top-1 error minus GAP-FC + CutMix's (points), Welch's t-test across seeds; significant: "
+            f"Holm-corrected p < {stats.ALPHA} across these rows:", "", *_header(["rung", "output", *TEST_COLUMNS])]
+        sections["versus"] += [_row([rung, OUTPUTS[out], *_test_cells(row)])
+                               for rung, vs in compared.items() for out, row in vs.items()]
+    chosen = payload.get("chosen")
+    sections["choice"] = [
+        f"Chosen on the validation split: {chosen['rung']}, the lowest mean validation top-1 error of the "
+        f"SAOL output ({_cell(chosen['val_top1_error'])}); its test top-1 error, computed once for it: "
+        f"{_cell(chosen['test_top1_error'])}." if chosen else
+        "The runs have no validation metrics, so nothing is chosen (a choice on the test split is not made)."]
+    spread = {rung: entry["attention_cells"] for rung, entry in rungs.items() if "attention_cells" in entry}
     if spread:
-        lines += ["", "Cells the attention spreads over on the eval split (exp of its entropy, mean over images; "
-                      "mean ± std over seeds):", "", "| rung | att cells |", "|---|---|"]
-        lines += [f"| {rung} | {_cell(cells, digits=1)} |" for rung, cells in spread.items()]
-    lines += _two_outputs_lines(payload)
-    located = {rung: entry["localisation"] for rung, entry in payload["rungs"].items() if entry["localisation"]}
-    if located:
-        lines += ["", "Localisation against the true boxes (saol_jax.localization), mean ± std over seeds:", "",
-                  "| rung | map | " + " | ".join(LOC_SCORES.values()) + " |",
-                  "|---|---|" + "---|" * len(LOC_SCORES)]
-        for rung, scores in located.items():
-            for kind in MAPS:
-                if f"{kind}_pointing" in scores:
-                    cells = [_cell(scores.get(f"{kind}_{score}")) for score in LOC_SCORES]
-                    lines.append(f"| {rung} | {kind} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        sections["attention"] = [
+            "Cells the attention spreads over on the eval split (exp of its entropy, mean over images; "
+            "mean ± std over seeds):", "", *_header(["rung", "att cells"]),
+            *(_row([rung, _cell(cells, digits=1)]) for rung, cells in spread.items())]
+    sections.update(_two_outputs_sections(payload))
+    for split, key in (("test", "localisation"), ("val", "val_localisation")):
+        located = {rung: entry[key] for rung, entry in rungs.items() if entry.get(key)}
+        if located:
+            scores = _score_columns(located)
+            lines = [f"Localisation against the true boxes (saol_jax.localization), {split} split, "
+                     "mean ± std over seeds:", "",
+                     *_header(["rung", "map", *(f"{LOC_SCORES.get(s, s)}, {split}" for s in scores)])]
+            for rung, values in located.items():
+                for kind in MAPS:
+                    if any(name.startswith(f"{kind}_") for name in values):
+                        lines.append(_row([rung, kind, *(_cell(values.get(f"{kind}_{s}")) for s in scores)]))
+            sections[key] = lines
+    loc_compared = {rung: entry["loc_vs_gap"] for rung, entry in rungs.items() if entry.get("loc_vs_gap")}
+    if loc_compared:
+        lines = ["Test localisation of each map minus the GAP-FC + CutMix CAM's, Welch's t-test across seeds; "
+                 f"significant: Holm-corrected p < {stats.ALPHA} across the rows of one score:", "",
+                 *_header(["rung", "map", "score", *TEST_COLUMNS])]
+        for rung, vs in loc_compared.items():
+            for name, row in vs.items():
+                score = _score_of(name)
+                lines.append(_row([rung, name[:-len(score) - 1], LOC_SCORES.get(score, score),
+                                   *_test_cells(row, digits=3)]))
+        sections["localisation_versus"] = lines
+    warnings = seed_warnings(payload)
+    if warnings:
+        sections["warnings"] = [f"- {line}" for line in warnings]
+    return sections
 
 
-def _two_outputs_lines(payload: dict) -> list[str]:
-    """The two-outputs tables: calibration and disagreements per rung, then per-class differences."""
+def _score_columns(located: dict[str, dict]) -> list[str]:
+    """The localisation scores present, the known ones (LOC_SCORES) first."""
+    present = {_score_of(name) for values in located.values() for name in values}
+    return [s for s in LOC_SCORES if s in present] + sorted(present - set(LOC_SCORES))
+
+
+SECTIONS = ("error", "versus", "choice", "attention", "two_outputs", "per_class", "localisation",
+            "val_localisation", "localisation_versus", "warnings")
+
+
+def markdown(payload: dict, sections: Sequence[str] = SECTIONS) -> str:
+    """The study's tables (those of `sections` that it has), one blank line apart."""
+    made = _sections(payload)
+    return "\n\n".join("\n".join(made[name]) for name in sections if name in made)
+
+
+def _two_outputs_sections(payload: dict) -> dict[str, list[str]]:
+    """The two-outputs tables: calibration and disagreements per rung, then per-class paired tests."""
     both = {rung: entry["two_outputs"] for rung, entry in payload["rungs"].items() if "two_outputs" in entry}
     if not both:
-        return []
+        return {}
     score_titles = [f"{title} {OUTPUTS[head].split()[0]}" for title in TWO_OUTPUT_SCORES.values()
                     for head in compare_heads.HEADS]
-    lines = ["", "The two outputs of the rungs that train both (saol_jax.compare_heads on the eval split), "
-                 "mean ± std over seeds; the right shares are of the images where they disagree:", "",
-             "| rung | " + " | ".join(score_titles + list(DISAGREEMENT_SCORES.values())) + " |",
-             "|---|" + "---|" * (len(score_titles) + len(DISAGREEMENT_SCORES))]
+    lines = ["The two outputs of the rungs that train both (saol_jax.compare_heads on the eval split), "
+             "mean ± std over seeds; the right shares are of the images where they disagree:", "",
+             *_header(["rung", *score_titles, *DISAGREEMENT_SCORES.values()])]
     for rung, summary in both.items():
         cells = [_cell(summary[f"{head}_{score}"], digits=4) for score in TWO_OUTPUT_SCORES
                  for head in compare_heads.HEADS]
         cells += [_cell(summary[key]) for key in DISAGREEMENT_SCORES]
-        lines.append(f"| {rung} | " + " | ".join(cells) + " |")
-    n = len(payload["seeds"])
-    lines += ["", "Top-1 error of the SAOL output minus the GAP-FC output of the same runs, over all classes "
-                  "and per class (points, mean ± std over seeds; * = beyond two standard errors of the paired "
-                  "difference), and the cells the attention spreads over (exp of its entropy):", "",
-              "| class | " + " | ".join(f"{rung} | att cells" for rung in both) + " |",
-              "|---|" + "---|---|" * len(both)]
-    for name in next(iter(both.values()))["error_diff"]:
-        cells = []
-        for summary in both.values():
-            cells.append(_paired_cell(summary["error_diff"][name], n))
-            cells.append(_cell(summary["attention_cells"][name], digits=1))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def _paired_cell(stats: dict[str, float], n: int) -> str:
-    """A paired difference over n seeds: mean ± std, starred beyond two standard errors."""
-    if math.isnan(stats["std"]):
-        return f"{stats['mean']:+.2f}"
-    beyond = abs(stats["mean"]) > 2 * stats["std"] / math.sqrt(n)
-    return f"{stats['mean']:+.2f} ± {stats['std']:.2f}{' *' if beyond else ''}"
+        lines.append(_row([rung, *cells]))
+    per_class = ["Top-1 error of the SAOL output minus the GAP-FC output of the same runs (points), over all "
+                 "classes and per class: paired t-test across seeds; significant: p < "
+                 f"{stats.ALPHA}, Holm-corrected across the classes of a rung ('all' is one test of its own); "
+                 "and the cells the attention spreads over (exp of its entropy, mean ± std):", "",
+                 *_header(["rung", "class", *TEST_COLUMNS, "att cells"])]
+    for rung, summary in both.items():
+        for name, row in summary["error_test"].items():
+            per_class.append(_row([rung, name, *_test_cells(row), _cell(summary["attention_cells"][name], digits=1)]))
+    return {"two_outputs": lines, "per_class": per_class}
 
 
 def _offset(out: str, reported: dict, width: float) -> float:
@@ -332,12 +538,21 @@ def plot(payload: dict, path: str) -> str:
     return path
 
 
+def study_name(recipe: str, workdir: str) -> str:
+    """'configs/fashion_mnist.py:smoke', 'workdirs/study' -> 'fashion_mnist-smoke-study': a results folder name."""
+    path, _, options = recipe.partition(":")
+    parts = [os.path.splitext(os.path.basename(path))[0], *options.split(","),
+             os.path.basename(os.path.normpath(workdir))]
+    return re.sub(r"[^A-Za-z0-9_.=@-]+", "_", "-".join(part for part in parts if part))
+
+
 def define_flags() -> None:
     """Command-line flags; defined only when this module is the program."""
     config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/fashion_mnist.py[:options].",
                                     lock_config=True)
     flags.DEFINE_string("workdir", "workdirs/ablation", "Folder of the runs and the results.")
-    flags.DEFINE_integer("seeds", 3, "Seeds per rung: config.seed, config.seed + 1, ...")
+    flags.DEFINE_string("results", None, "Folder of the result files; default results/<recipe>-<workdir name>.")
+    flags.DEFINE_integer("seeds", 5, "Seeds per rung: config.seed, config.seed + 1, ...")
     flags.DEFINE_list("rungs", list(STUDY_RUNGS), "Rungs to run: a ladder head, optionally @<SS-2 form>.")
     flags.mark_flag_as_required("config")
 
@@ -351,14 +566,18 @@ def main(argv: list[str]) -> None:
         check_rungs(flags.FLAGS.rungs)
     except ValueError as error:
         raise app.UsageError(str(error)) from None
-    config = flags.FLAGS.config
+    config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+    recipe = {"config": config_flags.get_config_filename(flags.FLAGS["config"]),
+              "overrides": dict(config_flags.get_override_values(flags.FLAGS["config"]))}
+    results_dir = flags.FLAGS.results or paths.join("results", study_name(recipe["config"], workdir))
     sharding.configure_cpu_devices(config.num_cpu_devices)
     try:
-        payload = run_ladder(config, flags.FLAGS.workdir, seeds=flags.FLAGS.seeds, rungs=flags.FLAGS.rungs)
+        payload = run_ladder(config, workdir, seeds=flags.FLAGS.seeds, rungs=flags.FLAGS.rungs,
+                             results_dir=results_dir, recipe=recipe)
     except USER_ERRORS as error:
         sys.exit(f"error: {error}")
     print(markdown(payload))
-    print(f"wrote ablation.md, ablation.png and ablation.json in {flags.FLAGS.workdir}")
+    print(f"wrote ablation.md, ablation.png and ablation.json in {workdir}, the result files in {results_dir}")
 
 
 if __name__ == "__main__":

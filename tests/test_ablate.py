@@ -7,12 +7,15 @@ import os
 
 import matplotlib.image
 import pytest
+import scipy.stats
 
 from commands import run_command
 from configs import fashion_mnist
-from saol_jax import ablate
+import saol_jax
+from saol_jax import ablate, report, results
 
 RUNGS = ("gap", "saol", "saol_ss_sd@paste")  # the paste form also checks its extra forward pass in the trainer
+RECIPE = {"config": "configs/fashion_mnist.py:smoke", "overrides": {"dataset.name": "tiny"}}
 
 
 def smoke_config(dataset: dict):
@@ -26,7 +29,9 @@ def smoke_config(dataset: dict):
 @pytest.fixture(scope="module")
 def ladder(tiny_dataset, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("ablation"))
-    return workdir, ablate.run_ladder(smoke_config(tiny_dataset), workdir, seeds=2, rungs=RUNGS)
+    results_dir = os.path.join(workdir, "results")
+    return workdir, ablate.run_ladder(smoke_config(tiny_dataset), workdir, seeds=2, rungs=RUNGS,
+                                      results_dir=results_dir, recipe=RECIPE)
 
 
 def test_every_rung_and_seed_has_its_own_run(ladder):
@@ -58,13 +63,15 @@ def test_table_plot_and_json_are_written(ladder):
     workdir, payload = ladder
     with open(os.path.join(workdir, "ablation.md"), encoding="utf-8") as f:
         table = f.read()
-    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    first = table.split("\n\n")[1]  # the error table, after its title
+    rows = {line.split("|")[1].strip(): line for line in first.splitlines() if line.startswith("| ")}
     assert "n/a" in rows["gap"].split("|")[2]  # no SAOL output on the GAP-FC baseline
     assert "±" in rows[RUNGS[2]].split("|")[2] and "±" in rows[RUNGS[2]].split("|")[3]
-    assert "Difference of mean top-1 error from GAP-FC" in table
+    assert "Test top-1 error minus GAP-FC + CutMix's (points), Welch's t-test" in table
+    assert "Warning: the comparisons of saol have 2 seed(s) on a side" in table
     assert "Localisation" not in table  # the tiny dataset has no boxes
-    with open(os.path.join(workdir, "ablation.json"), encoding="utf-8") as f:
-        assert json.load(f) == payload
+    with open(os.path.join(workdir, "ablation.json"), encoding="utf-8") as f:  # NaN-safe equality
+        assert json.dumps(json.load(f), sort_keys=True) == json.dumps(payload, sort_keys=True)
     image = matplotlib.image.imread(os.path.join(workdir, "ablation.png"))
     assert image.ndim == 3 and image.std() > 0
 
@@ -113,6 +120,26 @@ def test_rungs_with_both_outputs_compare_them_per_run(ladder):
     assert "Top-1 error of the SAOL output minus the GAP-FC output of the same runs" in table
 
 
+def test_result_files_and_the_report_render_the_study(ladder):
+    workdir, payload = ladder
+    results_dir = os.path.join(workdir, "results")
+    for rung in RUNGS:
+        for run in payload["rungs"][rung]["runs"]:
+            with open(os.path.join(results_dir, rung, f"seed{run['seed']}.json"), encoding="utf-8") as f:
+                record = json.load(f)
+            assert (record["rung"], record["seed"], record["recipe"]) == (rung, run["seed"], RECIPE)
+            assert record["config"]["seed"] == run["seed"] and record["step"] == run["step"] > 0
+            assert record["software"]["version"] == saol_jax.__version__
+            for out, error in run["top1_error"].items():
+                assert 100.0 * (1.0 - record["metrics"]["test"][f"{out}_top1"]) == pytest.approx(error)
+            assert ("compare_heads" in record) == (rung != "gap")
+    with open(os.path.join(results_dir, "study.json"), encoding="utf-8") as f:
+        study = json.load(f)
+    assert study["recipe"] == RECIPE and set(study["rungs"]) == set(RUNGS)
+    # The tables rendered from the result files alone are the study's own.
+    assert report.render(results_dir) == ablate.markdown(payload)
+
+
 def _report(saol_errors: list[float], gap_errors: list[float], rate: float) -> dict:
     names = [str(k) for k in range(len(saol_errors))]
 
@@ -131,16 +158,21 @@ def test_two_outputs_summary_and_per_class_table():
     summary = ablate.summarise_two_outputs(reports)
     assert summary["rate"]["mean"] == pytest.approx(2.5)
     assert summary["saol_ece"] == {"mean": pytest.approx(0.03), "std": pytest.approx(0.0)}
-    # Class 0: SAOL − GAP-FC = -2, -3, -2 points (mean -2.33, std 0.58, SE 0.33): beyond 2 SE.
-    # Class 1: 0, +2, -1 points (mean +0.33, std 1.53): not.
-    assert summary["error_diff"]["0"]["mean"] == pytest.approx(-7.0 / 3)
+    # Class 0: SAOL − GAP-FC = -2, -3, -2 points: mean -2.33, SE 0.33, t = -7.0 with df 2, p = 0.0198,
+    # Holm across the two classes 0.040: significant. Class 1: 0, +2, -1 points: not.
+    test = summary["error_test"]["0"]
+    assert test["difference"] == pytest.approx(-7.0 / 3) and test["t"] == pytest.approx(-7.0) and test["df"] == 2
+    assert test["p"] == pytest.approx(scipy.stats.ttest_rel([10, 10, 11], [12, 13, 13]).pvalue)
+    assert test["p_holm"] == pytest.approx(2 * test["p"]) and test["significant"]
     table = ablate.markdown({"dataset": "d", "backbone": "b", "seeds": [0, 1, 2], "rungs": {
         "saol_ss_sd": {"runs": [], "top1_error": {}, "localisation": {}, "two_outputs": summary}}})
-    assert "| 0 | -2.33 ± 0.58 * | 4.0 ± 0.0 |" in table
-    assert "| 1 | +0.33 ± 1.53 | 6.0 ± 0.0 |" in table
-    # All classes (equal counts): -1, -0.5, -1.5 points, mean -1.00, std 0.50, SE 0.29: beyond 2 SE.
-    assert "| all | -1.00 ± 0.50 * | 5.0 ± 0.0 |" in table
+    assert "| saol_ss_sd | 0 | -2.33 ± 0.33 | -7.00 | 2.0 | 0.020 | 0.040 | yes | 4.0 ± 0.0 |" in table
+    assert "| saol_ss_sd | 1 | +0.33 ± 0.88 | 0.38 | 2.0 | 0.742 | 0.742 | no | 6.0 ± 0.0 |" in table
+    # All classes (equal counts): -1, -0.5, -1.5 points, SE 0.29, t = -3.46: beyond two standard errors,
+    # the old criterion, but p = 0.074 with df 2: not significant.
+    assert "| saol_ss_sd | all | -1.00 ± 0.29 | -3.46 | 2.0 | 0.074 | 0.074 | no | 5.0 ± 0.0 |" in table
     assert "| saol_ss_sd | 0.0300 ± 0.0000 | 0.0300 ± 0.0000 | 0.2500 ± 0.0000 | 0.2500 ± 0.0000 | 2.50 ± 0.50 |" in table
+    assert "Warning: the comparisons of saol_ss_sd have 3 seed(s) on a side" in table
 
 
 def test_rungs_with_an_ss2_form():
@@ -159,26 +191,36 @@ def test_versus_baseline_and_localisation_table():
         loc = {} if pointing is None else {"cam_pointing": ablate.summarise(pointing)}
         return {"runs": runs, "top1_error": {"gap": ablate.summarise(errors)}, "localisation": loc}
 
-    base, better = entry([10.0, 10.2, 9.8]), entry([9.0, 9.1, 8.9], pointing=[0.5, 0.7])
-    vs = ablate.versus_baseline(better, base)["gap"]
-    # diff -1.0; SE = sqrt(0.01 / 3 + 0.04 / 3) = 0.129: beyond two standard errors.
-    assert vs["diff"] == pytest.approx(-1.0) and vs["se"] == pytest.approx((0.05 / 3) ** 0.5)
-    assert vs["beyond_2se"]
-    assert not ablate.versus_baseline(entry([10.1, 9.6, 10.3]), base)["gap"]["beyond_2se"]
-    better["vs_gap"] = {"gap": vs}
+    base, better, same = entry([10.0, 10.2, 9.8]), entry([9.0, 9.1, 8.9], pointing=[0.5, 0.7]), entry([10.1, 9.6, 10.3])
+    vs = ablate.versus_baseline({"gap": base, "saol_ss_sd": better, "saol_ss": same})
+    reference = scipy.stats.ttest_ind([9.0, 9.1, 8.9], [10.0, 10.2, 9.8], equal_var=False)
+    row = vs["saol_ss_sd"]["gap"]
+    # diff -1.0; SE = sqrt(0.01 / 3 + 0.04 / 3) = 0.129; Welch's df 2.94.
+    assert row["difference"] == pytest.approx(-1.0) and row["se"] == pytest.approx((0.05 / 3) ** 0.5)
+    assert (row["t"], row["df"], row["p"]) == pytest.approx((reference.statistic, reference.df, reference.pvalue))
+    # Holm across the two rungs: the smaller p doubled.
+    assert row["p_holm"] == pytest.approx(2 * reference.pvalue) and row["significant"]
+    assert not vs["saol_ss"]["gap"]["significant"]
+    better["vs_gap"] = vs["saol_ss_sd"]
     table = ablate.markdown({"dataset": "d", "backbone": "b", "seeds": [0, 1, 2],
                              "rungs": {"gap": base, "saol_ss_sd": better}})
-    assert "| saol_ss_sd | n/a | -1.00 ± 0.13 * |" in table
-    assert "| saol_ss_sd | cam | 0.60 ± 0.14 |" in table
+    assert (f"| saol_ss_sd | GAP-FC output | -1.00 ± 0.13 | -7.75 | 2.9 | {reference.pvalue:.3f} | "
+            f"{2 * reference.pvalue:.3f} | yes |") in table
+    assert "| saol_ss_sd | n/a | 9.00 ± 0.10 |" in table
+    assert "| rung | map | pointing, test |" in table and "| saol_ss_sd | cam | 0.60 ± 0.14 |" in table
+    assert "nothing is chosen" in table  # no validation metrics
 
 
 def test_localisation_leaves_out_an_untrained_cam():
-    results = {f"eval/loc_{kind}_pointing": 0.5 for kind in ("attention", "spatial", "product", "cam")}
+    results = {f"loc_{kind}_{score}": 0.5 for kind in ("attention", "spatial", "product", "cam")
+               for score in ("pointing", "maxboxacc_v2")}
+    # Every score the metrics have, read generically (not only the table's known ones).
     assert set(ablate.localisation(results, "saol_ss@paste")) == {
-        "attention_pointing", "spatial_pointing", "product_pointing"}
+        f"{kind}_{score}" for kind in ("attention", "spatial", "product") for score in ("pointing", "maxboxacc_v2")}
     assert set(ablate.localisation(results, "saol_ss_sd@paste")) == {
-        "attention_pointing", "spatial_pointing", "product_pointing", "cam_pointing"}
-    assert ablate.localisation({"eval/saol_top1": 0.9}, "saol") == {}
+        f"{kind}_{score}" for kind in ("attention", "spatial", "product", "cam")
+        for score in ("pointing", "maxboxacc_v2")}
+    assert ablate.localisation({"saol_top1": 0.9}, "saol") == {}
 
 
 def test_summary_statistics():
@@ -194,3 +236,31 @@ def test_cli_rejects_an_unknown_rung(tmp_path):
     )
     assert proc.returncode != 0
     assert "nope" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_study_name():
+    assert ablate.study_name("configs/fashion_mnist.py:smoke", "workdirs/study/") == "fashion_mnist-smoke-study"
+    assert ablate.study_name("configs/cluttered_fashion_mnist.py", "gs://b/runs/x") == "cluttered_fashion_mnist-x"
+
+
+def test_final_metrics_keep_what_the_run_logged_at_its_last_step(tmp_path):
+    events = [{"event": "eval", "step": 5, "eval/saol_top1": 0.1, "val/saol_top1": 0.2},
+              {"event": "train", "step": 10, "loss/total": 1.0},
+              {"event": "eval", "step": 10, "eval/saol_top1": 0.5, "val/saol_top1": 0.6, "val/loc_attention_iou": 0.3}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    step, metrics = ablate.final_metrics(str(tmp_path), {"eval/saol_top1": 0.5})
+    assert step == 10
+    assert metrics == {"eval/saol_top1": 0.5, "val/saol_top1": 0.6, "val/loc_attention_iou": 0.3}
+    entry = ablate.run_entry({"rung": "saol", "seed": 0, "metrics": results.split_metrics(metrics)})
+    assert entry["val_top1_error"] == {"saol": pytest.approx(40.0)} and entry["top1_error"] == {"saol": 50.0}
+    assert entry["val_localisation"] == {"attention_iou": 0.3} and entry["localisation"] == {}
+
+
+def test_the_choice_is_made_on_the_validation_split():
+    def entry(val, test):
+        return {"top1_error": {"saol": ablate.summarise(test)}, "val_top1_error": {"saol": ablate.summarise(val)}}
+
+    # saol_ss is the better on the validation split, saol on the test split: saol_ss is chosen.
+    chosen = ablate.choose({"saol": entry([20.0, 21.0], [18.0, 18.5]), "saol_ss": entry([19.0, 19.5], [19.0, 19.2])})
+    assert chosen["rung"] == "saol_ss" and chosen["test_top1_error"]["mean"] == pytest.approx(19.1)
+    assert ablate.choose({"saol": {"top1_error": {"saol": ablate.summarise([18.0, 19.0])}}}) is None
