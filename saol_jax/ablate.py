@@ -40,7 +40,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from saol_jax import compare_heads, paths, sharding  # noqa: E402
 from saol_jax.config_check import parse_flags_or_exit  # noqa: E402
-from saol_jax.ladder import HEAD_LADDER, apply_head, split_rung  # noqa: E402
+from saol_jax.ladder import HEAD_LADDER, MODEL_HEADS, apply_head, split_rung  # noqa: E402
 from saol_jax.localization import MAPS  # noqa: E402
 from saol_jax.losses import SS2_FORMS  # noqa: E402
 from saol_jax.trainer import USER_ERRORS, train_and_evaluate  # noqa: E402
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 OUTPUTS = {"saol": "SAOL output", "gap": "GAP-FC output"}
 REPORTED = {
     "gap": ("gap",),
+    "gap_ms": ("gap",),
     "saol": ("saol",),
     "saol_ss": ("saol",),
     "saol_ss_sd": ("saol", "gap"),
@@ -58,7 +59,7 @@ REPORTED = {
 
 
 STUDY_RUNGS = (
-    "gap", "saol",
+    "gap", "gap_ms", "saol",
     *(f"saol_ss@{form}" for form in SS2_FORMS),
     *(f"saol_ss_sd@{form}" for form in SS2_FORMS),
 )
@@ -93,7 +94,7 @@ def errors(results: dict[str, float], rung: str) -> dict[str, float]:
 
 def has_attention(rung: str) -> bool:
     """Whether the rung's model has the SAOL head, and so an attention map."""
-    return split_rung(rung)[0] != "gap"
+    return MODEL_HEADS[split_rung(rung)[0]] == "saol"
 
 
 def localisation(results: dict[str, float], rung: str) -> dict[str, float]:
