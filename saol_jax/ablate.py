@@ -3,10 +3,11 @@
     python -m saol_jax.ablate --config configs/cluttered_fashion_mnist.py --seeds 3 [--workdir DIR]
         [--rungs gap,saol,saol_ss@renorm,...] [--config.field=value ...]
 
-A rung is a ladder head (`gap`, `saol`, `saol_ss`, `saol_ss_sd`), optionally
+A rung is a ladder head (`gap`, `gap_ms`, `saol`, `saol_ss`, `saol_ss_sd`), optionally
 with an SS-2 form after `@` (`saol_ss@paste`; without one, the recipe's
 `loss.ss2_form`). The default rungs are the whole study: GAP-FC + CutMix,
-SAOL, and SAOL + SS and SAOL + SS + SD with each SS-2 form.
+its control on SAOL's multi-scale decoder (`gap_ms`), SAOL, and SAOL + SS and
+SAOL + SS + SD with each SS-2 form (the control `paste_mixed` included).
 
 Each (rung, seed) trains in `<workdir>/<rung>/seed<seed>` with the recipe's
 config, the rung's head and loss weights (docs/method.md §8; they replace any
