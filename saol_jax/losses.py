@@ -286,8 +286,12 @@ def distillation_loss(teacher_log_probs: jax.Array, student_logits: jax.Array) -
 
 
 def loss_weights(loss_config: Mapping[str, object]) -> dict[str, float]:
-    """The term weights of a config's `loss` field (which also holds `ss2_form`)."""
-    return {name: float(loss_config[name]) for name in WEIGHT_TO_TERM if name in loss_config}
+    """The term weights of a config's `loss` field (which also holds `ss2_form`): every one of
+    WEIGHT_TO_TERM, read from the config, which is their only default (saol_jax.ladder.BASE_LOSS)."""
+    missing = [name for name in WEIGHT_TO_TERM if name not in loss_config]
+    if missing:
+        raise ValueError(f"the loss config lacks the weights {missing} (it needs {list(WEIGHT_TO_TERM)})")
+    return {name: float(loss_config[name]) for name in WEIGHT_TO_TERM}
 
 
 def _weighted_mean(values: jax.Array, weight: jax.Array, denom: jax.Array | None = None) -> jax.Array:

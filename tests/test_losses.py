@@ -397,3 +397,11 @@ def test_paste_mixed_equals_paste_on_mixed_examples():
         np.testing.assert_allclose(mixed(*args), paste(*args), rtol=1e-6)
     # A batch of un-mixed examples only (no CutMix) gives 0, where `paste` does not.
     assert float(mixed(SCORES_3[1:2], None, TARGET_3[1:2])) == 0.0 < float(paste(SCORES_3[1:2], None, TARGET_3[1:2]))
+
+
+def test_loss_weights_come_whole_from_the_config():
+    config = {"saol": 1, "ss1": 0.5, "ss2": 0, "sd": 1, "gap": 2, "ss2_form": "paste"}
+    assert L.loss_weights(config) == {"saol": 1.0, "ss1": 0.5, "ss2": 0.0, "sd": 1.0, "gap": 2.0}
+    # A weight missing from the config is an error, not a silent 0.
+    with pytest.raises(ValueError, match=r"lacks the weights \['sd'\]"):
+        L.loss_weights({k: v for k, v in config.items() if k != "sd"})
