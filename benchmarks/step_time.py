@@ -145,7 +145,7 @@ def prepare(work: Workload, rung: str, mesh: jax.sharding.Mesh,
     """
     timings = {}
     start = time.perf_counter()
-    base, form = split_rung(rung)
+    base = split_rung(rung)[0]
     config = model_config(work.backbone, MODEL_HEADS[base], work.width,
                           dtype=work.dtype, ghost_bn_size=work.ghost_bn_size, **dict(work.backbone_kwargs))
     with jax.threefry_partitionable(False):
@@ -158,7 +158,7 @@ def prepare(work: Workload, rung: str, mesh: jax.sharding.Mesh,
     per_device = sharding.check_batch_size(work.batch, mesh)
     step_config = StepConfig(
         loss_weights=HEAD_LADDER[base],
-        ss2_form=form or BASE_LOSS["ss2_form"],
+        ss2_form=rung_form(rung),
         mean=(0.5,) * work.channels,
         std=(0.25,) * work.channels,
         grid_hw=output_grid(graphdef, state, (work.image_size, work.image_size, work.channels)),

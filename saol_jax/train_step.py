@@ -44,7 +44,6 @@ class TrainState(struct.PyTreeNode):
 class StepConfig:
     """Static settings of the train step, read from the config once.
 
-
     Fields that mirror a config field have no default here: the config's
     value (saol_jax.recipe.base_config) is the only one.
     """
@@ -143,8 +142,9 @@ def make_train_step(
     `batch` holds uint8 `image` [B, H, W, C] and int32 `label` [B], sharded
     on the mesh's data axis; `key` is the run's base PRNG key, folded with the
     step so that a resumed run draws the same randomness. With SS-2 in a
-    form of `losses.PASTED_TARGET_FORMS` the step first runs the model on the un-mixed batch (BN
-    in train mode, its statistics discarded, no gradient) for the target.
+    form of `losses.PASTED_TARGET_FORMS` the step first runs the model on
+    the un-mixed batch (BN in train mode, its statistics discarded, no
+    gradient) for the target.
 
     Gradient accumulation (`cfg.grad_accum_steps` = k > 1): one call is still
     one optimiser step on the global batch B (the schedule, `state.step`, the
