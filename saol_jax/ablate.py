@@ -6,8 +6,9 @@
 A rung is a ladder head (`gap`, `gap_ms`, `saol`, `saol_ss`, `saol_ss_sd`), optionally
 with an SS-2 form after `@` (`saol_ss@paste`; without one, the recipe's
 `loss.ss2_form`). The default rungs are the whole study: GAP-FC + CutMix,
-its control on SAOL's multi-scale decoder (`gap_ms`), SAOL, and SAOL + SS and
-SAOL + SS + SD with each SS-2 form (the control `paste_mixed` included).
+SAOL, and SAOL + SS and SAOL + SS + SD with each of the three SS-2 readings.
+The controls of docs/method.md §8 (`gap_ms`, `saol_ss_sd@paste_mixed`) are
+trained when named in `--rungs`.
 
 Each (rung, seed) trains in `<workdir>/<rung>/seed<seed>` with the recipe's
 config, the rung's head and loss weights (docs/method.md §8; they replace any
@@ -43,7 +44,7 @@ from saol_jax import compare_heads, paths, sharding  # noqa: E402
 from saol_jax.config_check import parse_flags_or_exit  # noqa: E402
 from saol_jax.ladder import HEAD_LADDER, MODEL_HEADS, apply_head, split_rung  # noqa: E402
 from saol_jax.localization import MAPS  # noqa: E402
-from saol_jax.losses import SS2_FORMS  # noqa: E402
+from saol_jax.losses import SS2_FORMS, SS2_READINGS  # noqa: E402
 from saol_jax.trainer import USER_ERRORS, train_and_evaluate  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,9 @@ REPORTED = {
 
 
 STUDY_RUNGS = (
-    "gap", "gap_ms", "saol",
-    *(f"saol_ss@{form}" for form in SS2_FORMS),
-    *(f"saol_ss_sd@{form}" for form in SS2_FORMS),
+    "gap", "saol",
+    *(f"saol_ss@{form}" for form in SS2_READINGS),
+    *(f"saol_ss_sd@{form}" for form in SS2_READINGS),
 )
 # compare_heads scores of each output, and of their disagreements, in the two-outputs table.
 TWO_OUTPUT_SCORES = {"ece": "ECE", "nll": "NLL"}

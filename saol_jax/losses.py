@@ -54,6 +54,7 @@ __all__ = [
     "pasted_attention_target",
     "paste_loss",
     "mixed_only",
+    "SS2_READINGS",
     "SS2_FORMS",
     "PASTED_TARGET_FORMS",
     "loss_weights",
@@ -71,8 +72,10 @@ WEIGHT_TO_TERM: dict[str, str] = {
     "gap": "gap_ce",
 }
 
-# Every value `loss.ss2_form` may take; the one list every check uses.
-SS2_FORMS = ("renorm", "mass_mix", "paste", "paste_mixed")
+# The three readings of the paper's SS-2, and every value `loss.ss2_form` may take (the readings and
+# the control `paste_mixed`): the one list every check uses.
+SS2_READINGS = ("renorm", "mass_mix", "paste")
+SS2_FORMS = (*SS2_READINGS, "paste_mixed")
 # The forms whose target comes from a forward pass of the un-mixed batch.
 PASTED_TARGET_FORMS = ("paste", "paste_mixed")
 
