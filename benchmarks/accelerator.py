@@ -32,14 +32,19 @@ def parse_status(item: str) -> tuple[str, dict[str, object]]:
     return name, {"status": status, "seconds": float(seconds)}
 
 
+def _saol(entry: dict) -> str:
+    """'SAOL+SS+SD (paste)': the rung with the SS-2 form its step ran (results before forms were recorded: unknown)."""
+    return f"SAOL+SS+SD ({entry.get('ss2_form') or 'SS-2 form not recorded'})"
+
+
 def _step_time(p: dict) -> list[tuple[str, str]]:
     w, v = p["workload"], p["variants"]
     setting = (f"{w['backbone']} {w['image_size']}² {w['dtype']}, batch {w['batch']} "
                f"on {p['devices']} x {p['device_kind']}")
     return [
         (f"GAP-FC img/s ({setting})", f"{v['gap']['img_per_s_median']:.1f}"),
-        ("SAOL+SS+SD img/s", f"{v['saol_ss_sd']['img_per_s_median']:.1f}"),
-        ("SAOL+SS+SD / GAP-FC throughput", f"{p['saol_over_gap_throughput']:.3f}"),
+        (f"{_saol(v['saol_ss_sd'])} img/s", f"{v['saol_ss_sd']['img_per_s_median']:.1f}"),
+        (f"{_saol(v['saol_ss_sd'])} / GAP-FC throughput", f"{p['saol_over_gap_throughput']:.3f}"),
     ]
 
 
@@ -48,7 +53,7 @@ def _memory(p: dict) -> list[tuple[str, str]]:
     for name, s in p["settings"].items():
         gap, saol = s["rungs"].get("gap"), s["rungs"].get("saol_ss_sd")
         if gap and saol:
-            rows.append((f"{name} footprint MiB GAP-FC / SAOL+SS+SD (batch {s['workload']['batch']})",
+            rows.append((f"{name} footprint MiB GAP-FC / {_saol(saol)} (batch {s['workload']['batch']})",
                          f"{gap['footprint_bytes'] / 2**20:.1f} / {saol['footprint_bytes'] / 2**20:.1f} "
                          f"(x{s['saol_over_gap_footprint']:.3f})"))
     return rows

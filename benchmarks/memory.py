@@ -3,6 +3,9 @@
     python -m benchmarks.memory [--settings resnet50_fp32,resnet50_bf16,cifar] [--rungs gap,saol_ss_sd]
                                 [--tiny] [--out PATH]
 
+Rungs are named as in `benchmarks.step_time`: `<rung>[@<SS-2 form>]`, the recipes' default form
+(`saol_jax.ladder.BASE_LOSS`) where none is given; every row names the form its step ran.
+
 Each figure is XLA's memory analysis of the real jitted train step
 (`benchmarks.step_time.prepare`: CutMix on device, every loss term of the
 rung, SGD update, state donated) compiled for one device of the default
@@ -22,7 +25,7 @@ import dataclasses
 import jax
 
 from benchmarks import default_out, format_table, write_json
-from benchmarks.step_time import RUNG_NAMES, TINY, VARIANTS, Workload, prepare
+from benchmarks.step_time import TINY, VARIANTS, Workload, parse_rungs, prepare, rung_form, rung_name
 from saol_jax import sharding
 
 SAOL_MEMORY_GOAL = ("resnet50", 0.05)  # the SAOL step needs <= 5% more memory than GAP-FC
@@ -58,7 +61,8 @@ def step_memory(work: Workload, rungs: tuple[str, ...], mesh: jax.sharding.Mesh)
     rows = {}
     for rung in rungs:
         prepared, timings = prepare(work, rung, mesh)
-        rows[rung] = {**compiled_memory(prepared.step), "compile_s": timings["compile_s"]}
+        rows[rung] = {"ss2_form": rung_form(rung), **compiled_memory(prepared.step),
+                      "compile_s": timings["compile_s"]}
         del prepared  # frees the state before the next rung is built
     result = {"workload": dataclasses.asdict(work), "rungs": rows}
     if set(VARIANTS) <= set(rungs):
@@ -73,7 +77,7 @@ def table(results: dict[str, dict]) -> str:
         gap = result["rungs"].get("gap", {}).get("footprint_bytes")
         for rung, mem in result["rungs"].items():
             ratio = f"{mem['footprint_bytes'] / gap:.4f}" if gap else "-"
-            rows.append([name, result["workload"]["batch"], result["workload"]["dtype"], RUNG_NAMES[rung],
+            rows.append([name, result["workload"]["batch"], result["workload"]["dtype"], rung_name(rung),
                          f"{mem['footprint_bytes'] / 2**20:.1f}", f"{mem['argument_size_in_bytes'] / 2**20:.1f}",
                          f"{mem['temp_size_in_bytes'] / 2**20:.1f}", f"{mem['peak_memory_in_bytes'] / 2**20:.1f}",
                          ratio])
@@ -123,13 +127,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--settings", default=",".join(SETTINGS),
                         help=f"comma-separated, among {', '.join([*SETTINGS, *GROUPS])}")
-    parser.add_argument("--rungs", default=",".join(VARIANTS), help=f"among {','.join(RUNG_NAMES)}")
+    parser.add_argument("--rungs", default=",".join(VARIANTS),
+                        help="ablation rungs, each optionally @<SS-2 form>, as in benchmarks.step_time")
     parser.add_argument("--tiny", action="store_true", help="a tiny model and batch (for tests)")
     parser.add_argument("--out", default=default_out("memory"))
     args = parser.parse_args(argv)
-    rungs = tuple(args.rungs.split(","))
-    if not set(rungs) <= set(RUNG_NAMES):
-        parser.error(f"--rungs must only name {','.join(RUNG_NAMES)}")
+    try:
+        rungs = parse_rungs(args.rungs)
+    except ValueError as error:
+        parser.error(str(error))
     settings = TINY_SETTINGS if args.tiny else parse_settings(args.settings)
     return run(settings, rungs, args.out)
 

@@ -11,8 +11,10 @@ that drifting machine load hits both alike. Compile time is reported apart.
 machine it moves less with other processes' load than the wall time does.
 `--devices N` splits the CPU host into N devices (the global batch is
 sharded over them), which is what makes XLA's CPU convolutions fast.
-A rung `<rung>@<form>` uses that SS-2 form (`loss.ss2_form`); `paste` adds a
-forward pass of the un-mixed batch to every step.
+A rung `<rung>@<form>` uses that SS-2 form (`loss.ss2_form`), a rung without
+one the recipes' default (`saol_jax.ladder.BASE_LOSS`, what users run); every
+table row and JSON entry names the form its step ran. The forms of
+`losses.PASTED_TARGET_FORMS` add a forward pass of the un-mixed batch to every step.
 """
 
 from __future__ import annotations
@@ -33,13 +35,14 @@ from flax import nnx
 from benchmarks import default_out, format_table, write_json
 from benchmarks.head_cost import model_config
 from saol_jax import optim, sharding
-from saol_jax.ladder import HEAD_LADDER, split_rung
+from saol_jax.ladder import BASE_LOSS, HEAD_LADDER, MODEL_HEADS, split_rung
 from saol_jax.losses import SS2_FORMS
 from saol_jax.models import DTYPES, build_model
 from saol_jax.train_step import StepConfig, create_train_state, make_train_step, output_grid
 
 VARIANTS = ("gap", "saol_ss_sd")
-RUNG_NAMES = {"gap": "GAP-FC", "saol": "SAOL", "saol_ss": "SAOL+SS", "saol_ss_sd": "SAOL+SS+SD"}
+RUNG_NAMES = {"gap": "GAP-FC", "gap_ms": "GAP-FC multi-scale", "saol": "SAOL", "saol_ss": "SAOL+SS",
+              "saol_ss_sd": "SAOL+SS+SD"}
 SAOL_SLOWDOWN_GOAL = 0.05  # docs/method.md §3.5: the head adds <= 5% train-step time
 RESNET56_IMG_S_GOAL = 100.0
 
@@ -73,9 +76,28 @@ TINY = Workload(backbone="resnet_cifar", batch=16, image_size=12, num_classes=4,
                 backbone_kwargs=(("depth", 8), ("widths", (8, 16, 32))))
 
 
-def rung_name(rung: str) -> str:
+def rung_form(rung: str) -> str | None:
+    """The SS-2 form the rung's step runs: its `@form`, else the recipes' default; None without SS-2."""
     base, form = split_rung(rung)
-    return RUNG_NAMES[base] + (f" ({form})" if "@" in rung else "")
+    return (form or BASE_LOSS["ss2_form"]) if HEAD_LADDER[base]["ss2"] else None
+
+
+def rung_name(rung: str) -> str:
+    """'saol_ss_sd' -> 'SAOL+SS+SD (paste)': the head and the SS-2 form its step runs."""
+    form = rung_form(rung)
+    return RUNG_NAMES[split_rung(rung)[0]] + (f" ({form})" if form else "")
+
+
+def parse_rungs(text: str, required: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """'gap,saol_ss_sd@renorm' -> its rungs; ValueError naming the valid ones for an unknown rung or form,
+    or when a `required` rung is missing."""
+    rungs = tuple(text.split(","))
+    bad = [r for r in rungs if split_rung(r)[0] not in RUNG_NAMES or split_rung(r)[1] not in (None, *SS2_FORMS)]
+    if bad or not set(required) <= set(rungs):
+        need = f"must include {','.join(required)} and " if required else ""
+        raise ValueError(f"--rungs {need}only name {','.join(RUNG_NAMES)}, each optionally "
+                         f"@{'|'.join(SS2_FORMS)} (without one: {BASE_LOSS['ss2_form']}); got {text!r}")
+    return rungs
 
 
 def _optim_config(lr: float) -> types.SimpleNamespace:
@@ -123,8 +145,8 @@ def prepare(work: Workload, rung: str, mesh: jax.sharding.Mesh,
     """
     timings = {}
     start = time.perf_counter()
-    base, form = split_rung(rung)
-    config = model_config(work.backbone, "gap" if base == "gap" else "saol", work.width,
+    base = split_rung(rung)[0]
+    config = model_config(work.backbone, MODEL_HEADS[base], work.width,
                           dtype=work.dtype, ghost_bn_size=work.ghost_bn_size, **dict(work.backbone_kwargs))
     with jax.threefry_partitionable(False):
         model = build_model(config, num_classes=work.num_classes, in_channels=work.channels, rngs=nnx.Rngs(0))
@@ -136,7 +158,7 @@ def prepare(work: Workload, rung: str, mesh: jax.sharding.Mesh,
     per_device = sharding.check_batch_size(work.batch, mesh)
     step_config = StepConfig(
         loss_weights=HEAD_LADDER[base],
-        ss2_form=form or "renorm",
+        ss2_form=rung_form(rung),
         mean=(0.5,) * work.channels,
         std=(0.25,) * work.channels,
         grid_hw=output_grid(graphdef, state, (work.image_size, work.image_size, work.channels)),
@@ -144,6 +166,7 @@ def prepare(work: Workload, rung: str, mesh: jax.sharding.Mesh,
         cutmix_prob=work.cutmix_prob,
         cutmix_group_size=work.cutmix_group_size or per_device // work.grad_accum_steps,
         dtype=DTYPES[work.dtype],
+        eval_cutmix_maps=False,  # the train step does not evaluate
         grad_accum_steps=work.grad_accum_steps,
         grad_accum_unroll=work.grad_accum_unroll,
     )
@@ -209,7 +232,7 @@ def measure(work: Workload, *, devices: int = 0, reps: int = 5, steps: int = 5, 
         prepared[rung], compile_times[rung] = prepare(work, rung, mesh)
         prepared[rung].run(warmup)
     timed = time_alternating({rung: p.run for rung, p in prepared.items()}, work.batch, reps=reps, steps=steps)
-    variants = {rung: {**compile_times[rung], **timed[rung]} for rung in rungs}
+    variants = {rung: {"ss2_form": rung_form(rung), **compile_times[rung], **timed[rung]} for rung in rungs}
     ratio = variants["saol_ss_sd"]["img_per_s_median"] / variants["gap"]["img_per_s_median"]
     cpu_ratio = variants["gap"]["cpu_ms_per_step_median"] / variants["saol_ss_sd"]["cpu_ms_per_step_median"]
     result = {
@@ -254,7 +277,7 @@ def report(result: dict) -> None:
           f"{work['dtype']}, K={work['num_classes']}, {result['reps']} reps x {result['steps_per_rep']} steps, "
           f"load average {load['start']:.1f} -> {load['end']:.1f} on {os.cpu_count()} cores")
     print(table(result))
-    print(f"SAOL/GAP-FC throughput: {result['saol_over_gap_throughput']:.3f} (wall), "
+    print(f"{rung_name('saol_ss_sd')} / GAP-FC throughput: {result['saol_over_gap_throughput']:.3f} (wall), "
           f"{result['saol_over_gap_throughput_cpu_time']:.3f} (CPU time)")
     for name, goal in result["goals"].items():
         print(f"goal {name}: measured {goal['measured']:.3f}, limit {goal['limit']}: "
@@ -280,15 +303,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5, help="steps per timed repetition")
     parser.add_argument("--rungs", default=",".join(VARIANTS),
                         help=f"ablation rungs to time, among {','.join(RUNG_NAMES)}, each optionally "
-                             f"@<SS-2 form> ({','.join(SS2_FORMS)}); must include gap,saol_ss_sd")
+                             f"@<SS-2 form> ({','.join(SS2_FORMS)}; without one: the recipes' "
+                             f"{BASE_LOSS['ss2_form']}); must include gap,saol_ss_sd")
     parser.add_argument("--tiny", action="store_true", help="a tiny model and batch (for tests)")
     parser.add_argument("--out", default=default_out("step_time"))
     args = parser.parse_args(argv)
-    args.rungs = tuple(args.rungs.split(","))
-    bad = [r for r in args.rungs if split_rung(r)[0] not in RUNG_NAMES or split_rung(r)[1] not in (None, *SS2_FORMS)]
-    if not set(VARIANTS) <= set(args.rungs) or bad:
-        parser.error(f"--rungs must include {','.join(VARIANTS)} and only name {','.join(RUNG_NAMES)}"
-                     f"[@{'|'.join(SS2_FORMS)}]")
+    try:
+        args.rungs = parse_rungs(args.rungs, VARIANTS)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 

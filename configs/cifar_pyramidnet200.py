@@ -13,7 +13,7 @@ Time: not measured by this project (no GPU here).
 Expected top-1 error on CIFAR-100 (CutMix paper, GAP-FC head): 16.45 without
 CutMix, 14.23 with CutMix, 13.81 with CutMix + ShakeDrop; SAOL reference runs
 are not reproduced here. Noise is about +-0.2.
-Options: dataset=cifar100|cifar10, shakedrop (bool), head=gap|saol|saol_ss|saol_ss_sd, hw=..., smoke.
+Options: dataset=cifar100|cifar10, shakedrop (bool), head=gap|gap_ms|saol|saol_ss|saol_ss_sd, hw=..., smoke.
 """
 
 import ml_collections

@@ -11,7 +11,7 @@ Sized for: one GPU (36.5M parameters); `hw=gpu8` scales batch and lr.
 Time: not measured by this project (no GPU here).
 Expected: no reference figure for this recipe in our sources; compare the
 `head=gap` run with the default within this codebase.
-Options: dataset=cifar100|cifar10, head=gap|saol|saol_ss|saol_ss_sd, hw=..., smoke.
+Options: dataset=cifar100|cifar10, head=gap|gap_ms|saol|saol_ss|saol_ss_sd, hw=..., smoke.
 """
 
 import ml_collections

@@ -39,7 +39,7 @@ SAOL alone (`head=saol`): 20.17 ± 0.31% error, its attention's box right
 for 7 ± 4%; SAOL + SS (`head=saol_ss`): 19.55 ± 0.85%, box right for
 37 ± 8%: the self-supervised losses make the attention point at the item,
 self-distillation widens it to outline the item.
-Options (after a colon): `head=gap|saol|saol_ss|saol_ss_sd`, `smoke`, `hw=...`.
+Options (after a colon): `head=gap|gap_ms|saol|saol_ss|saol_ss_sd`, `smoke`, `hw=...`.
 """
 
 import ml_collections

@@ -25,7 +25,7 @@ classes where the attention is most concentrated; calibration is equal.
 Forcing the attention wider (`--config.model.saol.attention_floor=0.5`)
 does not close that gap: the SAOL output gets worse (8.32 ± 0.08% error
 against 8.04 ± 0.03%), so the concentration is not its cause.
-Options (after a colon): `head=gap|saol|saol_ss|saol_ss_sd`, `smoke`, `hw=...`.
+Options (after a colon): `head=gap|gap_ms|saol|saol_ss|saol_ss_sd`, `smoke`, `hw=...`.
 """
 
 import ml_collections

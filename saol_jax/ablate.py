@@ -3,10 +3,12 @@
     python -m saol_jax.ablate --config configs/cluttered_fashion_mnist.py --seeds 5 [--workdir DIR]
         [--results DIR] [--rungs gap,saol,saol_ss@renorm,...] [--config.field=value ...]
 
-A rung is a ladder head (`gap`, `saol`, `saol_ss`, `saol_ss_sd`), optionally
+A rung is a ladder head (`gap`, `gap_ms`, `saol`, `saol_ss`, `saol_ss_sd`), optionally
 with an SS-2 form after `@` (`saol_ss@paste`; without one, the recipe's
 `loss.ss2_form`). The default rungs are the whole study: GAP-FC + CutMix,
-SAOL, and SAOL + SS and SAOL + SS + SD with each SS-2 form.
+SAOL, and SAOL + SS and SAOL + SS + SD with each of the three SS-2 readings.
+The controls of docs/method.md §8 (`gap_ms`, `saol_ss_sd@paste_mixed`) are
+trained when named in `--rungs`.
 
 Each (rung, seed) trains in `<workdir>/<rung>/seed<seed>` with the recipe's
 config, the rung's head and loss weights (docs/method.md §8; they replace any
@@ -55,9 +57,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from saol_jax import compare_heads, paths, sharding, stats  # noqa: E402
 from saol_jax import results as results_files  # noqa: E402
 from saol_jax.config_check import parse_flags_or_exit  # noqa: E402
-from saol_jax.ladder import HEAD_LADDER, apply_head, split_rung  # noqa: E402
+from saol_jax.ladder import HEAD_LADDER, MODEL_HEADS, apply_head, split_rung  # noqa: E402
 from saol_jax.localization import MAPS  # noqa: E402
-from saol_jax.losses import SS2_FORMS  # noqa: E402
+from saol_jax.losses import SS2_FORMS, SS2_READINGS  # noqa: E402
 from saol_jax.metrics import read_events  # noqa: E402
 from saol_jax.trainer import USER_ERRORS, train_and_evaluate  # noqa: E402
 
@@ -67,6 +69,7 @@ log = logging.getLogger(__name__)
 OUTPUTS = {"saol": "SAOL output", "gap": "GAP-FC output"}
 REPORTED = {
     "gap": ("gap",),
+    "gap_ms": ("gap",),
     "saol": ("saol",),
     "saol_ss": ("saol",),
     "saol_ss_sd": ("saol", "gap"),
@@ -75,16 +78,16 @@ REPORTED = {
 
 STUDY_RUNGS = (
     "gap", "saol",
-    *(f"saol_ss@{form}" for form in SS2_FORMS),
-    *(f"saol_ss_sd@{form}" for form in SS2_FORMS),
+    *(f"saol_ss@{form}" for form in SS2_READINGS),
+    *(f"saol_ss_sd@{form}" for form in SS2_READINGS),
 )
 # compare_heads scores of each output, and of their disagreements, in the two-outputs table.
 TWO_OUTPUT_SCORES = {"ece": "ECE", "nll": "NLL"}
 DISAGREEMENT_SCORES = {"rate": "disagree (%)", "saol_right": "SAOL right (%)", "gap_right": "GAP-FC right (%)"}
 # Column titles, and order, of the known localisation scores (saol_jax.localization); the tables show
 # every score the runs have, others under their metric name after these.
-LOC_SCORES = {"pointing": "pointing", "mass_ratio": "mass / area", "gt_known": "GT-known loc",
-              "top1_loc": "top-1 loc", "iou": "mean IoU"}
+LOC_SCORES = {"maxboxacc_v2": "MaxBoxAccV2", "maxboxacc_50": "GT-known loc (MaxBoxAcc@0.5)",
+              "top1_loc": "top-1 loc", "pointing": "pointing", "mass_ratio": "mass / area", "iou": "mean IoU"}
 
 
 def rung_config(base: ml_collections.ConfigDict, rung: str, seed: int) -> ml_collections.ConfigDict:
@@ -138,7 +141,7 @@ def errors(metrics: dict[str, float | None], rung: str) -> dict[str, float]:
 
 def has_attention(rung: str) -> bool:
     """Whether the rung's model has the SAOL head, and so an attention map."""
-    return split_rung(rung)[0] != "gap"
+    return MODEL_HEADS[split_rung(rung)[0]] == "saol"
 
 
 def localisation(metrics: dict[str, float | None], rung: str) -> dict[str, float]:

@@ -1,6 +1,6 @@
-"""The ablation ladder: GAP-FC, SAOL, SAOL + SS, SAOL + SS + SD (docs/method.md §8).
+"""The ablation ladder: GAP-FC, SAOL, SAOL + SS, SAOL + SS + SD (docs/method.md §8), and its controls.
 
-Each rung is a head and the weights of the loss terms (docs/method.md §7);
+Each rung is a model head and the weights of the loss terms (docs/method.md §7);
 recipes select one with `:head=RUNG`, `saol_jax.ablate` trains them all.
 """
 
@@ -11,10 +11,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the ladder itself is imported where ml_collections is not installed
     import ml_collections
 
+_GAP_LOSS = {"saol": 0.0, "ss1": 0.0, "ss2": 0.0, "sd": 0.0, "gap": 1.0}
+
 # Loss weights (saol, ss1, ss2, sd, gap) per rung.
 HEAD_LADDER: dict[str, dict[str, float]] = {
     # GAP-FC + CutMix: the baseline.
-    "gap": {"saol": 0.0, "ss1": 0.0, "ss2": 0.0, "sd": 0.0, "gap": 1.0},
+    "gap": dict(_GAP_LOSS),
+    # Control: GAP-FC + CutMix on the SAOL head's fused multi-scale features (no attention), so
+    # that SAOL's lead over `gap` can be split into the extra stages and the attention.
+    "gap_ms": dict(_GAP_LOSS),
     # SAOL trained by its own mixed-label CE; the GAP-FC branch is left untrained.
     "saol": {"saol": 1.0, "ss1": 0.0, "ss2": 0.0, "sd": 0.0, "gap": 0.0},
     # + location-specific self-supervision (SS-1, SS-2).
@@ -23,12 +28,23 @@ HEAD_LADDER: dict[str, dict[str, float]] = {
     "saol_ss_sd": {"saol": 1.0, "ss1": 1.0, "ss2": 1.0, "sd": 1.0, "gap": 1.0},
 }
 
+# `config.model.head` of each rung (saol_jax.models.HEADS).
+MODEL_HEADS: dict[str, str] = {"gap": "gap", "gap_ms": "gap_ms", "saol": "saol", "saol_ss": "saol",
+                               "saol_ss_sd": "saol"}
+
+# The recipes' base `config.loss` (saol_jax.recipe.base_config): the full ladder's weights and the
+# SS-2 form (saol_jax.losses.SS2_FORMS). It lives here, where ml_collections is not needed, so that
+# tools which build a train step without a recipe (benchmarks) run the same values; nothing below
+# the config has a default of its own. `paste` is the form by measurement: on the cluttered
+# localisation benchmark (3 seeds, README) it localised and classified best.
+BASE_LOSS: dict[str, float | str] = {**HEAD_LADDER["saol_ss_sd"], "ss2_form": "paste"}
+
 
 def apply_head(config: ml_collections.ConfigDict, head: str) -> None:
     """Sets `config.model.head` and `config.loss` to the rung `head`."""
     if head not in HEAD_LADDER:
         raise ValueError(f"head must be one of {', '.join(HEAD_LADDER)}, got {head!r}")
-    config.model.head = "gap" if head == "gap" else "saol"
+    config.model.head = MODEL_HEADS[head]
     config.loss.update(HEAD_LADDER[head])  # other loss fields (ss2_form) are kept
 
 

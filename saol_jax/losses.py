@@ -6,7 +6,7 @@ All math is float32 and in log space.
 
 The attention loss SS-2 has three forms (config `loss.ss2_form`), three
 readings of the paper's "attention must select the region of each pasted
-label" (its exact form is not public). With A the attention, Y the spatial
+label" (its exact form is not public), and a control of the third. With A the attention, Y the spatial
 class distributions, ŷ = Σ_ij A_ij Y_ij, m_ij the fraction of cell (i, j)
 covered by the pasted box, y_A / y_B the own / pasted labels:
 
@@ -29,6 +29,13 @@ covered by the pasted box, y_A / y_B the own / pasted labels:
   the box, T ∝ (1-m) R^A + m R^B[partner], and the loss is the
   cross-entropy -Σ T log A. It needs one extra forward pass of the un-mixed
   batch per train step (done in `saol_jax.train_step`).
+- ``paste_mixed`` (:func:`mixed_only`): ``paste`` on the mixed examples
+  only. On an un-mixed image T is the model's own responsibility map, and
+  ``paste``'s gradient on the attention scores equals the classification
+  loss's; this form drops those examples (their term is 0, the others keep
+  exactly ``paste``'s term and weight), so comparing it with ``paste`` says
+  whether ``paste`` helps by more than a heavier classification gradient
+  (docs/method.md §8).
 """
 
 from __future__ import annotations
@@ -46,7 +53,10 @@ __all__ = [
     "mass_mix_loss",
     "pasted_attention_target",
     "paste_loss",
+    "mixed_only",
+    "SS2_READINGS",
     "SS2_FORMS",
+    "PASTED_TARGET_FORMS",
     "loss_weights",
     "distillation_loss",
     "loss_terms",
@@ -62,7 +72,12 @@ WEIGHT_TO_TERM: dict[str, str] = {
     "gap": "gap_ce",
 }
 
-SS2_FORMS = ("renorm", "mass_mix", "paste")
+# The three readings of the paper's SS-2, and every value `loss.ss2_form` may take (the readings and
+# the control `paste_mixed`): the one list every check uses.
+SS2_READINGS = ("renorm", "mass_mix", "paste")
+SS2_FORMS = (*SS2_READINGS, "paste_mixed")
+# The forms whose target comes from a forward pass of the un-mixed batch.
+PASTED_TARGET_FORMS = ("paste", "paste_mixed")
 
 # Model outputs each term needs.
 _REQUIRED_OUTPUTS: dict[str, tuple[str, ...]] = {
@@ -248,6 +263,15 @@ def paste_loss(log_attention: jax.Array, log_target: jax.Array) -> jax.Array:
     return -jnp.sum(jnp.where(target > 0, target * log_attention.astype(jnp.float32), 0.0), axis=(1, 2))
 
 
+def mixed_only(per_example: jax.Array, coverage: jax.Array) -> jax.Array:
+    """per_example [B] where the example's CutMix box is non-empty, else exactly 0 (gradient too).
+
+    coverage: [B, Ho, Wo] m_ij; an un-mixed example has m = 0 everywhere.
+    """
+    mixed = jnp.any(coverage > 0, axis=(1, 2))
+    return jnp.where(mixed, per_example, 0.0)
+
+
 def distillation_loss(teacher_log_probs: jax.Array, student_logits: jax.Array) -> jax.Array:
     """Self-distillation: -sum_k p_k log q_k, p = stop_gradient(exp(teacher)), q = softmax(student).
 
@@ -265,8 +289,12 @@ def distillation_loss(teacher_log_probs: jax.Array, student_logits: jax.Array) -
 
 
 def loss_weights(loss_config: Mapping[str, object]) -> dict[str, float]:
-    """The term weights of a config's `loss` field (which also holds `ss2_form`)."""
-    return {name: float(loss_config[name]) for name in WEIGHT_TO_TERM if name in loss_config}
+    """The term weights of a config's `loss` field (which also holds `ss2_form`): every one of
+    WEIGHT_TO_TERM, read from the config, which is their only default (saol_jax.ladder.BASE_LOSS)."""
+    missing = [name for name in WEIGHT_TO_TERM if name not in loss_config]
+    if missing:
+        raise ValueError(f"the loss config lacks the weights {missing} (it needs {list(WEIGHT_TO_TERM)})")
+    return {name: float(loss_config[name]) for name in WEIGHT_TO_TERM}
 
 
 def _weighted_mean(values: jax.Array, weight: jax.Array, denom: jax.Array | None = None) -> jax.Array:
@@ -288,7 +316,7 @@ def loss_terms(
     weights: Mapping[str, float],
     example_weight: jax.Array | None = None,
     *,
-    ss2_form: str = "renorm",
+    ss2_form: str | None = None,
     ss2_target: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
     """Batch-reduced loss terms and their weighted total (docs/method.md §7).
@@ -305,24 +333,26 @@ def loss_terms(
         all ones. Each term is a weighted mean over the batch; SS-2 ``renorm``
         divides the weighted sum of region terms by the weighted number of
         valid regions.
-      ss2_form: one of SS2_FORMS (see the module docstring).
-      ss2_target: [B, Ho, Wo] log target of the ``paste`` form
-        (:func:`pasted_attention_target`); needed only by that form.
+      ss2_form: one of SS2_FORMS (see the module docstring), the config's
+        `loss.ss2_form`; needed only when the ``ss2`` weight is non-zero.
+      ss2_target: [B, Ho, Wo] log target of the PASTED_TARGET_FORMS
+        (:func:`pasted_attention_target`); needed only by those forms.
     Returns:
       dict with the computed terms among ``saol_ce, ss1, ss2, sd, gap_ce`` and
       ``total`` = sum of weight * term, all float32 scalars.
     Raises:
-      ValueError: unknown weight key or SS-2 form, a non-zero weight whose
-        term needs an output the model did not produce, or the ``paste``
-        form without its target.
+      ValueError: unknown weight key, an SS-2 form not in SS2_FORMS (or none)
+        with a non-zero ``ss2`` weight, a non-zero weight whose term needs an
+        output the model did not produce, or a pasted-target form without
+        its target.
     """
     unknown = set(weights) - set(WEIGHT_TO_TERM)
     if unknown:
         raise ValueError(f"Unknown loss weight keys {sorted(unknown)}; expected {list(WEIGHT_TO_TERM)}")
-    if ss2_form not in SS2_FORMS:
-        raise ValueError(f"loss.ss2_form must be one of {SS2_FORMS}, got {ss2_form!r}")
     active = {name: float(weights.get(name, 0.0)) for name in WEIGHT_TO_TERM}
     active = {name: w for name, w in active.items() if w != 0.0}
+    if "ss2" in active and ss2_form not in SS2_FORMS:
+        raise ValueError(f"loss.ss2_form must be one of {', '.join(SS2_FORMS)}, got {ss2_form!r}")
     for name in active:
         missing = [key for key in _REQUIRED_OUTPUTS[name] if key not in outputs]
         if missing:
@@ -384,8 +414,12 @@ def _ss2(
         per_ex = mass_mix_loss(outputs["log_attention"], outputs["log_probs"], labels_a, labels_b, coverage)
         return _weighted_mean(per_ex, ew)
     if target is None:
-        raise ValueError("loss.ss2_form='paste' needs ss2_target, the pasted maps of the un-mixed batch")
-    return _weighted_mean(paste_loss(outputs["log_attention"], target), ew)
+        raise ValueError(f"loss.ss2_form={form!r} needs ss2_target, the pasted maps of the un-mixed batch")
+    per_ex = paste_loss(outputs["log_attention"], target)
+    if form == "paste_mixed":
+        # Same denominator as `paste`: each mixed example keeps exactly its `paste` term and weight.
+        per_ex = mixed_only(per_ex, coverage)
+    return _weighted_mean(per_ex, ew)
 
 
 def topk_correct(scores: jax.Array, labels: jax.Array, k: int) -> jax.Array:

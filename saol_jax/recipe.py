@@ -3,7 +3,7 @@
 A recipe's `get_config(arg)` receives what follows the colon in
 `--config configs/<recipe>.py:<arg>`, a comma-separated list of typed
 options (saol_jax.options): the common `smoke` (shrink to seconds on CPU),
-`head=gap|saol|saol_ss|saol_ss_sd` (the ablation ladder) and
+`head=gap|gap_ms|saol|saol_ss|saol_ss_sd` (the ablation ladder) and
 `hw=<variant>` (batch size for the hardware, learning rate scaled
 linearly), plus the recipe's own. Recipes import only this library, so a
 recipe file loads by path from any working directory.
@@ -16,7 +16,7 @@ from typing import NamedTuple
 import ml_collections
 
 from saol_jax.data import default_dataset_config
-from saol_jax.ladder import HEAD_LADDER, apply_head
+from saol_jax.ladder import BASE_LOSS, HEAD_LADDER, apply_head
 from saol_jax.options import Option, parse_options
 
 class Hardware(NamedTuple):
@@ -82,10 +82,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.ghost_bn_size = 0
 
     c.cutmix = ml_collections.ConfigDict({"beta": 1.0, "prob": 0.5, "group_size": 0})
-    c.loss = ml_collections.ConfigDict(HEAD_LADDER["saol_ss_sd"])
-    # SS-2 form: renorm | mass_mix | paste (saol_jax.losses). `paste` is the default by measurement:
-    # on the cluttered localisation benchmark (3 seeds, README) it localised and classified best.
-    c.loss.ss2_form = "paste"
+    # Loss weights of the full ladder and the SS-2 form `ss2_form` (one of saol_jax.losses.SS2_FORMS):
+    # saol_jax.ladder.BASE_LOSS, the only default of these fields.
+    c.loss = ml_collections.ConfigDict(BASE_LOSS)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 0.1

@@ -42,20 +42,24 @@ class TrainState(struct.PyTreeNode):
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-    """Static settings of the train step, read from the config once."""
+    """Static settings of the train step, read from the config once.
+
+    Fields that mirror a config field have no default here: the config's
+    value (saol_jax.recipe.base_config) is the only one.
+    """
 
     loss_weights: Mapping[str, float]
+    ss2_form: str | None  # loss.ss2_form (losses.SS2_FORMS; None: no SS-2); PASTED_TARGET_FORMS add a forward pass
     mean: Sequence[float]
     std: Sequence[float]
     grid_hw: tuple[int, int]
     cutmix_beta: float
     cutmix_prob: float
     cutmix_group_size: int
-    eval_group_size: int = 0  # CutMix partners for the CutMix-map eval: per-device eval batch
-    eval_cutmix_maps: bool = False
-    dtype: jnp.dtype = jnp.float32
-    ss2_form: str = "renorm"  # losses.SS2_FORMS; 'paste' adds a forward pass of the un-mixed batch
-    grad_accum_steps: int = 1  # micro-batches per optimiser step (see make_train_step)
+    eval_cutmix_maps: bool
+    dtype: jnp.dtype  # model.dtype
+    grad_accum_steps: int  # micro-batches per optimiser step (see make_train_step)
+    eval_group_size: int = 0  # CutMix partners for the CutMix-map eval: per-device eval batch (0: whole batch)
     grad_accum_unroll: bool | None = None  # micro-batches unrolled (True) or a loop; None: unrolled on CPU only
 
 
@@ -72,11 +76,12 @@ def step_config(
         std=tuple(config.dataset.std),
         grid_hw=tuple(grid_hw),
         eval_group_size=config.eval_batch_size // num_devices,
-        eval_cutmix_maps=bool(config.get("eval_cutmix_maps", False)),
+        eval_cutmix_maps=bool(config.eval_cutmix_maps),
         dtype=DTYPES[config.model.dtype],
     )
     if not training:
-        return StepConfig(loss_weights={}, cutmix_beta=0.0, cutmix_prob=0.0, cutmix_group_size=0, **common)
+        return StepConfig(loss_weights={}, ss2_form=None, cutmix_beta=0.0, cutmix_prob=0.0, cutmix_group_size=0,
+                          grad_accum_steps=1, **common)
     micro_per_device = config.batch_size // (num_devices * config.grad_accum_steps)
     return StepConfig(
         loss_weights=losses.loss_weights(config.loss),
@@ -136,9 +141,10 @@ def make_train_step(
 
     `batch` holds uint8 `image` [B, H, W, C] and int32 `label` [B], sharded
     on the mesh's data axis; `key` is the run's base PRNG key, folded with the
-    step so that a resumed run draws the same randomness. With SS-2 in its
-    ``paste`` form the step first runs the model on the un-mixed batch (BN
-    in train mode, its statistics discarded, no gradient) for the target.
+    step so that a resumed run draws the same randomness. With SS-2 in a
+    form of `losses.PASTED_TARGET_FORMS` the step first runs the model on
+    the un-mixed batch (BN in train mode, its statistics discarded, no
+    gradient) for the target.
 
     Gradient accumulation (`cfg.grad_accum_steps` = k > 1): one call is still
     one optimiser step on the global batch B (the schedule, `state.step`, the
@@ -162,9 +168,7 @@ def make_train_step(
     the loop's body about 12x slower than the same work unrolled
     (`benchmarks/grad_accum.py`), and host memory is seldom the limit there.
     """
-    if cfg.ss2_form not in losses.SS2_FORMS:
-        raise ValueError(f"loss.ss2_form must be one of {losses.SS2_FORMS}, got {cfg.ss2_form!r}")
-    paste = cfg.ss2_form == "paste" and cfg.loss_weights.get("ss2", 0.0) != 0.0
+    paste = cfg.ss2_form in losses.PASTED_TARGET_FORMS and cfg.loss_weights.get("ss2", 0.0) != 0.0
     accum = cfg.grad_accum_steps
     devices = mesh.devices.size
     unroll = cfg.grad_accum_unroll

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from benchmarks import grad_accum, head_cost, scaling, step_time
+from benchmarks import grad_accum, head_cost, memory, scaling, step_time
+from saol_jax.ladder import BASE_LOSS
 
 
 def read(path) -> dict:
@@ -101,11 +102,38 @@ def test_pipeline_dataset_missing_is_skipped(tmp_path):
 def test_step_time_of_an_ss2_form(tmp_path, capsys):
     out = tmp_path / "step_time.json"
     result = step_time.main(["--tiny", "--reps", "1", "--steps", "1", "--out", str(out),
-                             "--rungs", "gap,saol_ss_sd,saol_ss_sd@paste"])
-    assert result["variants"].keys() == {"gap", "saol_ss_sd", "saol_ss_sd@paste"}
-    assert "SAOL+SS+SD (paste)" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        step_time.main(["--tiny", "--rungs", "gap,saol_ss_sd,saol_ss_sd@area"])
+                             "--rungs", "gap,saol_ss_sd,saol_ss_sd@renorm"])
+    variants = read(out)["variants"]
+    assert variants.keys() == {"gap", "saol_ss_sd", "saol_ss_sd@renorm"} == result["variants"].keys()
+    # A rung without a form runs the recipes' default; every entry and row names its form.
+    default = BASE_LOSS["ss2_form"]
+    assert [variants[r]["ss2_form"] for r in variants] == [None, default, "renorm"]
+    printed = capsys.readouterr().out
+    assert f"| SAOL+SS+SD ({default}) |" in printed and "| SAOL+SS+SD (renorm) |" in printed
+    assert "| GAP-FC |" in printed
+
+
+def test_memory_of_an_ss2_form(tmp_path, capsys):
+    out = tmp_path / "memory.json"
+    payload = memory.main(["--tiny", "--rungs", "gap,saol_ss_sd@mass_mix", "--out", str(out)])
+    rungs = read(out)["settings"]["tiny"]["rungs"]
+    assert rungs == payload["settings"]["tiny"]["rungs"]
+    assert {r: v["ss2_form"] for r, v in rungs.items()} == {"gap": None, "saol_ss_sd@mass_mix": "mass_mix"}
+    assert "SAOL+SS+SD (mass_mix)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("rungs, message", [
+    ("gap,saol_ss_sd,saol_ss_sd@area", "only name"),  # unknown form
+    ("gap,saol_ss_sd,gap_fc", "only name"),  # unknown rung
+])
+def test_both_benchmarks_reject_unknown_rungs_and_forms(rungs, message, capsys):
+    for main in (step_time.main, memory.main):
+        with pytest.raises(SystemExit):
+            main(["--tiny", "--rungs", rungs])
+        assert message in capsys.readouterr().err
+    assert step_time.parse_rungs("gap_ms,saol@paste_mixed") == ("gap_ms", "saol@paste_mixed")
+    with pytest.raises(ValueError, match="must include gap,saol_ss_sd"):  # the throughput ratio needs both
+        step_time.parse_rungs("gap,saol_ss", step_time.VARIANTS)
 
 
 TORCH_SKIP = "torch is not importable: install requirements-dev.txt (or requirements-bench.txt)"

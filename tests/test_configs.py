@@ -10,9 +10,9 @@ import ml_collections
 import pytest
 
 from saol_jax import losses
-from saol_jax.ladder import HEAD_LADDER
+from saol_jax.ladder import BASE_LOSS, HEAD_LADDER, MODEL_HEADS
 from saol_jax.options import Option, parse_options
-from saol_jax.recipe import HARDWARE, LARGE_BATCH_FACTOR, LARGE_BATCH_WARMUP_EPOCHS
+from saol_jax.recipe import HARDWARE, LARGE_BATCH_FACTOR, LARGE_BATCH_WARMUP_EPOCHS, base_config
 from saol_jax.trainer import train_and_evaluate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +42,7 @@ def test_recipe_docstring_is_its_manual(recipe):
 @pytest.mark.parametrize("head", list(HEAD_LADDER))
 def test_ladder_options(recipe, head):
     config = load(recipe, f"head={head}")
-    assert config.model.head == ("gap" if head == "gap" else "saol")
+    assert config.model.head == MODEL_HEADS[head]
     assert losses.loss_weights(config.loss) == HEAD_LADDER[head]
     assert config.loss.ss2_form == "paste"
     with pytest.raises(AttributeError):
@@ -64,6 +64,26 @@ def test_hardware_variant_scales_lr_linearly(recipe):
     assert scaled.optim.warmup_epochs == (
         max(base.optim.warmup_epochs, LARGE_BATCH_WARMUP_EPOCHS) if large else base.optim.warmup_epochs
     )
+
+
+def test_the_base_loss_is_the_one_default_of_its_fields():
+    # The recipes' loss section is ladder.BASE_LOSS, which code without ml_collections (benchmarks) reads.
+    assert base_config().loss.to_dict() == BASE_LOSS
+    assert BASE_LOSS["ss2_form"] in losses.SS2_FORMS
+
+
+def test_gap_ms_rung_trains_and_localises_with_its_cam(tiny_boxed_dataset, tmp_path):
+    config = load("fashion_mnist", "smoke,head=gap_ms")
+    config.dataset.name = tiny_boxed_dataset["name"]
+    config.dataset.data_dir = tiny_boxed_dataset["data_dir"]
+    config.dataset.eval_split = None
+    config.num_cpu_devices = 0
+    config.num_train_steps = 1
+    results = train_and_evaluate(config, str(tmp_path))
+    located = {key for key in results if key.startswith("eval/loc_")}
+    assert "eval/loc_cam_pointing" in located and "eval/gap_top1" in results
+    # No attention: neither SAOL's outputs nor its maps.
+    assert "eval/saol_top1" not in results and not [key for key in located if "attention" in key]
 
 
 def test_unknown_option_is_an_error():
@@ -107,7 +127,7 @@ def test_unknown_option_lists_every_option_with_its_type():
     assert "unknown config option 'archh'" in text
     assert "arch: str, one of resnet50|resnet101|resnet152 (default 'resnet50')" in text
     assert "smoke: bool (default False)" in text
-    assert "head: str, one of gap|saol|saol_ss|saol_ss_sd" in text
+    assert "head: str, one of gap|gap_ms|saol|saol_ss|saol_ss_sd" in text
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

@@ -122,9 +122,10 @@ def _train(ghost_bn_size: int, num_devices: int, steps: int = 2):
     tx = optim.sgd(config.optim, schedule)
     graphdef, state = create_train_state(model, tx)
     step_config = StepConfig(
-        loss_weights=losses.loss_weights(config.loss), mean=(0.5,), std=(0.25,),
+        loss_weights=losses.loss_weights(config.loss), ss2_form="renorm", mean=(0.5,), std=(0.25,),
         grid_hw=output_grid(graphdef, state, (12, 12, 3)),
-        cutmix_beta=1.0, cutmix_prob=1.0, cutmix_group_size=2,
+        cutmix_beta=1.0, cutmix_prob=1.0, cutmix_group_size=2, eval_cutmix_maps=False, dtype=jnp.float32,
+        grad_accum_steps=1,
     )
     state = jax.device_put(state, sharding.replicated(mesh))
     train_step = make_train_step(graphdef, tx, schedule, step_config, mesh)

@@ -36,7 +36,7 @@ def _two_steps(config, accum: int, batches: list[dict], unroll: bool | None = No
     step_config = StepConfig(
         loss_weights=losses.loss_weights(config.loss), ss2_form=config.loss.ss2_form, mean=(0.5,), std=(0.25,),
         grid_hw=(3, 3), cutmix_beta=1.0, cutmix_prob=config.cutmix.prob, cutmix_group_size=MICRO_PER_DEVICE,
-        grad_accum_steps=accum, grad_accum_unroll=unroll,
+        eval_cutmix_maps=False, dtype=jax.numpy.float32, grad_accum_steps=accum, grad_accum_unroll=unroll,
     )
     train_step = make_train_step(graphdef, tx, schedule, step_config, mesh)
     for batch in batches:

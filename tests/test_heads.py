@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from saol_jax.models.heads import GapFcHead, SaolHead, resize_to_grid
+from saol_jax.models.heads import GapFcHead, MultiScaleDecoder, SaolHead, resize_to_grid
 
 STAGES = (8, 12, 16)
 
@@ -148,3 +148,68 @@ def test_saol_adds_at_most_three_percent_flops_to_resnet50():
     overhead = saol / gap - 1.0
     # README "Head cost" records the measured figure.
     assert 0.0 < overhead <= 0.03, f"SAOL adds {100 * overhead:.2f}% FLOPs"
+
+
+# ----------------------------------------------------------------------------- the gap_ms control
+
+
+def test_multi_scale_decoder_gives_the_saol_heads_fused_features():
+    saol = SaolHead(STAGES, 5, num_stages=2, att_width=6, mid_width=4, rngs=nnx.Rngs(0))
+    decoder = MultiScaleDecoder(STAGES, num_stages=2, mid_width=4, rngs=nnx.Rngs(1))
+    assert decoder.width == 2 * 4
+    features = _features(jax.random.key(8))
+    assert decoder(features).shape == (3, 4, 4, 8)
+    # With SAOL's projection weights, SAOL's own classifier on the decoder's output is SAOL's spatial logits.
+    nnx.update(decoder.projections, nnx.state(saol.projections))
+    spatial = jax.nn.log_softmax(saol.classifier(decoder(features)), axis=-1)
+    np.testing.assert_allclose(spatial, saol(features)["log_spatial"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="num_stages"):
+        MultiScaleDecoder(STAGES, num_stages=4, mid_width=4, rngs=nnx.Rngs(0))
+
+
+def _tiny_model(head: str):
+    from benchmarks.head_cost import model_config
+    from saol_jax.models import build_model
+
+    config = model_config("resnet_cifar", head, 8, depth=8, widths=STAGES)
+    return build_model(config, num_classes=5, in_channels=3, rngs=nnx.Rngs(0))
+
+
+def test_gap_ms_model_classifies_the_fused_features_and_has_their_cam():
+    model = _tiny_model("gap_ms")
+    model.eval()
+    images = jax.random.normal(jax.random.key(9), (2, 16, 16, 3))
+    out = model(images, with_cam=True)
+    assert set(out) == {"gap_logits", "cam"}  # no attention
+    features = model.backbone(images)
+    fused = model.gap_decoder(features)
+    np.testing.assert_allclose(out["gap_logits"], model.gap_fc(fused), rtol=1e-5)
+    # The CAM is on the decoder's grid, the last stage's (SAOL's attention grid), and averages to the logits.
+    saol_grid = _tiny_model("saol")(images)["log_attention"].shape[1:]
+    assert out["cam"].shape == (2, *saol_grid, 5) == (2, *features[-1].shape[1:3], 5)
+    np.testing.assert_allclose(out["cam"].mean((1, 2)), out["gap_logits"], rtol=1e-5, atol=1e-6)
+
+
+def test_gap_ms_cost_over_gap():
+    """What gap_ms adds to gap: SAOL's S = 3 projections (1x1 conv C_s -> C_mid and BatchNorm each),
+    and the classifier reads S * C_mid channels instead of the last stage's C_L.
+
+    Parameters: sum_s (C_s C_mid + 2 C_mid) + (S C_mid - C_L) K (the classifier's bias stays K).
+    FLOPs: the projections' 2 Ho Wo C_mid sum_s C_s multiply-adds and the classifier's 2 (S C_mid - C_L) K,
+    plus elementwise work (pooling the earlier stages to the grid, BatchNorm, ReLU, the mean), which is
+    at most a few operations per value. Less than the whole SAOL head in both.
+    """
+    from benchmarks.head_cost import forward_cost, model_config
+
+    mid, classes, size = 8, 5, 16
+    cost = {head: forward_cost(model_config("resnet_cifar", head, mid, depth=8, widths=STAGES), size, classes)
+            for head in ("gap", "gap_ms", "saol")}
+    (gap_params, gap_flops), (ms_params, ms_flops), (saol_params, saol_flops) = cost.values()
+    s = len(STAGES)
+    assert ms_params - gap_params == sum(c * mid + 2 * mid for c in STAGES) + (s * mid - STAGES[-1]) * classes
+    grid = (size // 4) ** 2  # the last stage of this ResNet-8 is 4x4 at 16x16 inputs
+    matmuls = 2 * grid * mid * sum(STAGES) + 2 * (s * mid - STAGES[-1]) * classes
+    resized = sum((size // 2**i) ** 2 * c for i, c in enumerate(STAGES[:-1]))  # values pooled to the grid
+    elementwise_bound = 2 * resized + 8 * grid * s * mid
+    assert matmuls < ms_flops - gap_flops <= matmuls + elementwise_bound
+    assert gap_params < ms_params < saol_params and gap_flops < ms_flops < saol_flops

@@ -132,7 +132,7 @@ def test_loss_terms_values_and_total():
     la, lb = jnp.zeros(4, int), jnp.ones(4, int)
     lam = 1.0 - m.mean(axis=(1, 2))  # [0.75, 1, 0.875, 0]
     weights = {"saol": 1.0, "ss1": 0.5, "ss2": 2.0, "sd": 0.25, "gap": 0.1}
-    terms = jax.jit(functools.partial(L.loss_terms, weights=weights))(out, la, lb, lam, m)
+    terms = jax.jit(functools.partial(L.loss_terms, weights=weights, ss2_form="renorm"))(out, la, lb, lam, m)
     assert set(terms) == {"saol_ce", "ss1", "ss2", "sd", "gap_ce", "total"}
 
     y_hat = np.array([0.525, 0.475])
@@ -162,8 +162,8 @@ def test_no_cutmix_coverage_none_equals_zero_coverage():
     out = _outputs(2)
     la, lb = jnp.array([0, 1]), jnp.array([1, 0])
     weights = {"ss1": 1.0, "ss2": 1.0}
-    a = L.loss_terms(out, la, lb, None, None, weights)
-    b = L.loss_terms(out, la, lb, jnp.ones(2), jnp.zeros((2, 2, 2)), weights)
+    a = L.loss_terms(out, la, lb, None, None, weights, ss2_form="renorm")
+    b = L.loss_terms(out, la, lb, jnp.ones(2), jnp.zeros((2, 2, 2)), weights, ss2_form="renorm")
     for key in ("ss1", "ss2", "total"):
         np.testing.assert_allclose(a[key], b[key], rtol=1e-6)
     # Without a box SS-2 is plain CE on the whole-image y_hat: -(log 0.525 + log 0.475) / 2.
@@ -177,7 +177,7 @@ def test_missing_outputs_raise():
     np.testing.assert_allclose(terms["total"], math.log(3.0), rtol=1e-6)
     for weight, term in [("ss1", "ss1"), ("saol", "saol_ce"), ("ss2", "ss2"), ("sd", "sd")]:
         with pytest.raises(ValueError, match=term):
-            L.loss_terms(gap_only, la, la, None, None, {"gap": 1.0, weight: 1.0})
+            L.loss_terms(gap_only, la, la, None, None, {"gap": 1.0, weight: 1.0}, ss2_form="renorm")
     with pytest.raises(ValueError, match="Unknown"):
         L.loss_terms(gap_only, la, la, None, None, {"gap_ce": 1.0})
 
@@ -192,15 +192,15 @@ def test_example_weight_masks_examples():
     lam = 1.0 - m.mean(axis=(1, 2))
     weights = {"saol": 1.0, "ss1": 1.0, "ss2": 1.0, "sd": 1.0, "gap": 1.0}
     mask = jnp.array([1.0, 1.0, 0.0])
-    masked = L.loss_terms(out, la, lb, lam, m, weights, example_weight=mask)
+    masked = L.loss_terms(out, la, lb, lam, m, weights, example_weight=mask, ss2_form="renorm")
     sub = {k: v[:2] for k, v in out.items()}
-    first_two = L.loss_terms(sub, la[:2], lb[:2], lam[:2], m[:2], weights)
+    first_two = L.loss_terms(sub, la[:2], lb[:2], lam[:2], m[:2], weights, ss2_form="renorm")
     assert set(masked) == set(first_two)
     for key in masked:
         assert np.isfinite(masked[key]), key
         np.testing.assert_allclose(masked[key], first_two[key], rtol=1e-6, err_msg=key)
     # All weights zero: every term is 0, not NaN.
-    zero = L.loss_terms(out, la, lb, lam, m, weights, example_weight=jnp.zeros(3))
+    zero = L.loss_terms(out, la, lb, lam, m, weights, example_weight=jnp.zeros(3), ss2_form="renorm")
     for key, value in zero.items():
         assert float(value) == 0.0, key
 
@@ -212,7 +212,7 @@ def test_loss_gradients_finite_with_empty_regions():
     lam = 1.0 - m.mean(axis=(1, 2))
 
     def total(o):
-        return L.loss_terms(o, jnp.zeros(4, int), jnp.ones(4, int), lam, m, weights)["total"]
+        return L.loss_terms(o, jnp.zeros(4, int), jnp.ones(4, int), lam, m, weights, ss2_form="renorm")["total"]
 
     grads = jax.grad(total)(dict(out))
     for key, g in grads.items():
@@ -324,12 +324,14 @@ def test_loss_terms_select_the_ss2_form(form):
     out = _outputs(2)
     la, lb = jnp.zeros(2, int), jnp.ones(2, int)
     m = jnp.broadcast_to(M_COLUMNS, (2, 2, 2))
-    target = jnp.log(jnp.full((2, 2, 2), 0.25)) if form == "paste" else None
+    target = jnp.log(jnp.full((2, 2, 2), 0.25)) if form in L.PASTED_TARGET_FORMS else None
     terms = L.loss_terms(out, la, lb, None, m, {"ss2": 1.0}, ss2_form=form, ss2_target=target)
     expected = {
         "renorm": np.mean(L.attention_loss(out["log_attention"], out["log_spatial"], la, lb, m)[0]) / 2,
         "mass_mix": np.mean(L.mass_mix_loss(out["log_attention"], out["log_probs"], la, lb, m)),
         "paste": np.mean(L.paste_loss(out["log_attention"], target)) if target is not None else None,
+        # Both examples are mixed (M_COLUMNS): the control equals `paste`.
+        "paste_mixed": np.mean(L.paste_loss(out["log_attention"], target)) if target is not None else None,
     }[form]
     np.testing.assert_allclose(terms["ss2"], expected, rtol=1e-6)
 
@@ -337,7 +339,69 @@ def test_loss_terms_select_the_ss2_form(form):
 def test_unknown_ss2_form_and_paste_without_target_raise():
     out = _outputs(1)
     args = (out, jnp.zeros(1, int), jnp.ones(1, int), None, jnp.zeros((1, 2, 2)), {"ss2": 1.0})
-    with pytest.raises(ValueError, match="ss2_form"):
-        L.loss_terms(*args, ss2_form="area")
-    with pytest.raises(ValueError, match="ss2_target"):
-        L.loss_terms(*args, ss2_form="paste")
+    for wrong in ("area", None):  # no form of its own below the config: None is not 'renorm'
+        with pytest.raises(ValueError, match="ss2_form"):
+            L.loss_terms(*args, ss2_form=wrong)
+    for form in L.PASTED_TARGET_FORMS:
+        with pytest.raises(ValueError, match="ss2_target"):
+            L.loss_terms(*args, ss2_form=form)
+    # Without the SS-2 term the form is not needed.
+    terms = L.loss_terms(out, jnp.zeros(1, int), jnp.ones(1, int), None, None, {"saol": 1.0})
+    assert set(terms) == {"saol_ce", "total"}
+
+
+# ----------------------------------------------------------------------------- paste on mixed examples only
+
+# Three examples on a 2x2 grid: 0 and 2 are mixed (0 with its right column pasted, 2 with one
+# cell), 1 is un-mixed (empty box: coverage 0 everywhere).
+COVERAGE_3 = jnp.array([[[0.0, 1.0], [0.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.5, 0.0]]])
+SCORES_3 = jnp.array([[[0.3, -0.2], [0.1, 0.4]], [[1.0, 0.0], [-1.0, 0.5]], [[0.0, 0.2], [0.4, -0.3]]])
+TARGET_3 = jnp.log(jnp.array([[[0.1, 0.4], [0.3, 0.2]], [[0.7, 0.1], [0.1, 0.1]], [[0.25, 0.25], [0.4, 0.1]]]))
+
+
+def _ss2_of_scores(form, scores, coverage, target, example_weight=None):
+    """The batch SS-2 term of `form` as a function of the attention scores [B, 2, 2]."""
+    batch = scores.shape[0]
+    log_a = jax.nn.log_softmax(scores.reshape(batch, 4), axis=-1).reshape(batch, 2, 2)
+    outputs = {"log_attention": log_a, "log_spatial": jnp.log(jnp.full((batch, 2, 2, 2), 0.5)),
+               "log_probs": jnp.log(jnp.full((batch, 2), 0.5))}
+    labels = jnp.zeros(batch, int)
+    return L.loss_terms(outputs, labels, labels + 1, None, coverage, {"ss2": 1.0}, example_weight,
+                        ss2_form=form, ss2_target=target)["ss2"]
+
+
+def test_paste_mixed_has_no_gradient_on_unmixed_examples():
+    grad = jax.grad(functools.partial(_ss2_of_scores, "paste_mixed"))(SCORES_3, COVERAGE_3, TARGET_3)
+    np.testing.assert_array_equal(grad[1], 0.0)
+    assert np.abs(grad[0]).sum() > 0 and np.abs(grad[2]).sum() > 0
+    # `paste` itself pulls the un-mixed example's attention towards its target.
+    paste_grad = jax.grad(functools.partial(_ss2_of_scores, "paste"))(SCORES_3, COVERAGE_3, TARGET_3)
+    assert np.abs(paste_grad[1]).sum() > 1e-3
+
+
+def test_paste_mixed_equals_paste_on_mixed_examples():
+    paste = functools.partial(_ss2_of_scores, "paste")
+    mixed = functools.partial(_ss2_of_scores, "paste_mixed")
+    # The mixed examples keep exactly their `paste` gradient (same weight 1 / B each) ...
+    np.testing.assert_allclose(jax.grad(mixed)(SCORES_3, COVERAGE_3, TARGET_3)[np.array([0, 2])],
+                               jax.grad(paste)(SCORES_3, COVERAGE_3, TARGET_3)[np.array([0, 2])], rtol=1e-6)
+    # ... and the loss is `paste`'s minus the un-mixed example's share, by hand:
+    per_example = np.asarray(L.paste_loss(jax.nn.log_softmax(SCORES_3.reshape(3, 4), -1).reshape(3, 2, 2),
+                                          TARGET_3))
+    np.testing.assert_allclose(mixed(SCORES_3, COVERAGE_3, TARGET_3), (per_example[0] + per_example[2]) / 3,
+                               rtol=1e-6)
+    # A batch of mixed examples only gives exactly `paste`'s loss, also under example weights.
+    only_mixed = (np.array([0, 2]), jnp.array([1.0, 0.5]))
+    for rows, weight in ((only_mixed[0], None), only_mixed):
+        args = (SCORES_3[rows], COVERAGE_3[rows], TARGET_3[rows], weight)
+        np.testing.assert_allclose(mixed(*args), paste(*args), rtol=1e-6)
+    # A batch of un-mixed examples only (no CutMix) gives 0, where `paste` does not.
+    assert float(mixed(SCORES_3[1:2], None, TARGET_3[1:2])) == 0.0 < float(paste(SCORES_3[1:2], None, TARGET_3[1:2]))
+
+
+def test_loss_weights_come_whole_from_the_config():
+    config = {"saol": 1, "ss1": 0.5, "ss2": 0, "sd": 1, "gap": 2, "ss2_form": "paste"}
+    assert L.loss_weights(config) == {"saol": 1.0, "ss1": 0.5, "ss2": 0.0, "sd": 1.0, "gap": 2.0}
+    # A weight missing from the config is an error, not a silent 0.
+    with pytest.raises(ValueError, match=r"lacks the weights \['sd'\]"):
+        L.loss_weights({k: v for k, v in config.items() if k != "sd"})

@@ -9,7 +9,7 @@ from flax import nnx
 
 from saol_jax.models.backbones import BACKBONES, build_backbone
 from saol_jax.models.classifier import HEADS, Classifier
-from saol_jax.models.heads import GapFcHead, SaolHead
+from saol_jax.models.heads import GapFcHead, MultiScaleDecoder, SaolHead
 from saol_jax.models.inputs import normalise
 
 if TYPE_CHECKING:  # configs are ConfigDicts; building a model needs only attribute access
@@ -23,6 +23,7 @@ __all__ = [
     "DTYPES",
     "GapFcHead",
     "HEADS",
+    "MultiScaleDecoder",
     "SaolHead",
     "build_backbone",
     "build_model",
@@ -40,8 +41,9 @@ def build_model(
     """Builds the classifier described by `config.model` (a ConfigDict or any object with its fields).
 
     Fields: `backbone` (a name in BACKBONES), `backbone_kwargs`
-    (architecture overrides), `head` ('gap' or 'saol'), `saol` (num_stages,
-    att_kernel, att_width, mid_width, attention_floor), `dtype` ('float32' or 'bfloat16') and
+    (architecture overrides), `head` (one of HEADS), `saol` (num_stages,
+    att_kernel, att_width, mid_width, attention_floor; `gap_ms` reads num_stages and
+    mid_width), `dtype` ('float32' or 'bfloat16') and
     `ghost_bn_size` (0 = BatchNorm statistics over the whole global batch).
     """
     if model_config.dtype not in DTYPES:
@@ -56,7 +58,16 @@ def build_model(
         rngs=rngs,
         **dict(model_config.backbone_kwargs),
     )
-    saol_head = None
+    saol_head = gap_decoder = None
+    if model_config.head == "gap_ms":  # SAOL's decoder, with SAOL's stage count and width
+        gap_decoder = MultiScaleDecoder(
+            backbone.stage_channels,
+            num_stages=model_config.saol["num_stages"],
+            mid_width=model_config.saol["mid_width"],
+            dtype=dtype,
+            ghost_size=ghost_size,
+            rngs=rngs,
+        )
     if model_config.head == "saol":
         saol_head = SaolHead(
             backbone.stage_channels,
@@ -66,4 +77,6 @@ def build_model(
             rngs=rngs,
             **dict(model_config.saol),
         )
-    return Classifier(backbone, num_classes, head=model_config.head, saol_head=saol_head, rngs=rngs)
+    return Classifier(
+        backbone, num_classes, head=model_config.head, saol_head=saol_head, gap_decoder=gap_decoder, rngs=rngs
+    )

@@ -5,9 +5,9 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from saol_jax.models.heads import GapFcHead, SaolHead
+from saol_jax.models.heads import GapFcHead, MultiScaleDecoder, SaolHead
 
-HEADS = ("gap", "saol")
+HEADS = ("gap", "gap_ms", "saol")
 
 
 class Classifier(nnx.Module):
@@ -15,6 +15,9 @@ class Classifier(nnx.Module):
 
     With SAOL the GAP-FC head stays as the auxiliary branch trained by
     self-distillation (docs/method.md §3.4, §6); it costs nothing extra at test time.
+    With `head == 'gap_ms'` (a control, docs/method.md §8) the GAP-FC head reads
+    the fused features of `gap_decoder`, SAOL's multi-scale decoder, instead of
+    the last stage.
     """
 
     def __init__(
@@ -22,17 +25,22 @@ class Classifier(nnx.Module):
         backbone: nnx.Module,
         num_classes: int,
         *,
-        head: str = "saol",
+        head: str,
         saol_head: SaolHead | None = None,
+        gap_decoder: MultiScaleDecoder | None = None,
         rngs: nnx.Rngs,
     ):
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         if (head == "saol") != (saol_head is not None):
             raise ValueError("pass a SaolHead exactly when head == 'saol'")
+        if (head == "gap_ms") != (gap_decoder is not None):
+            raise ValueError("pass a MultiScaleDecoder exactly when head == 'gap_ms'")
         self.backbone = backbone
         self.num_classes = num_classes
-        self.gap_fc = GapFcHead(backbone.stage_channels[-1], num_classes, rngs=rngs)
+        self.gap_decoder = gap_decoder
+        gap_in = backbone.stage_channels[-1] if gap_decoder is None else gap_decoder.width
+        self.gap_fc = GapFcHead(gap_in, num_classes, rngs=rngs)
         self.saol = saol_head
 
     def __call__(
@@ -43,12 +51,13 @@ class Classifier(nnx.Module):
         Returns `gap_logits` [B, K] and, with SAOL, `log_attention`
         [B, Ho, Wo], `log_spatial` [B, Ho, Wo, K] and `log_probs` [B, K];
         `with_cam` adds the GAP-FC branch's class activation maps `cam`
-        [B, Ho, Wo, K].
+        [B, Ho, Wo, K] (on the fused features for `gap_ms`: the same grid).
         """
         features = self.backbone(images, rngs=rngs)
-        outputs = {"gap_logits": self.gap_fc(features[-1])}
+        gap_in = features[-1] if self.gap_decoder is None else self.gap_decoder(features)
+        outputs = {"gap_logits": self.gap_fc(gap_in)}
         if with_cam:
-            outputs["cam"] = self.gap_fc.cam(features[-1])
+            outputs["cam"] = self.gap_fc.cam(gap_in)
         if self.saol is not None:
             outputs.update(self.saol(features))
         return outputs

@@ -1,6 +1,6 @@
-"""Output layers: the GAP-FC baseline and the Spatially Attentive Output Layer.
+"""Output layers: the GAP-FC baseline, the Spatially Attentive Output Layer and its decoder.
 
-Both heads take the list of backbone stage features (NHWC) and return float32
+The heads take the list of backbone stage features (NHWC) and return float32
 results whatever the activation dtype. docs/method.md §2-§3 describes them;
 widths, kernel sizes and the number of fused stages are arguments.
 """
@@ -62,6 +62,63 @@ class ConvBnRelu(nnx.Module):
         return jax.nn.relu(self.bn(self.conv(x)))
 
 
+def check_num_stages(num_stages: int, stage_channels: Sequence[int]) -> None:
+    """Raises ValueError unless 1 <= num_stages <= the backbone's stage count."""
+    if not 1 <= num_stages <= len(stage_channels):
+        raise ValueError(
+            f"num_stages={num_stages} must be between 1 and the backbone's "
+            f"{len(stage_channels)} stages"
+        )
+
+
+def stage_projections(
+    stage_channels: Sequence[int], num_stages: int, mid_width: int, *, conv: ConvFactory, norm: NormFactory
+) -> nnx.List:
+    """The decoder's 1x1 ConvBnRelu to `mid_width` for each of the last `num_stages` stages (§3.2)."""
+    return nnx.List([ConvBnRelu(c, mid_width, 1, conv=conv, norm=norm) for c in stage_channels[-num_stages:]])
+
+
+def fuse_stages(features: Sequence[jax.Array], projections: nnx.List) -> jax.Array:
+    """The decoder's fused features [B, Ho, Wo, S * C_mid] on the last stage's grid.
+
+    Each of the last S = len(projections) stage maps [B, H_s, W_s, C_s] is
+    resized to the last stage's Ho x Wo, projected, and the S results are
+    concatenated on channels.
+    """
+    grid_hw = features[-1].shape[1:3]
+    stages = features[len(features) - len(projections):]
+    return jnp.concatenate(
+        [project(resize_to_grid(f, grid_hw)) for f, project in zip(stages, projections)], axis=-1
+    )
+
+
+class MultiScaleDecoder(nnx.Module):
+    """The SAOL head's multi-scale decoder alone (the same stages, projections and fusion).
+
+    With a GAP-FC classifier on its output it is the `gap_ms` control of the
+    ablation ladder (docs/method.md §8): SAOL's features without SAOL's attention.
+    """
+
+    def __init__(
+        self,
+        stage_channels: Sequence[int],
+        *,
+        num_stages: int,
+        mid_width: int,
+        dtype: jnp.dtype = jnp.float32,
+        ghost_size: int = 0,
+        rngs: nnx.Rngs,
+    ):
+        check_num_stages(num_stages, stage_channels)
+        conv, norm = layer_factories(dtype=dtype, ghost_size=ghost_size, init_mode="fan_out", rngs=rngs)
+        self.width = num_stages * mid_width
+        self.projections = stage_projections(stage_channels, num_stages, mid_width, conv=conv, norm=norm)
+
+    def __call__(self, features: Sequence[jax.Array]) -> jax.Array:
+        """features: stage maps [B, H_s, W_s, C_s] -> fused [B, Ho, Wo, S * C_mid]."""
+        return fuse_stages(features, self.projections)
+
+
 class SaolHead(nnx.Module):
     """Spatially Attentive Output Layer (docs/method.md §3).
 
@@ -95,11 +152,7 @@ class SaolHead(nnx.Module):
     ):
         if not 0.0 <= attention_floor < 1.0:
             raise ValueError(f"attention_floor={attention_floor} must be in [0, 1)")
-        if not 1 <= num_stages <= len(stage_channels):
-            raise ValueError(
-                f"num_stages={num_stages} must be between 1 and the backbone's "
-                f"{len(stage_channels)} stages"
-            )
+        check_num_stages(num_stages, stage_channels)
         self.num_stages = num_stages
         self.attention_floor = attention_floor
         conv, norm = layer_factories(dtype=dtype, ghost_size=ghost_size, init_mode="fan_out", rngs=rngs)
@@ -108,10 +161,7 @@ class SaolHead(nnx.Module):
             att_width, 1, kernel_size=(1, 1), use_bias=True, dtype=dtype,
             param_dtype=jnp.float32, kernel_init=nnx.initializers.zeros, rngs=rngs,
         )
-        self.projections = nnx.List([
-            ConvBnRelu(c, mid_width, 1, conv=conv, norm=norm)
-            for c in stage_channels[-num_stages:]
-        ])
+        self.projections = stage_projections(stage_channels, num_stages, mid_width, conv=conv, norm=norm)
         self.classifier = nnx.Conv(
             num_stages * mid_width, num_classes, kernel_size=(1, 1), use_bias=True,
             dtype=dtype, param_dtype=jnp.float32, rngs=rngs,
@@ -132,13 +182,7 @@ class SaolHead(nnx.Module):
             floor = self.attention_floor
             log_attention = jnp.logaddexp(jnp.log1p(-floor) + log_attention, jnp.log(floor / (ho * wo)))
 
-        fused = jnp.concatenate(
-            [
-                project(resize_to_grid(f, (ho, wo)))
-                for f, project in zip(features[-self.num_stages:], self.projections)
-            ],
-            axis=-1,
-        )
+        fused = fuse_stages(features, self.projections)
         log_spatial = jax.nn.log_softmax(self.classifier(fused).astype(jnp.float32), axis=-1)
         log_probs = jax.nn.logsumexp(log_attention[..., None] + log_spatial, axis=(1, 2))
         return {
