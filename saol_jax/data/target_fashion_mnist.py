@@ -63,6 +63,7 @@ ITEM_SIDES = (16, 32)  # inclusive range of an item's longer side, pixels
 ITEM_GAIN = (0.6, 1.0)  # brightness factor of every item
 MAX_COVERED = 0.25  # most of an item's box area that the other items' boxes may cover
 PLACEMENT_TRIES = 100  # random positions tried per item before the canvas is drawn again
+CANVAS_TRIES = 100  # canvases drawn before the settings are declared unplaceable
 ALPHA_LEVEL = 64.0  # an item pixel of this (undimmed) value or more is opaque
 NOISE_STD = 10.0  # Gaussian noise, on the 0-255 scale
 INK_LEVEL = 24  # source pixels above this are the item's ink, which its crop bounds
@@ -113,12 +114,16 @@ def compose(rng: np.random.Generator, items: list[np.ndarray]) -> tuple[np.ndarr
     Every item gets the same draws: longer side in ITEM_SIDES, gain in
     ITEM_GAIN, a position allowed by `place`. Returns uint8 [CANVAS, CANVAS, 1]
     and each item's half-open pixel box (the extent of its pasted crop).
+    Raises ValueError when CANVAS_TRIES draws find no placement.
     """
-    while True:
+    for _ in range(CANVAS_TRIES):
         crops = [item_crop(item, int(rng.integers(ITEM_SIDES[0], ITEM_SIDES[1] + 1))) for item in items]
         boxes = place(rng, [crop.shape for crop in crops])
         if boxes is not None:
             break
+    else:
+        raise ValueError(f"{len(items)} items of sides {ITEM_SIDES} do not fit a {CANVAS}x{CANVAS} canvas "
+                         f"with at most {MAX_COVERED} of each box covered")
     canvas = np.zeros((CANVAS, CANVAS), np.float32)
     for crop, (y0, x0, y1, x1) in zip(crops, boxes):
         alpha = np.clip(crop / ALPHA_LEVEL, 0.0, 1.0)
