@@ -176,12 +176,16 @@ def evaluate(dataset: str, *, data_dir: str | None = None, split: str = "validat
 
     maps = intensity_maps(images, grid)
     jmaps, jboxes = jnp.asarray(maps), jnp.asarray(boxes, jnp.float32)
-    intensity = sweep_report(intensity_ious(maps, boxes, image_hw),
-                             intensity_ious(intensity_maps(tune_images, grid), tune_boxes, image_hw))
+    map_ious, raw_ious = intensity_ious(maps, boxes, image_hw), raw_image_ious(images, boxes)
+    if tune is scored:
+        tune_map_ious, tune_raw_ious = map_ious, raw_ious
+    else:
+        tune_map_ious = intensity_ious(intensity_maps(tune_images, grid), tune_boxes, image_hw)
+        tune_raw_ious = raw_image_ious(tune_images, tune_boxes)
+    intensity = sweep_report(map_ious, tune_map_ious)
     intensity["pointing"] = float(np.mean(pointing(jmaps, jboxes)))
     intensity["mass_ratio"] = float(np.mean(mass_ratio(jmaps, jboxes, image_hw)))
-
-    raw = sweep_report(raw_image_ious(images, boxes), raw_image_ious(tune_images, tune_boxes))
+    raw = sweep_report(raw_ious, tune_raw_ious)
 
     mean_hw = (float(np.mean(train_boxes[:, 2] - train_boxes[:, 0])),
                float(np.mean(train_boxes[:, 3] - train_boxes[:, 1])))
