@@ -18,7 +18,7 @@ Why no map can localise it without the class: brightness, size and
 position are drawn alike for the target and the distractors, so the
 largest bright component of the raw image, the mean-intensity map on the
 8x8 output grid sent through the localisation pipeline, a centred box of
-the mean size and a random item all stay at or below 0.26 box accuracy at
+the mean size and a random item all stay at or below 0.27 box accuracy at
 IoU 0.5 (`python -m saol_jax.baselines`, results/benchmark_baselines/,
 docs/method.md).
 
