@@ -41,7 +41,6 @@ import tempfile
 from collections.abc import Iterator
 
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
@@ -208,7 +207,7 @@ class TargetFashionMNIST(tfds.core.GeneratorBasedBuilder, skip_registration=True
                 "bbox": tfds.features.BBoxFeature(),
                 "item_bbox": tfds.features.Sequence(tfds.features.BBoxFeature()),
                 "item_class": tfds.features.Sequence(tfds.features.ClassLabel(names=CLASS_NAMES)),
-                "target_layer": tfds.features.Scalar(dtype=tf.int32),
+                "target_layer": tfds.features.Scalar(dtype=np.int32),
             }),
             supervised_keys=("image", "label"),
         )
