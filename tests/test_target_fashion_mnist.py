@@ -106,7 +106,7 @@ def test_targets_and_distractors_share_size_brightness_and_position(generated):
 
 def test_pools_are_disjoint_and_fixed():
     train, validation = tfm.split_pool("train", 60_000, 0), tfm.split_pool("validation", 60_000, 0)
-    assert len(validation) == tfm.VALIDATION_POOL and len(train) == 60_000 - tfm.VALIDATION_POOL
+    assert len(validation) == 12_000 and len(train) == 48_000
     assert not np.intersect1d(train, validation).size
     np.testing.assert_array_equal(validation, tfm.split_pool("validation", 60_000, 0))
     assert tfm.source_split("test") == "test" and tfm.source_split("validation") == "train"
@@ -143,8 +143,7 @@ def source_dir(tmp_path_factory) -> str:
     return str(path)
 
 
-def test_builder_writes_three_splits(tmp_path, source_dir, monkeypatch):
-    monkeypatch.setattr(tfm, "VALIDATION_POOL", 20)  # of the 60 fake train items
+def test_builder_writes_three_splits(tmp_path, source_dir):
     root = tfm.prepare_target_fashion_mnist(str(tmp_path), source_dir=source_dir, sizes=SIZES)
     builder = tfds.builder(tfm.NAME, data_dir=root)
     assert {s: builder.info.splits[s].num_examples for s in SIZES} == SIZES
@@ -157,8 +156,7 @@ def test_builder_writes_three_splits(tmp_path, source_dir, monkeypatch):
         assert tfm.TARGET_CLASSES[example["label"]] == example["item_class"][example["target_layer"]]
 
 
-def test_prepare_cli_writes_the_target_benchmark(tmp_path, source_dir, monkeypatch, capsys):
-    monkeypatch.setattr(tfm, "VALIDATION_POOL", 20)
+def test_prepare_cli_writes_the_target_benchmark(tmp_path, source_dir, capsys):
     args = ["--data_dir", str(tmp_path), "--source_dir", source_dir, "--cluttered_train", "2",
             "--cluttered_test", "2", "--target_train", "3", "--target_validation", "2", "--target_test", "2"]
     assert prepare.main(args) == 0
@@ -167,8 +165,7 @@ def test_prepare_cli_writes_the_target_benchmark(tmp_path, source_dir, monkeypat
     assert builder.info.splits["validation"].num_examples == 2
 
 
-def test_prepare_cli_names_too_large_a_split(tmp_path, source_dir, monkeypatch, capsys):
-    monkeypatch.setattr(tfm, "VALIDATION_POOL", 20)
+def test_prepare_cli_names_too_large_a_split(tmp_path, source_dir, capsys):
     args = ["--data_dir", str(tmp_path), "--source_dir", source_dir, "--cluttered_train", "2",
             "--cluttered_test", "2", "--target_train", "3", "--target_validation", "2", "--target_test", "11"]
     assert prepare.main(args) == 1

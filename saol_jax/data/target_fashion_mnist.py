@@ -21,8 +21,8 @@ not find the target either.
 
 Splits: `train` and `validation` are drawn from disjoint pools of
 Fashion-MNIST's train images (a fixed permutation of its 60,000 images:
-the first `VALIDATION_POOL` form the validation pool, the rest the train
-pool; targets and distractors alike), `test` from Fashion-MNIST's test
+the first 12,000, `VALIDATION_SHARE`, form the validation pool, the rest
+the train pool; targets and distractors alike), `test` from Fashion-MNIST's test
 images. Each target item appears at most once in a split; distractors are
 drawn with replacement from the pool's distractor classes. Everything is a
 function of `seed`.
@@ -66,7 +66,7 @@ CANVAS_TRIES = 100  # canvases drawn before the settings are declared unplaceabl
 ALPHA_LEVEL = 64.0  # an item pixel of this (undimmed) value or more is opaque
 NOISE_STD = 10.0  # Gaussian noise, on the 0-255 scale
 INK_LEVEL = 24  # source pixels above this are the item's ink, which its crop bounds
-VALIDATION_POOL = 12_000  # Fashion-MNIST train images set aside for the validation split
+VALIDATION_SHARE = 0.2  # of Fashion-MNIST's train images set aside for the validation split (12,000)
 DEFAULT_SIZES = {"train": 20_000, "validation": 5_000, "test": 5_000}
 _SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 
@@ -138,7 +138,8 @@ def split_pool(split: str, num_items: int, seed: int) -> np.ndarray:
     if split == "test":
         return np.arange(num_items)
     order = np.random.default_rng([seed, 99]).permutation(num_items)
-    return np.sort(order[:VALIDATION_POOL] if split == "validation" else order[VALIDATION_POOL:])
+    cut = round(VALIDATION_SHARE * num_items)
+    return np.sort(order[:cut] if split == "validation" else order[cut:])
 
 
 def source_split(split: str) -> str:
