@@ -120,7 +120,8 @@ def test_eval_batches_carry_the_true_boxes(built):
 
 
 def test_prepare_cli_writes_both_datasets(tmp_path, source_dir, capsys):
-    args = ["--data_dir", str(tmp_path), "--source_dir", source_dir, "--cluttered_train", "4", "--cluttered_test", "2"]
+    args = ["--data_dir", str(tmp_path), "--source_dir", source_dir, "--cluttered_train", "4", "--cluttered_test", "2",
+            "--target_train", "2", "--target_validation", "1", "--target_test", "2"]
     assert prepare.main(args) == 0
     out = capsys.readouterr().out
     assert "fashion_mnist ready" in out and "cluttered_fashion_mnist ready" in out

@@ -28,7 +28,8 @@ def load(recipe: str, arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def test_every_recipe_is_found():
-    assert {"fashion_mnist", "cifar_pyramidnet200", "cifar_wrn28_10", "cifar_resnet110", "imagenet_resnet"} <= set(RECIPES)
+    assert {"fashion_mnist", "cifar_pyramidnet200", "cifar_wrn28_10", "cifar_resnet110", "imagenet_resnet",
+            "target_fashion_mnist"} <= set(RECIPES)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

@@ -255,7 +255,8 @@ def test_prepared_fashion_mnist_reads_like_tfds(fashion_dir):
 
 
 def test_prepare_cli_is_idempotent(fashion_dir, capsys):
-    args = ["--data_dir", fashion_dir, "--cluttered_train", "20", "--cluttered_test", "10"]
+    args = ["--data_dir", fashion_dir, "--cluttered_train", "20", "--cluttered_test", "10",
+            "--target_train", "20", "--target_validation", "10", "--target_test", "10"]
     assert prepare.main(args) == 0
     assert prepare.main(args) == 0
     out = capsys.readouterr().out

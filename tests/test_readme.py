@@ -72,8 +72,9 @@ def newcomer(tmp_path_factory):
     root = tmp_path_factory.mktemp("clone")
     os.symlink(os.path.join(REPO, "configs"), root / "configs")
     data_dir = str(tmp_path_factory.mktemp("tfds"))
-    # The README's offline data step, with a small cluttered benchmark to keep the test short.
-    assert prepare.main(["--data_dir", data_dir, "--cluttered_train", "256", "--cluttered_test", "64"]) == 0
+    # The README's offline data step, with small benchmarks to keep the test short.
+    assert prepare.main(["--data_dir", data_dir, "--cluttered_train", "256", "--cluttered_test", "64",
+                         "--target_train", "256", "--target_validation", "64", "--target_test", "64"]) == 0
     env = dict(os.environ, TFDS_DATA_DIR=data_dir, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)  # the recipe splits the CPU into its own number of devices
     return str(root), env

@@ -26,7 +26,7 @@ class DatasetFormatError(ValueError):
 def prepare_command(name: str, data_dir: str) -> str:
     """The command that writes dataset `name` into `data_dir`."""
     base = name.split(":")[0]
-    if base in ("fashion_mnist", "cluttered_fashion_mnist"):
+    if base in ("fashion_mnist", "cluttered_fashion_mnist", "target_fashion_mnist"):
         return f"python -m saol_jax.data.prepare --data_dir {data_dir}"
     command = f"tfds build {base} --data_dir {data_dir}"
     if base.split("/")[0] == "imagenet2012":
