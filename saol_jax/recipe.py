@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import ml_collections
 
-from saol_jax.data import default_dataset_config
+from saol_jax.data import carved_splits, default_dataset_config
 from saol_jax.ladder import HEAD_LADDER, apply_head
 from saol_jax.options import Option, parse_options
 
@@ -185,6 +185,7 @@ def cifar_base(dataset: str) -> ml_collections.ConfigDict:
         raise ValueError(f"dataset must be one of {', '.join(CIFAR_STATS)}, got {dataset!r}")
     c = base_config()
     c.dataset.name = dataset
+    c.dataset.train_split, c.dataset.validation_split = carved_splits(10)  # 45,000 / 5,000
     c.dataset.augment = "cifar"
     c.dataset.mean, c.dataset.std = CIFAR_STATS[dataset]
     c.model.saol.update({"att_width": 128, "mid_width": 128})

@@ -144,7 +144,7 @@ def test_batch_size_must_split_over_processes(tiny_dataset):
 @pytest.mark.parametrize("process_count", [1, 2, 4])
 def test_eval_covers_each_example_once(tiny_dataset, process_count):
     config = make_config(tiny_dataset)
-    steps = eval_steps(load_info(config), 8, process_count=process_count)
+    steps = eval_steps(load_info(config).num_eval, 8, process_count=process_count)
     images, labels = [], []
     for index in range(process_count):
         batches = list(eval_batches(config, global_batch_size=8, process_index=index, process_count=process_count))
