@@ -180,7 +180,8 @@ CIFAR_DATASET = Option("cifar100", tuple(CIFAR_STATS))
 
 
 def cifar_base(dataset: str) -> ml_collections.ConfigDict:
-    """CIFAR-10/100 with pad-4 crop + flip and CutMix p=0.5 (docs/method.md §9)."""
+    """CIFAR-10/100 with pad-4 crop + flip and CutMix p=0.5 (docs/method.md §9); the last 10% of
+    train (5,000 images) held out as the validation split."""
     if dataset not in CIFAR_STATS:
         raise ValueError(f"dataset must be one of {', '.join(CIFAR_STATS)}, got {dataset!r}")
     c = base_config()
