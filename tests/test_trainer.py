@@ -15,7 +15,7 @@ from flax import nnx
 
 from commands import smoke_args, start_command
 from configs import fashion_mnist
-from saol_jax import checkpoint, losses, optim, sharding
+from saol_jax import checkpoint, losses, optim, run_identity, sharding
 from saol_jax.models import build_model
 from saol_jax.train_step import StepConfig, create_train_state, make_train_step, step_config
 from saol_jax.config_check import ConfigError
@@ -115,6 +115,11 @@ def test_a_validation_split_inside_the_train_split_is_refused(tiny_dataset, tmp_
     config = tiny_config(tiny_dataset, **{"dataset.validation_split": "train[80:]"})
     with pytest.raises(ConfigError, match=r"validation split 'train\[80:\]' of tiny_shapes shares 6 examples"):
         train_and_evaluate(config, str(tmp_path))
+
+
+def test_the_train_carve_is_part_of_a_runs_identity_and_the_validation_split_is_not(tiny_dataset):
+    fields = run_identity.identity(tiny_config(tiny_dataset), num_devices=8, num_processes=1)
+    assert fields["dataset.train_split"] == "train[:90%]" and "dataset.validation_split" not in fields
 
 
 def test_eval_counts_every_example_once_with_padding(trained):
