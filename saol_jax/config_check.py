@@ -67,6 +67,20 @@ def _problems(config: ml_collections.ConfigDict, info: DatasetInfo, num_devices:
     if info.num_train < config.batch_size:
         yield (f"the train split {info.train_split!r} of {info.name} has {info.num_train} examples, "
                f"fewer than batch_size={config.batch_size}")
+    yield from _validation_problems(info)
+
+
+def _validation_problems(info: DatasetInfo):
+    """The validation split (`dataset.validation_split`) must hold examples of its own."""
+    if info.validation_split is None:
+        return
+    fix = "choose another with --config.dataset.validation_split=SPLIT"
+    if info.num_validation == 0:
+        yield f"the validation split {info.validation_split!r} of {info.name} is empty: {fix}"
+    elif info.validation_shared:
+        yield (f"the validation split {info.validation_split!r} of {info.name} shares {info.validation_shared} "
+               f"examples with the train split {info.train_split!r} or the eval split {info.eval_split!r}: "
+               f"{fix}, e.g. train_split='train[:90%]' with validation_split='train[90%:]'")
 
 
 def parse_flags_or_exit(argv: Sequence[str]) -> list[str]:

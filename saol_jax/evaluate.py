@@ -7,13 +7,17 @@ top-5 and loss of the SAOL output and of the GAP-FC branch, `eval/count`,
 on a dataset with true boxes the localisation scores of every map
 (`eval/loc_<map>_pointing|mass_ratio|maxboxacc_v2|maxboxacc_50|top1_loc|...`, see
 `saol_jax.localization`) and, when the run measures them, the CutMix-map
-figures. `--split` is any split (or tfds split expression such as
-`train[:10%]`) of the run's dataset, default the run's eval split; `--step`
-any saved checkpoint, default the newest. The same code as the trainer's
-evaluation computes the numbers (`saol_jax.evaluation`), so the run's eval
-split at its last step gives the last eval event of its metrics.jsonl. It
-prints the metrics and writes them as JSON (default
-`DIR/evaluate_<split>_step<N>.json`).
+figures. `--split` is `validation` (the run's `dataset.validation_split`,
+where choices are made), `test` (the run's eval split, the default) or any
+other split (or tfds split expression such as `train[:10%]`) of the run's
+dataset; a dataset's own split named `validation` or `test` that is not the
+run's is read with a slice such as `validation[:]`. `--step` is any saved
+checkpoint, default the newest. The same code as the trainer's evaluation
+computes the numbers (`saol_jax.evaluation`), so `test` at the last step
+gives the last eval event of the run's metrics.jsonl, and `validation` its
+last val event (under `eval/` names here). It prints the metrics and writes
+them as JSON with the split read and its role (default
+`DIR/evaluate_<role or split>_step<N>.json`).
 """
 
 from __future__ import annotations
@@ -43,22 +47,36 @@ def check_split(dataset_config, split: str) -> None:
                                 f"{', '.join(sorted(builder.info.splits))}") from None
 
 
+def resolve_split(workdir: str, info: data.DatasetInfo, split: str) -> tuple[str, str | None]:
+    """(tfds split, role) that `--split` names: the roles 'validation' and 'test' stand for the
+    run's validation and eval splits; any other split is read as given, its role the one whose
+    split it is (None: neither)."""
+    roles = data.roles(info)
+    if split == "validation" and split not in roles:
+        raise UnknownSplitError(f"the run in {workdir} has no validation split (its "
+                                "config.dataset.validation_split is unset); name a split of its dataset, "
+                                "e.g. --split 'validation[:]' for the dataset's own split of that name")
+    split = roles.get(split, split)
+    return split, next((role for role, name in roles.items() if name == split), None)
+
+
 def evaluate(workdir: str, split: str | None = None, step: int | None = None) -> dict:
-    """{'workdir', 'dataset', 'split', 'step', 'eval/...': value} of the checkpoint at `step`
-    (default: the newest) on `split` (default: the run's eval split)."""
+    """{'workdir', 'dataset', 'split', 'role', 'step', 'eval/...': value} of the checkpoint at
+    `step` (default: the newest) on `split` (default 'test', the run's eval split; see
+    `resolve_split`). `role` is 'validation', 'test' or None."""
     config = read_config(workdir)
-    if split:
-        check_split(config.dataset, split)
-    trained = load_trained(workdir, {"eval_split": split} if split else None, step)
+    split, role = resolve_split(workdir, data.load_info(config.dataset), split or "test")
+    check_split(config.dataset, split)
+    trained = load_trained(workdir, step=step)
     mesh = evaluation.eval_mesh(trained.config)
     batches = (
         sharding.global_batch(batch, mesh)
         for batch in data.eval_batches(trained.config.dataset, global_batch_size=trained.config.eval_batch_size,
-                                       process_index=0, process_count=1)
+                                       split=split, process_index=0, process_count=1)
     )
     params, batch_stats = jax.device_put((trained.params, trained.batch_stats), sharding.replicated(mesh))
     metrics = evaluation.eval_metrics(evaluation.eval_step_for(trained, mesh), params, batch_stats, batches)
-    return {"workdir": paths.resolve(workdir), "dataset": trained.info.name, "split": trained.info.eval_split,
+    return {"workdir": paths.resolve(workdir), "dataset": trained.info.name, "split": split, "role": role,
             "step": trained.step, **metrics}
 
 
@@ -72,7 +90,8 @@ def table(results: dict) -> str:
     """The results as aligned `name  value` lines under a heading."""
     metrics = {k: v for k, v in results.items() if k.startswith("eval/")}
     width = max(len(k) for k in metrics)
-    lines = [f"{results['dataset']} {results['split']}, step {results['step']}:"]
+    role = f" ({results['role']})" if results.get("role") else ""
+    lines = [f"{results['dataset']} {results['split']}{role}, step {results['step']}:"]
     lines += [f"  {name:<{width}}  {value:.6g}" for name, value in metrics.items()]
     return "\n".join(lines)
 
@@ -80,9 +99,10 @@ def table(results: dict) -> str:
 def define_flags() -> None:
     """Command-line flags; defined only when this module is the program."""
     flags.DEFINE_string("workdir", None, "A training run's workdir.")
-    flags.DEFINE_string("split", None, "Split of the run's dataset (default: the run's eval split).")
+    flags.DEFINE_string("split", None, "validation (the run's validation split), test (its eval split, the "
+                        "default) or any split expression of the run's dataset.")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
-    flags.DEFINE_string("out", None, "JSON file (default WORKDIR/evaluate_<split>_step<N>.json).")
+    flags.DEFINE_string("out", None, "JSON file (default WORKDIR/evaluate_<role or split>_step<N>.json).")
     flags.mark_flag_as_required("workdir")
 
 
@@ -96,7 +116,7 @@ def main(argv: list[str]) -> None:
     except (FileNotFoundError, NoCheckpointError, UnknownSplitError, UnknownStepError,
             data.DatasetNotFoundError, data.DatasetFormatError) as error:
         raise SystemExit(f"error: {error}") from None
-    out = output_path(args.out, args.workdir, default_name(results["split"], results["step"]))
+    out = output_path(args.out, args.workdir, default_name(results["role"] or results["split"], results["step"]))
     paths.write_json(out, results)
     print(table(results))
     print(f"wrote {out}")

@@ -4,8 +4,11 @@ Only process 0 writes; other processes get a writer that does nothing, so
 the caller never branches on the process index.
 
 metrics.jsonl holds one JSON object per event with keys:
-  `event`  "train" (averaged over the last `log_every_steps` steps) or "eval";
+  `event`  "train" (averaged over the last `log_every_steps` steps), "eval"
+           (the eval split: the test figures) or "val" (the validation split,
+           `dataset.validation_split`: where choices are made);
   `step`   optimiser steps taken; `epoch` (float) epochs seen;
+  `split`  eval and val: the tfds split expression evaluated;
   `time`   seconds since the run (or resumed run) started;
   train:   `loss/<term>` for each loss term (`saol_ce`, `ss1`, `ss2`, `sd`,
            `gap_ce`, `total`), `train/<head>_top1|top5` (on the mixed
@@ -27,6 +30,7 @@ metrics.jsonl holds one JSON object per event with keys:
            localisation): `eval/cutmix_partner_iou`,
            `eval/cutmix_att_mass_in_box`, `eval/cutmix_box_area_share`,
            `eval/cutmix_att_box_concentration`.
+  val:     the eval keys with the prefix `val/` instead of `eval/`.
 """
 
 from __future__ import annotations
@@ -64,11 +68,11 @@ def read_events(workdir: str) -> list[dict]:
     return events
 
 
-def final_eval(events: list[dict], step: int) -> dict[str, float] | None:
-    """The values of the last eval event at `step`, or None."""
+def final_eval(events: list[dict], step: int, kind: str = "eval") -> dict[str, float] | None:
+    """The `<kind>/*` values of the last `kind` event ("eval": test, "val": validation) at `step`, or None."""
     for event in reversed(events):
-        if event.get("event") == "eval" and event.get("step") == step:
-            return {k: v for k, v in event.items() if k.startswith("eval/")}
+        if event.get("event") == kind and event.get("step") == step:
+            return {k: v for k, v in event.items() if k.startswith(f"{kind}/")}
     return None
 
 
@@ -92,7 +96,7 @@ class MetricWriter:
             self._rewrite()
             self._tb = _TensorBoard(paths.join(workdir, "tensorboard"), resumed_at=start_step)
 
-    def write(self, event: str, step: int, values: Mapping[str, float], **extra: float) -> None:
+    def write(self, event: str, step: int, values: Mapping[str, float], **extra: float | str) -> None:
         if not self.enabled:
             return
         record = {"event": event, "step": int(step), "time": round(time.time() - self._start, 3)}

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import ml_collections
 
-from saol_jax.data import default_dataset_config
+from saol_jax.data import carved_splits, default_dataset_config
 from saol_jax.ladder import BASE_LOSS, HEAD_LADDER, apply_head
 from saol_jax.options import Option, parse_options
 
@@ -179,11 +179,13 @@ CIFAR_DATASET = Option("cifar100", tuple(CIFAR_STATS))
 
 
 def cifar_base(dataset: str) -> ml_collections.ConfigDict:
-    """CIFAR-10/100 with pad-4 crop + flip and CutMix p=0.5 (docs/method.md §9)."""
+    """CIFAR-10/100 with pad-4 crop + flip and CutMix p=0.5 (docs/method.md §9); the last 10% of
+    train (5,000 images) held out as the validation split."""
     if dataset not in CIFAR_STATS:
         raise ValueError(f"dataset must be one of {', '.join(CIFAR_STATS)}, got {dataset!r}")
     c = base_config()
     c.dataset.name = dataset
+    c.dataset.train_split, c.dataset.validation_split = carved_splits(10)  # 45,000 / 5,000
     c.dataset.augment = "cifar"
     c.dataset.mean, c.dataset.std = CIFAR_STATS[dataset]
     c.model.saol.update({"att_width": 128, "mid_width": 128})

@@ -27,8 +27,9 @@ FREE_FIELDS = frozenset({
     "keep_checkpoints", "eval_batch_size", "init_from", "num_cpu_devices", "num_devices",
     "num_epochs", "num_train_steps", "profile_steps",
 })
-# Dataset fields that only say where or how fast data is read.
-FREE_DATASET_FIELDS = frozenset({"data_dir", "prefetch", "cache", "shuffle_buffer"})
+# Dataset fields that only say where or how fast data is read, or what is evaluated besides
+# training (the validation split; the train split it is carved from is part of the identity).
+FREE_DATASET_FIELDS = frozenset({"data_dir", "prefetch", "cache", "shuffle_buffer", "validation_split"})
 
 
 class RunChangedError(ValueError):

@@ -31,6 +31,9 @@ from saol_jax.train_step import create_train_state, make_eval_step, make_train_s
 
 log = logging.getLogger(__name__)
 
+# The metrics.jsonl event (and metric prefix) of each evaluation role: test keeps `eval` for its readers.
+EVENTS = {"validation": "val", "test": "eval"}
+
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when a logged loss is NaN or Inf; the last good checkpoint is kept."""
@@ -53,7 +56,13 @@ USER_ERRORS = (
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Trains `config`'s model, evaluating periodically; returns the final eval metrics.
+    """Trains `config`'s model, evaluating periodically; returns the final evaluation's metrics.
+
+    With a validation split (`dataset.validation_split`) the periodic
+    evaluations read it alone (`val/*`, event "val" in metrics.jsonl) and
+    the eval (test) split is read once, at the last step (`eval/*`, event
+    "eval"); the final metrics hold both. Without one, the eval split is
+    read at every evaluation, as `eval/*`.
 
     `workdir` may be relative, absolute or a URL (gs://...). A workdir whose
     run already finished is not trained again: the final evaluation is
@@ -223,8 +232,10 @@ class _Run:
                 if preempted:
                     self.checkpointer.wait()
                     raise Preempted(f"pre-empted at step {step}; the checkpoint is saved, re-run to resume")
-                if step % eval_every == 0 or last:
+                if last:
                     last_eval = self.evaluate(step)
+                elif step % eval_every == 0:
+                    self._evaluate_split(step, "validation" if self.info.validation_split else "test")
         finally:
             tracer.stop()
             batches.close()
@@ -257,10 +268,13 @@ class _Run:
 
     def _finished(self, step: int) -> dict[str, float]:
         """A run that already reached its last step: its final evaluation, recomputed if not logged."""
-        results = final_eval(self.writer.events, step)
-        if results is None:
-            log.info("the run is complete at step %d; its final evaluation was not logged: evaluating", step)
-            results = self.evaluate(step)
+        results = {}
+        for role in data.roles(self.info):
+            logged = final_eval(self.writer.events, step, EVENTS[role])
+            if logged is None:
+                log.info("the run is complete at step %d; its final %s evaluation was not logged: evaluating",
+                         step, role)
+            results.update(self._evaluate_split(step, role) if logged is None else logged)
         log.info("the run in %s is already complete (step %d of %d); nothing to train",
                  self.workdir, step, self.total_steps)
         return results
@@ -298,13 +312,24 @@ class _Run:
         return values
 
     def evaluate(self, step: int) -> dict[str, float]:
-        """Top-1/top-5 and loss of both heads over the whole eval split."""
-        host_batches = data.host_eval_batches(self.config.dataset, global_batch_size=self.config.eval_batch_size)
+        """The final evaluation: the validation split (`val/*`) if the run has one, then the eval split (`eval/*`)."""
+        results = {}
+        for role in data.roles(self.info):
+            results.update(self._evaluate_split(step, role))
+        return results
+
+    def _evaluate_split(self, step: int, role: str) -> dict[str, float]:
+        """Top-1/top-5 and loss of both heads over the whole split of `role` ('validation' | 'test'),
+        logged as event EVENTS[role] with that prefix and the split it read."""
+        split, kind = data.roles(self.info)[role], EVENTS[role]
+        host_batches = data.host_eval_batches(self.config.dataset, global_batch_size=self.config.eval_batch_size,
+                                              split=split)
         batches = (self._checked_global_batch(b, "evaluation") for b in host_batches)
         results = evaluation.eval_metrics(self.eval_step, self.state.params, self.state.batch_stats, batches,
                                           fetch=_fetch)
-        self.writer.write("eval", step, results, epoch=step / self.steps_per_epoch)
-        log.info("eval at step %d: %s", step, _summary(results))
+        results = {f"{kind}/{name.split('/', 1)[1]}": value for name, value in results.items()}
+        self.writer.write(kind, step, results, epoch=step / self.steps_per_epoch, split=split)
+        log.info("%s at step %d on %s: %s", kind, step, split, _summary(results))
         return results
 
     def close(self) -> None:

@@ -14,13 +14,17 @@ from tfds_fixtures import write_tiny_dataset
 from saol_jax.data import (
     DatasetFormatError,
     DatasetNotFoundError,
+    carved_splits,
     default_dataset_config,
     eval_batches,
     eval_steps,
+    host_eval_batches,
     load_info,
     prepare_fashion_mnist,
+    steps_per_epoch,
     train_batches,
 )
+from configs import fashion_mnist
 from saol_jax.data import prepare, preprocess
 from saol_jax.data.fashion_mnist import DEFAULT_SOURCE_DIR, read_idx
 
@@ -144,7 +148,7 @@ def test_batch_size_must_split_over_processes(tiny_dataset):
 @pytest.mark.parametrize("process_count", [1, 2, 4])
 def test_eval_covers_each_example_once(tiny_dataset, process_count):
     config = make_config(tiny_dataset)
-    steps = eval_steps(load_info(config), 8, process_count=process_count)
+    steps = eval_steps(load_info(config).num_eval, 8, process_count=process_count)
     images, labels = [], []
     for index in range(process_count):
         batches = list(eval_batches(config, global_batch_size=8, process_index=index, process_count=process_count))
@@ -156,6 +160,57 @@ def test_eval_covers_each_example_once(tiny_dataset, process_count):
     split_images, split_labels = split_arrays(tiny_dataset, "test")
     np.testing.assert_array_equal(np.concatenate(images), split_images)
     np.testing.assert_array_equal(np.concatenate(labels), split_labels)
+
+
+# ----------------------------------------------------------------------------- validation carve
+
+
+def test_the_carve_is_disjoint_from_train_and_has_its_size(tiny_dataset):
+    train_split, validation_split = carved_splits(10)
+    assert (train_split, validation_split) == ("train[:90%]", "train[90%:]")
+    info = load_info(make_config(tiny_dataset, train_split=train_split, validation_split=validation_split))
+    assert (info.num_train, info.num_validation, info.validation_shared) == (86, 10, 0)  # 96: 90% rounds to 86
+    assert steps_per_epoch(info, 8) == 86 // 8
+    # Together, in order, the two slices are the whole train split: disjoint, nothing left out.
+    train, validation = split_arrays(tiny_dataset, train_split), split_arrays(tiny_dataset, validation_split)
+    whole = split_arrays(tiny_dataset, "train")
+    for part in range(2):
+        np.testing.assert_array_equal(np.concatenate([train[part], validation[part]]), whole[part])
+    with pytest.raises(ValueError, match="between 0 and 100"):
+        carved_splits(100)
+
+
+def test_a_validation_split_that_overlaps_train_or_eval_is_counted(tiny_dataset):
+    overlapping = load_info(make_config(tiny_dataset, train_split="train[:90%]", validation_split="train[80:]"))
+    assert overlapping.validation_shared == 86 - 80
+    on_test = load_info(make_config(tiny_dataset, validation_split="test[:5]+train[90:]"))
+    assert on_test.validation_shared == 6  # the larger of 6 shared with 'train' and 5 with 'test'
+    assert load_info(make_config(tiny_dataset)).validation_split is None
+
+
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_hosts_cover_a_sliced_split_once(tiny_dataset, process_count):
+    config = make_config(tiny_dataset, augment="none", train_split="train[:80]")
+    epoch = [b for i in range(process_count)  # 80 / 8: ten global batches an epoch
+             for b in take(train_batches(config, global_batch_size=8, seed=0, process_index=i,
+                                         process_count=process_count), 0, 10)]
+    images, labels = (np.concatenate([b[key] for b in epoch]) for key in ("image", "label"))
+    np.testing.assert_array_equal(sorted_rows(images, labels), sorted_rows(*split_arrays(tiny_dataset, "train[:80]")))
+    read = [b for i in range(process_count)
+            for b in eval_batches(config, global_batch_size=8, split="train[86:]", process_index=i,
+                                  process_count=process_count)]
+    images, labels = (np.concatenate([b[key][b["mask"]] for b in read]) for key in ("image", "label"))
+    for got, want in zip((images, labels), split_arrays(tiny_dataset, "train[86:]")):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_host_shards_of_a_sliced_split_cover_it_once(tiny_dataset):
+    config = make_config(tiny_dataset, host_shards=4)
+    read = list(host_eval_batches(config, global_batch_size=8, split="train[86:]"))
+    assert len(read) == eval_steps(10, 8, process_count=4)
+    images = np.concatenate([b["image"][b["mask"]] for b in read])
+    np.testing.assert_array_equal(sorted_rows(images, np.zeros(len(images))),
+                                  sorted_rows(split_arrays(tiny_dataset, "train[86:]")[0], np.zeros(10)))
 
 
 # ----------------------------------------------------------------------------- missing data
@@ -252,6 +307,19 @@ def test_prepared_fashion_mnist_reads_like_tfds(fashion_dir):
     idx_labels = read_idx(os.path.join(DEFAULT_SOURCE_DIR, "train-labels-idx1-ubyte.gz"))
     first = np.flatnonzero((images[..., 0] == idx_images[0]).all(axis=(1, 2)))
     assert len(first) >= 1 and set(labels[first]) == {idx_labels[0]}
+
+
+def test_the_recipes_validation_carve_is_class_balanced(fashion_dir):
+    dataset = fashion_mnist.get_config().dataset
+    dataset.data_dir = fashion_dir
+    info = load_info(dataset)
+    assert (info.num_train, info.num_validation, info.validation_shared) == (54000, 6000, 0)
+    _, labels = split_arrays({"name": "fashion_mnist", "data_dir": fashion_dir}, dataset.validation_split)
+    counts = np.bincount(labels, minlength=10)
+    # tfds's hashed storage order makes the tail a fixed pseudo-random draw: 600 a class, give or
+    # take sampling noise (a Pearson chi-square of 6.1 on 9 degrees of freedom), not a sorted block.
+    assert counts.min() >= 540 and counts.max() <= 660, counts
+    assert ((counts - 600) ** 2 / 600).sum() < 21.7  # the chi-square's 99th percentile
 
 
 def test_prepare_cli_is_idempotent(fashion_dir, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ from PIL import Image
 
 from commands import run_command
 from saol_jax import evaluate, predict, visualize
+from saol_jax.data import DatasetInfo
 from saol_jax.metrics import final_eval, read_events
 from saol_jax.restore import NoCheckpointError, load_trained
 from saol_jax.trainer import train_and_evaluate
@@ -23,7 +25,8 @@ COMMAND_TIMEOUT = 300
 
 @pytest.fixture(scope="module")
 def workdir(tiny_boxed_dataset, tmp_path_factory) -> str:
-    """A finished 4-step run with checkpoints at steps 2 and 4 and one eval event, at step 4."""
+    """A finished 4-step run with checkpoints at steps 2 and 4 and, at step 4, one val event (the
+    recipe's validation carve, train[90%:]: 10 examples) and one eval event (test)."""
     path = str(tmp_path_factory.mktemp("evaluate_run"))
     train_and_evaluate(tiny_config(tiny_boxed_dataset), path)
     return path
@@ -50,7 +53,7 @@ def png_dir(trained, tmp_path_factory) -> tuple[str, np.ndarray]:
 def test_newest_step_on_the_eval_split_equals_the_trainers_final_eval(workdir):
     results = evaluate.evaluate(workdir)
     logged = final_eval(read_events(workdir), 4)
-    assert results["step"] == 4 and results["split"] == "test"
+    assert results["step"] == 4 and (results["split"], results["role"]) == ("test", "test")
     measured = {k: v for k, v in results.items() if k.startswith("eval/")}
     assert set(measured) == set(logged)
     assert {"eval/saol_top1", "eval/gap_top5", "eval/saol_loss", "eval/loc_attention_iou",
@@ -69,6 +72,29 @@ def test_an_older_step_and_the_train_split(workdir):
     assert 0.0 <= train["eval/loc_attention_maxboxacc_50"] <= 1.0
 
 
+def test_the_validation_role_reads_the_runs_carve_and_equals_its_val_event(workdir):
+    results = evaluate.evaluate(workdir, split="validation")
+    assert (results["split"], results["role"], results["eval/count"]) == ("train[90%:]", "validation", 10)
+    logged = final_eval(read_events(workdir), 4, "val")
+    assert {f"val/{k[len('eval/'):]}" for k in results if k.startswith("eval/")} == set(logged)
+    for name, value in logged.items():
+        measured = results[f"eval/{name[len('val/'):]}"]
+        assert measured == pytest.approx(value, rel=1e-5, abs=1e-6, nan_ok=True), name
+    assert evaluate.evaluate(workdir, split="train[90%:]")["role"] == "validation"
+
+
+def test_split_roles_resolve_to_the_runs_splits():
+    carved = DatasetInfo(name="d", num_classes=2, image_shape=(8, 8, 1), train_split="train[:90%]",
+                         eval_split="validation", num_train=90, num_eval=10, validation_split="train[90%:]",
+                         num_validation=10)
+    assert evaluate.resolve_split("w", carved, "validation") == ("train[90%:]", "validation")
+    assert evaluate.resolve_split("w", carved, "test") == ("validation", "test")
+    assert evaluate.resolve_split("w", carved, "train[:5]") == ("train[:5]", None)
+    without = dataclasses.replace(carved, validation_split=None, num_validation=0)
+    with pytest.raises(evaluate.UnknownSplitError, match=r"no validation split .*--split 'validation\[:\]'"):
+        evaluate.resolve_split("w", without, "validation")
+
+
 def test_a_workdir_without_checkpoints_is_an_error(workdir, tmp_path):
     shutil.copy(os.path.join(workdir, "config.json"), tmp_path / "config.json")
     with pytest.raises(NoCheckpointError, match="no checkpoints"):
@@ -81,11 +107,11 @@ def test_the_command_writes_json_and_explains_a_bad_split_or_step(workdir):
     assert done.returncode == 0, done.stderr[-3000:]
     with open(os.path.join(workdir, "evaluate_test_step4.json"), encoding="utf-8") as f:
         written = json.load(f)
-    assert written["step"] == 4 and written["split"] == "test"
+    assert written["step"] == 4 and (written["split"], written["role"]) == ("test", "test")
     assert written["eval/saol_top1"] == pytest.approx(final_eval(read_events(workdir), 4)["eval/saol_top1"])
     assert "eval/saol_top1" in done.stdout
 
-    for args, message in ((["--split", "validation"], "has no split 'validation'; its splits: test, train"),
+    for args, message in ((["--split", "valid"], "has no split 'valid'; its splits: test, train"),
                           (["--step", "3"], "has no checkpoint at step 3; saved steps: 2, 4")):
         done = run_command("evaluate", ["--workdir", workdir, *args], timeout=COMMAND_TIMEOUT)
         assert done.returncode != 0

@@ -15,9 +15,10 @@ from flax import nnx
 
 from commands import smoke_args, start_command
 from configs import fashion_mnist
-from saol_jax import checkpoint, losses, optim, sharding
+from saol_jax import checkpoint, losses, optim, run_identity, sharding
 from saol_jax.models import build_model
 from saol_jax.train_step import StepConfig, create_train_state, make_train_step, step_config
+from saol_jax.config_check import ConfigError
 from saol_jax.trainer import NonFiniteLossError, train_and_evaluate
 
 LOSS_TERMS = ("saol_ce", "ss1", "ss2", "sd", "gap_ce", "total")
@@ -59,8 +60,9 @@ def flat_arrays(tree) -> dict[tuple[str, ...], np.ndarray]:
 
 @pytest.fixture(scope="module")
 def trained(tiny_dataset, tmp_path_factory):
+    """4 steps on the recipe's carve (86 train, 10 validation), evaluated every 2 steps (0.4 of 5 an epoch)."""
     workdir = str(tmp_path_factory.mktemp("run"))
-    config = tiny_config(tiny_dataset, eval_batch_size=16)
+    config = tiny_config(tiny_dataset, eval_batch_size=16, eval_every_epochs=0.4)
     results = train_and_evaluate(config, workdir)
     return workdir, results
 
@@ -87,6 +89,37 @@ def test_end_to_end_writes_metrics_tensorboard_and_config(trained):
         assert 0.0 <= results[f"eval/cutmix_{name}"] <= 1.0, name
     assert results["eval/cutmix_att_box_concentration"] > 0.0
     assert not [name for name in results if name.startswith("eval/loc_")]
+
+
+def test_validation_is_evaluated_periodically_and_test_once_at_the_end(trained):
+    workdir, results = trained
+    evaluations = [(e["event"], e["step"], e["split"]) for e in read_metrics(workdir) if e["event"] != "train"]
+    assert evaluations == [("val", 2, "train[90%:]"), ("val", 4, "train[90%:]"), ("eval", 4, "test")]
+    final_val = [e for e in read_metrics(workdir) if e["event"] == "val"][-1]
+    assert final_val["val/count"] == results["val/count"] == 10
+    assert {k for k in final_val if k.startswith("val/")} == {f"val/{k[len('eval/'):]}" for k in results
+                                                              if k.startswith("eval/")}
+    assert final_val["val/saol_top1"] == results["val/saol_top1"]
+
+
+def test_without_a_validation_split_the_eval_split_is_evaluated_periodically(tiny_dataset, tmp_path):
+    config = tiny_config(tiny_dataset, eval_every_epochs=0.5, **{"dataset.train_split": "train",
+                                                                 "dataset.validation_split": None})
+    results = train_and_evaluate(config, str(tmp_path))  # 6 steps an epoch: evaluations at steps 3 and 4
+    evaluations = [(e["event"], e["step"], e["split"]) for e in read_metrics(str(tmp_path)) if e["event"] != "train"]
+    assert evaluations == [("eval", 3, "test"), ("eval", 4, "test")]
+    assert not [name for name in results if not name.startswith("eval/")] and results["eval/count"] == 30
+
+
+def test_a_validation_split_inside_the_train_split_is_refused(tiny_dataset, tmp_path):
+    config = tiny_config(tiny_dataset, **{"dataset.validation_split": "train[80:]"})
+    with pytest.raises(ConfigError, match=r"validation split 'train\[80:\]' of tiny_shapes shares 6 examples"):
+        train_and_evaluate(config, str(tmp_path))
+
+
+def test_the_train_carve_is_part_of_a_runs_identity_and_the_validation_split_is_not(tiny_dataset):
+    fields = run_identity.identity(tiny_config(tiny_dataset), num_devices=8, num_processes=1)
+    assert fields["dataset.train_split"] == "train[:90%]" and "dataset.validation_split" not in fields
 
 
 def test_eval_counts_every_example_once_with_padding(trained):

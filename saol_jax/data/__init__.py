@@ -8,7 +8,7 @@ resumable train stream), `padded_eval` (equal eval batches on every host),
 tf.data settings).
 """
 
-from saol_jax.data.config import default_dataset_config
+from saol_jax.data.config import carved_splits, default_dataset_config
 from saol_jax.data.discovery import (
     DatasetFormatError,
     DatasetNotFoundError,
@@ -18,7 +18,7 @@ from saol_jax.data.discovery import (
 )
 from saol_jax.data.fashion_mnist import prepare_fashion_mnist
 from saol_jax.data.hosts import local_batch_size, read_shares
-from saol_jax.data.info import DatasetInfo, load_info
+from saol_jax.data.info import DatasetInfo, load_info, roles
 from saol_jax.data.padded_eval import eval_batches, eval_steps, host_eval_batches
 from saol_jax.data.train_stream import host_train_batches, steps_per_epoch, train_batches
 
@@ -26,6 +26,7 @@ __all__ = [
     "DatasetFormatError",
     "DatasetInfo",
     "DatasetNotFoundError",
+    "carved_splits",
     "default_dataset_config",
     "eval_batches",
     "eval_steps",
@@ -38,6 +39,7 @@ __all__ = [
     "prepare_command",
     "prepare_fashion_mnist",
     "read_shares",
+    "roles",
     "steps_per_epoch",
     "train_batches",
 ]

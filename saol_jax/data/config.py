@@ -17,6 +17,13 @@ def default_dataset_config() -> ml_collections.ConfigDict:
         "label_key": "label",
         "train_split": "train",
         "eval_split": config_dict.placeholder(str),  # None: 'test' if present else 'validation'
+        # The split every choice is made on (periodic evals, `val/*` in metrics.jsonl);
+        # None: no validation, the eval split is evaluated periodically as before. The
+        # recipes carve it from train with a percent slice ('train[90%:]' against
+        # 'train[:90%]'), or name the dataset's own 'validation' split where it has one
+        # that is not its eval split. A slice is fixed: tfds stores a split in an order
+        # set by hashing each example's key, not in source (class) order.
+        "validation_split": config_dict.placeholder(str),
         "image_size": config_dict.placeholder(int),  # None: native size, or 224 if sizes vary
         "augment": "cifar",  # 'cifar' | 'inception' | 'none'
         "color_jitter": 0.0,  # inception only; 0.4 in the ImageNet recipe
@@ -30,3 +37,14 @@ def default_dataset_config() -> ml_collections.ConfigDict:
         # run on fewer hosts with host_shards = N sees the data of an N-host run.
         "host_shards": 0,
     })
+
+
+def carved_splits(percent: int, split: str = "train") -> tuple[str, str]:
+    """(train_split, validation_split): the last `percent`% of `split` held out for validation.
+
+    tfds rounds a percent boundary to the closest example, and both slices use
+    the same boundary, so they are disjoint and together cover `split`.
+    """
+    if not 0 < percent < 100:
+        raise ValueError(f"the validation carve must be between 0 and 100 percent, got {percent}")
+    return f"{split}[:{100 - percent}%]", f"{split}[{100 - percent}%:]"

@@ -3,7 +3,9 @@
 Each host reads its own share of a split (`tfds.split_for_jax_process`) and
 yields uint8 images; normalisation happens on the device. With
 `dataset.host_shards` a process reads several consecutive shares and joins
-them, so a run on fewer hosts sees the data of a run on more.
+them, so a run on fewer hosts sees the data of a run on more. A split may
+be any tfds split expression (a carve such as `train[:90%]`): tfds cuts the
+examples it selects, not the whole split, into the shares.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Eval batches: each host's share of the eval split once, padded to the same number of batches.
+"""Eval batches: each host's share of a split (the eval split unless told) once, padded to the
+same number of batches.
 
 Every host runs the same number of eval steps (a collective step cannot
 wait for a host that has finished), so the short shares are padded with
@@ -18,7 +19,7 @@ import tensorflow_datasets as tfds
 from saol_jax.data import tfdata
 from saol_jax.data.discovery import feature_keys, open_builder
 from saol_jax.data.hosts import concatenated, local_batch_size, process, read_shares
-from saol_jax.data.info import DatasetInfo, info_from_builder, native_shape, num_examples
+from saol_jax.data.info import info_from_builder, native_shape, num_examples
 from saol_jax.data.transforms import eval_transform, pairs
 
 BOX_KEY = "bbox"
@@ -30,18 +31,20 @@ def _has_box(builder: tfds.core.DatasetBuilder) -> bool:
     return BOX_KEY in features.keys() and isinstance(features[BOX_KEY], tfds.features.BBoxFeature)
 
 
-def eval_steps(info: DatasetInfo, global_batch_size: int, *, process_count: int | None = None) -> int:
-    """Eval batches per host: enough for the largest host share, the same on every host."""
+def eval_steps(num_split: int, global_batch_size: int, *, process_count: int | None = None) -> int:
+    """Eval batches per host over a split of `num_split` examples: enough for the largest host
+    share, the same on every host."""
     count = jax.process_count() if process_count is None else process_count
-    largest_share = math.ceil(info.num_eval / count)
+    largest_share = math.ceil(num_split / count)
     return math.ceil(largest_share / local_batch_size(global_batch_size, count))
 
 
-def eval_batches(dataset_config, *, global_batch_size: int, process_index: int | None = None,
-                 process_count: int | None = None) -> Iterator[dict]:
-    """This host's eval share once, as {'image', 'label', 'mask'} batches padded with mask=False.
+def eval_batches(dataset_config, *, global_batch_size: int, split: str | None = None,
+                 process_index: int | None = None, process_count: int | None = None) -> Iterator[dict]:
+    """This host's share of `split` (default: the eval split; any tfds split expression) once,
+    as {'image', 'label', 'mask'} batches padded with mask=False.
 
-    Every host yields `eval_steps(info, global_batch_size)` batches. A
+    Every host yields `eval_steps(examples in split, global_batch_size)` batches. A
     dataset with one true box per image (a top-level `bbox` BBoxFeature) adds
     `bbox` float32 [b, 4] (normalised), unless `eval_resize` crops the image.
     """
@@ -49,8 +52,9 @@ def eval_batches(dataset_config, *, global_batch_size: int, process_index: int |
     batch = local_batch_size(global_batch_size, count)
     builder = open_builder(dataset_config)
     info = info_from_builder(dataset_config, builder)
-    host_split = tfds.split_for_jax_process(info.eval_split, process_index=index, process_count=count)
-    padding = eval_steps(info, global_batch_size, process_count=count) * batch \
+    split = split or info.eval_split
+    host_split = tfds.split_for_jax_process(split, process_index=index, process_count=count)
+    padding = eval_steps(num_examples(builder, split), global_batch_size, process_count=count) * batch \
         - num_examples(builder, host_split)
     if padding < 0:
         raise RuntimeError(f"host {index} holds more eval examples than eval_steps allows")
@@ -78,11 +82,12 @@ def eval_batches(dataset_config, *, global_batch_size: int, process_index: int |
     return ds.as_numpy_iterator()
 
 
-def host_eval_batches(dataset_config, *, global_batch_size: int) -> Iterator[dict]:
-    """This process's slice of every global eval batch (its shares, concatenated, padded)."""
+def host_eval_batches(dataset_config, *, global_batch_size: int, split: str | None = None) -> Iterator[dict]:
+    """This process's slice of every global batch of `split` (default: the eval split; its
+    shares, concatenated, padded)."""
     mine, shares = read_shares(dataset_config)
     return concatenated([
-        eval_batches(dataset_config, global_batch_size=global_batch_size,
+        eval_batches(dataset_config, global_batch_size=global_batch_size, split=split,
                      process_index=share, process_count=shares)
         for share in mine
     ])
