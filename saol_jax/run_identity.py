@@ -28,7 +28,7 @@ FREE_FIELDS = frozenset({
     "num_epochs", "num_train_steps", "profile_steps",
 })
 # Dataset fields that only say where or how fast data is read.
-FREE_DATASET_FIELDS = frozenset({"data_dir", "prefetch", "cache", "shuffle_buffer"})
+FREE_DATASET_FIELDS = frozenset({"data_dir", "prefetch", "cache", "shuffle_buffer", "workers"})
 
 
 class RunChangedError(ValueError):

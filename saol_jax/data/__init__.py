@@ -5,9 +5,15 @@ say how to prepare it), `info` (classes, input shape, splits), `config`
 (the `dataset` field's defaults), `transforms`, `train_stream` (the
 resumable train stream), `padded_eval` (equal eval batches on every host),
 `hosts` (which share of a split each process reads) and `tfdata` (shared
-tf.data settings).
+tf.data settings); `grain_stream`, `grain_transforms` and `grain_source`
+are the TensorFlow-free path (`dataset.backend='grain'`).
+`host_train_batches` and `host_eval_batches` follow `dataset.backend`.
+TensorFlow is imported only when a tf.data path runs.
 """
 
+from collections.abc import Iterator
+
+from saol_jax.data import grain_stream, padded_eval, train_stream
 from saol_jax.data.config import default_dataset_config
 from saol_jax.data.discovery import (
     DatasetFormatError,
@@ -19,10 +25,32 @@ from saol_jax.data.discovery import (
 from saol_jax.data.fashion_mnist import prepare_fashion_mnist
 from saol_jax.data.hosts import local_batch_size, read_shares
 from saol_jax.data.info import DatasetInfo, load_info
-from saol_jax.data.padded_eval import eval_batches, eval_steps, host_eval_batches
-from saol_jax.data.train_stream import host_train_batches, steps_per_epoch, train_batches
+from saol_jax.data.padded_eval import eval_batches, eval_steps
+from saol_jax.data.train_stream import steps_per_epoch, train_batches
+
+BACKENDS = {"tfdata": (train_stream, padded_eval), "grain": (grain_stream, grain_stream)}
+
+
+def _backend(dataset_config):
+    backend = dataset_config.get("backend", "tfdata")
+    if backend not in BACKENDS:
+        raise DatasetFormatError(f"dataset.backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    return BACKENDS[backend]
+
+
+def host_train_batches(dataset_config, *, global_batch_size: int, seed: int, start_step: int = 0) -> Iterator[dict]:
+    """This process's slice of every global train batch, from `start_step` on, read by `dataset.backend`."""
+    return _backend(dataset_config)[0].host_train_batches(
+        dataset_config, global_batch_size=global_batch_size, seed=seed, start_step=start_step)
+
+
+def host_eval_batches(dataset_config, *, global_batch_size: int) -> Iterator[dict]:
+    """This process's slice of every global eval batch (padded, masked), read by `dataset.backend`."""
+    return _backend(dataset_config)[1].host_eval_batches(dataset_config, global_batch_size=global_batch_size)
+
 
 __all__ = [
+    "BACKENDS",
     "DatasetFormatError",
     "DatasetInfo",
     "DatasetNotFoundError",
