@@ -163,8 +163,8 @@ def test_eval_covers_each_example_once(tiny_dataset, process_count):
 
 @pytest.mark.parametrize("name, command", [
     ("fashion_mnist", "python -m saol_jax.data.prepare --data_dir {d}"),
-    ("cifar10", "tfds build cifar10 --data_dir {d}"),
-    ("imagenet2012", "tfds build imagenet2012 --data_dir {d} --manual_dir"),
+    ("cifar10", "python -m saol_jax.data.prepare --dataset cifar10 --data_dir {d}"),
+    ("imagenet2012", "python -m saol_jax.data.prepare --dataset imagenet2012 --data_dir {d} --manual_dir"),
 ])
 def test_missing_dataset_names_the_fix(tmp_path, name, command):
     config = make_config({"name": name, "data_dir": str(tmp_path)})
