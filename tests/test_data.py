@@ -23,6 +23,7 @@ from saol_jax.data import (
 )
 from saol_jax.data import prepare, preprocess
 from saol_jax.data.fashion_mnist import DEFAULT_SOURCE_DIR, read_idx
+from saol_jax.data.grain_source import data_source
 
 FASHION_SOURCE_PRESENT = os.path.isdir(DEFAULT_SOURCE_DIR)
 
@@ -260,6 +261,20 @@ def test_prepare_cli_is_idempotent(fashion_dir, capsys):
     assert prepare.main(args) == 0
     out = capsys.readouterr().out
     assert fashion_dir in out and "cluttered_fashion_mnist ready" in out
+
+
+@pytest.mark.parametrize("name, split", [("fashion_mnist", "train"), ("cluttered_fashion_mnist", "test")])
+def test_prepared_datasets_read_alike_by_both_backends(fashion_dir, name, split):
+    """`prepare` writes TFRecord and an ArrayRecord copy: example i is the same through either."""
+    assert prepare.main(["--data_dir", fashion_dir, "--cluttered_train", "20", "--cluttered_test", "10"]) == 0
+    source = data_source(tfds.builder(name, data_dir=fashion_dir), split)
+    builder = tfds.builder(name, data_dir=fashion_dir)
+    examples = tfds.as_numpy(builder.as_dataset(split=f"{split}[:10]", shuffle_files=False))
+    assert len(source) == builder.info.splits[split].num_examples
+    for index, example in enumerate(examples):
+        assert source[index].keys() == example.keys()
+        for feature in example:
+            np.testing.assert_array_equal(source[index][feature], example[feature], err_msg=f"{index} {feature}")
 
 
 # ----------------------------------------------------------------- datasets without supervised keys

@@ -109,6 +109,15 @@ def test_eval_reads_each_example_once_padded_with_boxes(tiny_boxed_dataset):
     assert_same(grain_batches, tf_batches)
 
 
+@pytest.mark.parametrize("index", range(4))
+def test_eval_shares_are_the_tfdata_shares(tiny_dataset, index):
+    shares = [list(data.eval_batches(grain_config(tiny_dataset, backend=backend), global_batch_size=8,
+                                     process_index=index, process_count=4))
+              for backend in ("grain", "tfdata")]
+    assert len(shares[0]) == 4 and sum(batch["mask"].sum() for batch in shares[0]) in (7, 8)  # of 30
+    assert_same(*shares)
+
+
 def test_cifar_transform_is_a_padded_crop_and_flip():
     image = np.arange(12 * 12 * 3, dtype=np.uint8).reshape(12, 12, 3)
     outs = [grain_transforms.cifar_train(image, np.random.default_rng(seed)) for seed in range(40)]

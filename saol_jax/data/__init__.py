@@ -25,7 +25,7 @@ from saol_jax.data.discovery import (
 from saol_jax.data.fashion_mnist import prepare_fashion_mnist
 from saol_jax.data.hosts import local_batch_size, read_shares
 from saol_jax.data.info import DatasetInfo, load_info
-from saol_jax.data.padded_eval import eval_batches, eval_steps
+from saol_jax.data.padded_eval import eval_steps
 from saol_jax.data.train_stream import steps_per_epoch, train_batches
 
 BACKENDS = {"tfdata": (train_stream, padded_eval), "grain": (grain_stream, grain_stream)}
@@ -42,6 +42,14 @@ def host_train_batches(dataset_config, *, global_batch_size: int, seed: int, sta
     """This process's slice of every global train batch, from `start_step` on, read by `dataset.backend`."""
     return _backend(dataset_config)[0].host_train_batches(
         dataset_config, global_batch_size=global_batch_size, seed=seed, start_step=start_step)
+
+
+def eval_batches(dataset_config, *, global_batch_size: int, process_index: int | None = None,
+                 process_count: int | None = None) -> Iterator[dict]:
+    """One process's eval share once (padded, masked), read by `dataset.backend`; see `padded_eval`."""
+    return _backend(dataset_config)[1].eval_batches(
+        dataset_config, global_batch_size=global_batch_size, process_index=process_index,
+        process_count=process_count)
 
 
 def host_eval_batches(dataset_config, *, global_batch_size: int) -> Iterator[dict]:

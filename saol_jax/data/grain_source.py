@@ -39,13 +39,25 @@ def tfrecord_records(path: epath.Path) -> Iterator[bytes]:
             yield record
 
 
+def _from_files(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
+    """The prepared dataset as its files describe it.
+
+    A registered builder's own info (e.g. tfds's fashion_mnist) does not read
+    the alternative formats back from dataset_info.json; and opening random
+    access switches a builder's info to ArrayRecord, which must not happen to
+    a builder that tf.data still reads.
+    """
+    return tfds.builder_from_directory(builder.data_dir)
+
+
 def has_array_record(builder: tfds.core.DatasetBuilder) -> bool:
     """Whether the prepared dataset can be read by random access."""
-    return ARRAY_RECORD in builder.info.available_file_formats()
+    return ARRAY_RECORD in _from_files(builder).info.available_file_formats()
 
 
 def add_array_record(builder: tfds.core.DatasetBuilder) -> bool:
     """Writes an ArrayRecord copy of a prepared TFRecord dataset; False if it already has one."""
+    builder = _from_files(builder)
     if has_array_record(builder):
         return False
     if builder.info.file_format not in (None, TFRECORD):
@@ -74,4 +86,4 @@ def data_source(builder: tfds.core.DatasetBuilder, split: str):
             f"{builder.name} in {root!r} has no ArrayRecord copy, which dataset.backend='grain' reads. "
             f"Add one with: {prepare_command(builder.name, root)}"
         )
-    return builder.as_data_source(split=split, file_format=ARRAY_RECORD)
+    return _from_files(builder).as_data_source(split=split, file_format=ARRAY_RECORD)

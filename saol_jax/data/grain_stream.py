@@ -13,19 +13,19 @@ Batches are built in `dataset.workers` processes (0: in this process).
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Iterator
 
 import grain
 import numpy as np
+import tensorflow_datasets as tfds
 from absl import flags
 
 from saol_jax.data import grain_transforms
 from saol_jax.data.discovery import DatasetFormatError, feature_keys, open_builder
 from saol_jax.data.grain_source import data_source
-from saol_jax.data.hosts import local_batch_size, read_shares
+from saol_jax.data.hosts import concatenated, local_batch_size, process, read_shares
 from saol_jax.data.info import info_from_builder, native_shape
-from saol_jax.data.padded_eval import BOX_KEY, _has_box
+from saol_jax.data.padded_eval import BOX_KEY, _has_box, eval_steps
 
 _SHUFFLE, _AUGMENT = 0, 1  # seed streams
 
@@ -126,57 +126,59 @@ def host_train_batches(dataset_config, *, global_batch_size: int, seed: int, sta
 
 @dataclasses.dataclass
 class _EvalBatch:
-    """Batch number -> {'image', 'label', 'mask'[, 'bbox']}: each share's slice, padded, joined in share order."""
+    """Batch number -> {'image', 'label', 'mask'[, 'bbox']} of a host's eval share `source`, padded."""
 
     source: object
     keys: tuple[str, str]
     transform: Callable[[np.ndarray], np.ndarray]
-    shares: list[range]  # the example indices of each share this host reads
-    batch: int  # per share
+    batch: int
     image_shape: tuple[int, int, int]
     boxed: bool
 
     def __call__(self, number: int) -> dict[str, np.ndarray]:
-        wanted = [i for share in self.shares for i in self._padded(share, number)]
-        examples = self.source.__getitems__([i for i in wanted if i >= 0])
+        wanted = range(len(self.source))[number * self.batch:(number + 1) * self.batch]
+        examples = self.source.__getitems__(list(wanted))
+        pad = self.batch - len(examples)
         image_key, label_key = self.keys
-        blank = {image_key: np.zeros(self.image_shape, np.uint8), label_key: 0, BOX_KEY: np.zeros(4, np.float32)}
-        filled = iter(examples)
-        rows = [next(filled) if i >= 0 else blank for i in wanted]
+        images = [self.transform(example[image_key]) for example in examples]
         out = {
-            "image": np.stack([self.transform(row[image_key]) if i >= 0 else row[image_key]
-                               for i, row in zip(wanted, rows)]),
-            "label": np.asarray([row[label_key] for row in rows], np.int32),
-            "mask": np.asarray([i >= 0 for i in wanted]),
+            "image": np.stack(images + [np.zeros(self.image_shape, np.uint8)] * pad),
+            "label": np.asarray([example[label_key] for example in examples] + [0] * pad, np.int32),
+            "mask": np.arange(self.batch) < len(examples),
         }
         if self.boxed:
-            out[BOX_KEY] = np.stack([np.asarray(row[BOX_KEY], np.float32).reshape(4) for row in rows])
+            boxes = [np.asarray(example[BOX_KEY], np.float32).reshape(4) for example in examples]
+            out[BOX_KEY] = np.stack(boxes + [np.zeros(4, np.float32)] * pad)
         return out
 
-    def _padded(self, share: range, number: int) -> list[int]:
-        """The share's indices of batch `number`, -1 for padding."""
-        wanted = list(share[number * self.batch:(number + 1) * self.batch])
-        return wanted + [-1] * (self.batch - len(wanted))
 
+def eval_batches(dataset_config, *, global_batch_size: int, process_index: int | None = None,
+                 process_count: int | None = None) -> Iterator[dict]:
+    """This host's eval share once, as {'image', 'label', 'mask'} batches padded with mask=False.
 
-def host_eval_batches(dataset_config, *, global_batch_size: int) -> Iterator[dict]:
-    """This host's slice of every global eval batch, padded with mask=False; as many batches on every host.
-
-    The eval split is cut into `shares` equal consecutive parts (as on the
-    tf.data path); a host joins the batches of its shares. `bbox` float32
-    [b, 4] is added for a dataset with a top-level `bbox` feature, as on the
-    tf.data path.
+    Each host reads its `tfds.split_for_jax_process` share and yields
+    `padded_eval.eval_steps` batches, as on the tf.data path. A dataset with
+    a top-level `bbox` feature adds `bbox` float32 [b, 4], as there too.
+    `process_index`/`process_count` default to jax's.
     """
-    mine, shares = read_shares(dataset_config)
-    share_batch = local_batch_size(global_batch_size, shares)
+    index, count = process(process_index, process_count)
+    batch = local_batch_size(global_batch_size, count)
     builder = open_builder(dataset_config)
     _checked(dataset_config, builder)
     info = info_from_builder(dataset_config, builder)
-    source = data_source(builder, info.eval_split)
-    bounds = [len(source) * k // shares for k in range(shares + 1)]
-    steps = math.ceil(max(b - a for a, b in zip(bounds, bounds[1:])) / share_batch)
-    transform = grain_transforms.eval_transform(native_shape(builder, dataset_config), info.image_shape)
-    build = _EvalBatch(source, feature_keys(builder, dataset_config), transform,
-                       [range(bounds[k], bounds[k + 1]) for k in mine], share_batch, info.image_shape,
-                       _has_box(builder))
+    source = data_source(builder, tfds.split_for_jax_process(info.eval_split, process_index=index,
+                                                             process_count=count))
+    build = _EvalBatch(source, feature_keys(builder, dataset_config),
+                       grain_transforms.eval_transform(native_shape(builder, dataset_config), info.image_shape),
+                       batch, info.image_shape, _has_box(builder))
+    steps = eval_steps(info, global_batch_size, process_count=count)
     return _pipeline(range(steps), build, dataset_config)
+
+
+def host_eval_batches(dataset_config, *, global_batch_size: int) -> Iterator[dict]:
+    """This process's slice of every global eval batch (its shares, concatenated, padded)."""
+    mine, shares = read_shares(dataset_config)
+    return concatenated([
+        eval_batches(dataset_config, global_batch_size=global_batch_size, process_index=share, process_count=shares)
+        for share in mine
+    ])
