@@ -131,6 +131,31 @@ def test_cifar_transform_is_a_padded_crop_and_flip():
     assert len({out.tobytes() for out in outs}) > 20
 
 
-def test_unsupported_augmentation_is_a_user_error(tiny_dataset):
-    with pytest.raises(data.DatasetFormatError, match="augment='inception'.*backend=tfdata"):
-        data.host_train_batches(grain_config(tiny_dataset, augment="inception"), global_batch_size=8, seed=0)
+def test_crop_window_stays_inside_and_varies():
+    rng = np.random.default_rng(0)
+    windows = [grain_transforms.crop_window(30, 50, rng) for _ in range(200)]
+    for top, left, height, width in windows:
+        assert 0 <= top and 0 <= left and top + height <= 30 and left + width <= 50
+        assert height * width >= 0.08 * 30 * 50 * 0.9  # rounding
+    assert len(set(windows)) > 150
+
+
+def test_inception_transform_is_seeded_by_its_generator():
+    image = np.random.default_rng(1).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+
+    def augmented(seed: int) -> np.ndarray:
+        return grain_transforms.inception_train(image, np.random.default_rng(seed), 16, 0.4, 0.1)
+
+    assert augmented(3).shape == (16, 16, 3) and augmented(3).dtype == np.uint8
+    np.testing.assert_array_equal(augmented(3), augmented(3))
+    assert not np.array_equal(augmented(3), augmented(4))
+
+
+def test_inception_training_and_resized_eval_batches(tiny_dataset):
+    config = grain_config(tiny_dataset, augment="inception", image_size=8, color_jitter=0.4, lighting=0.1,
+                          eval_resize=True)
+    train = take(data.host_train_batches(config, global_batch_size=8, seed=0, start_step=2), 0, 2)
+    assert train[0]["image"].shape == (8, 8, 8, 3) and train[0]["image"].dtype == np.uint8
+    assert_same(train[1:], take(data.host_train_batches(config, global_batch_size=8, seed=0, start_step=3), 0, 1))
+    evals = list(data.host_eval_batches(config, global_batch_size=8))
+    assert evals[0]["image"].shape == (8, 8, 8, 3) and sum(batch["mask"].sum() for batch in evals) == 30

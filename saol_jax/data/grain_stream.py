@@ -21,7 +21,7 @@ import tensorflow_datasets as tfds
 from absl import flags
 
 from saol_jax.data import grain_transforms
-from saol_jax.data.discovery import DatasetFormatError, feature_keys, open_builder
+from saol_jax.data.discovery import feature_keys, open_builder
 from saol_jax.data.grain_source import data_source
 from saol_jax.data.hosts import concatenated, local_batch_size, process, read_shares
 from saol_jax.data.info import info_from_builder, native_shape
@@ -93,16 +93,6 @@ def _pipeline(steps: range, build: Callable[[int], dict], dataset_config) -> Ite
     return _closing(iter(ds))
 
 
-def _checked(dataset_config, builder) -> None:
-    """DatasetFormatError for what the grain path does not do (yet)."""
-    if None in native_shape(builder, dataset_config)[:2]:
-        raise DatasetFormatError(f"{builder.name}: dataset.backend='grain' needs fixed-size images; "
-                                 "use --config.dataset.backend=tfdata")
-    if dataset_config.eval_resize:
-        raise DatasetFormatError("dataset.eval_resize is not implemented for dataset.backend='grain'; "
-                                 "use --config.dataset.backend=tfdata")
-
-
 def host_train_batches(dataset_config, *, global_batch_size: int, seed: int, start_step: int = 0) -> Iterator[dict]:
     """Endless train batches {'image': uint8 [b,H,W,C], 'label': int32 [b]} of this host, from `start_step` on.
 
@@ -111,7 +101,6 @@ def host_train_batches(dataset_config, *, global_batch_size: int, seed: int, sta
     mine, shares = read_shares(dataset_config)
     share = local_batch_size(global_batch_size, shares)
     builder = open_builder(dataset_config)
-    _checked(dataset_config, builder)
     info = info_from_builder(dataset_config, builder)
     source = data_source(builder, info.train_split)
     per_epoch = len(source) // global_batch_size
@@ -164,12 +153,12 @@ def eval_batches(dataset_config, *, global_batch_size: int, process_index: int |
     index, count = process(process_index, process_count)
     batch = local_batch_size(global_batch_size, count)
     builder = open_builder(dataset_config)
-    _checked(dataset_config, builder)
     info = info_from_builder(dataset_config, builder)
     source = data_source(builder, tfds.split_for_jax_process(info.eval_split, process_index=index,
                                                              process_count=count))
     build = _EvalBatch(source, feature_keys(builder, dataset_config),
-                       grain_transforms.eval_transform(native_shape(builder, dataset_config), info.image_shape),
+                       grain_transforms.eval_transform(dataset_config, native_shape(builder, dataset_config),
+                                                       info.image_shape),
                        batch, info.image_shape, _has_box(builder))
     steps = eval_steps(info, global_batch_size, process_count=count)
     return _pipeline(range(steps), build, dataset_config)
