@@ -1,4 +1,5 @@
-"""Training, resuming and evaluating with dataset.backend='grain' while TensorFlow cannot be imported."""
+"""Training, resuming and evaluating with dataset.backend='grain' while TensorFlow cannot be imported
+(the resumed run also compiles from the persistent compilation cache the first one wrote)."""
 
 from __future__ import annotations
 
@@ -51,11 +52,13 @@ def test_train_resume_and_evaluate_without_tensorflow(tiny_dataset, tmp_path):
                            capture_output=True, text=True, timeout=60)
     assert probe.returncode != 0 and "No module named 'tensorflow'" in probe.stderr
 
+    cache = tmp_path / "compiled"
     steps = ["--config.dataset.backend=grain", "--config.num_train_steps=4",
-             "--config.checkpoint_every_steps=2", "--config.log_every_steps=2"]
+             "--config.checkpoint_every_steps=2", "--config.log_every_steps=2", f"--compilation_cache={cache}"]
     reference = str(tmp_path / "reference")
     out = train(smoke_args(tiny_dataset, reference, *steps), env)
     assert "eval at step 4" in out
+    assert len(os.listdir(cache)) >= 2  # the train and eval steps; the resumed run below reads them
 
     resumed = str(tmp_path / "resumed")
     shutil.copytree(reference, resumed)
