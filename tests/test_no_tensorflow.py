@@ -1,4 +1,4 @@
-"""Training, resuming and evaluating with dataset.backend='grain' while TensorFlow cannot be imported
+"""Training, resuming and evaluating (in training and with the evaluate command) with dataset.backend='grain' while TensorFlow cannot be imported
 (the resumed run also compiles from the persistent compilation cache the first one wrote)."""
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ HIDE_TENSORFLOW = textwrap.dedent("""
 """)
 
 
-def train(args: list[str], env: dict[str, str]) -> str:
-    """Runs the train command to the end; its output."""
-    proc = start_command("train", args, **env)
+def run(command: str, args: list[str], env: dict[str, str]) -> str:
+    """Runs `python -m saol_jax.<command> ARGS` to the end; its output."""
+    proc = start_command(command, args, **env)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     return out
@@ -56,15 +56,17 @@ def test_train_resume_and_evaluate_without_tensorflow(tiny_dataset, tmp_path):
     steps = ["--config.dataset.backend=grain", "--config.num_train_steps=4",
              "--config.checkpoint_every_steps=2", "--config.log_every_steps=2", f"--compilation_cache={cache}"]
     reference = str(tmp_path / "reference")
-    out = train(smoke_args(tiny_dataset, reference, *steps), env)
+    out = run("train", smoke_args(tiny_dataset, reference, *steps), env)
     assert "eval at step 4" in out
     assert len(os.listdir(cache)) >= 2  # the train and eval steps; the resumed run below reads them
 
     resumed = str(tmp_path / "resumed")
     shutil.copytree(reference, resumed)
     shutil.rmtree(os.path.join(resumed, "checkpoints", "4"))  # as if killed between steps 2 and 4
-    assert "resumed from checkpoint at step 2" in train(smoke_args(tiny_dataset, resumed, *steps), env)
+    assert "resumed from checkpoint at step 2" in run("train", smoke_args(tiny_dataset, resumed, *steps), env)
     want, got = final_params(reference, tiny_dataset), final_params(resumed, tiny_dataset)
     assert want.keys() == got.keys()
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=str(name))
+    assert "wrote" in run("evaluate", ["--workdir", reference], env)
+    assert os.path.exists(os.path.join(reference, "evaluate_test_step4.json"))
