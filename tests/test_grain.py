@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import multiprocessing
+import time
 
 import jax
 import numpy as np
@@ -93,12 +95,24 @@ def test_hosts_read_slices_of_the_same_global_batches(tiny_dataset, monkeypatch)
     assert_same(whole, joined)
 
 
-def test_worker_processes_give_the_same_stream(tiny_dataset):
+def test_worker_processes_give_the_same_stream_and_stop_on_close(tiny_dataset):
     config = grain_config(tiny_dataset)
     in_process = take(data.host_train_batches(config, global_batch_size=8, seed=4, start_step=5), 0, 4)
-    workers = grain_config(tiny_dataset, workers=2)
-    with_workers = take(data.host_train_batches(workers, global_batch_size=8, seed=4, start_step=5), 0, 4)
+    batches = data.host_train_batches(grain_config(tiny_dataset, workers=2), global_batch_size=8, seed=4,
+                                      start_step=5)
+    with_workers = list(itertools.islice(batches, 4))
+    assert len(multiprocessing.active_children()) == 2
+    batches.close()
     assert_same(in_process, with_workers)
+    deadline = time.time() + 30
+    while multiprocessing.active_children() and time.time() < deadline:
+        time.sleep(0.1)
+    assert not multiprocessing.active_children()
+
+
+def test_unknown_backend_is_a_user_error(tiny_dataset):
+    with pytest.raises(data.DatasetFormatError, match="backend must be one of tfdata, grain"):
+        data.host_train_batches(grain_config(tiny_dataset, backend="torch"), global_batch_size=8, seed=0)
 
 
 def test_eval_reads_each_example_once_padded_with_boxes(tiny_boxed_dataset):

@@ -32,7 +32,8 @@ BACKENDS = {"tfdata": (train_stream, padded_eval), "grain": (grain_stream, grain
 
 
 def _backend(dataset_config):
-    backend = dataset_config.get("backend", "tfdata")
+    """The (train, eval) modules of `dataset.backend` (a config saved before the field existed: the default)."""
+    backend = dataset_config.get("backend", default_dataset_config().backend)
     if backend not in BACKENDS:
         raise DatasetFormatError(f"dataset.backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     return BACKENDS[backend]
