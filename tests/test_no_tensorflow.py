@@ -1,5 +1,6 @@
-"""Training, resuming and evaluating (in training and with the evaluate command) with dataset.backend='grain' while TensorFlow cannot be imported
-(the resumed run also compiles from the persistent compilation cache the first one wrote)."""
+"""Training, resuming and evaluating (in training and with the evaluate command) with
+dataset.backend='grain' while TensorFlow cannot be imported (the resumed run also compiles
+from the persistent compilation cache the first one wrote)."""
 
 from __future__ import annotations
 

@@ -55,7 +55,9 @@ def _unknown_name_message(name: str, data_dir: str) -> str:
     return (
         f"Unknown dataset {name!r}: tensorflow_datasets has no builder of that name and no copy "
         f"was found in data_dir {data_dir!r}.{hint} If it is your own tfds dataset, write it into "
-        f"that data_dir first (its builder's download_and_prepare(), then `python -m saol_jax.data.prepare --dataset NAME --data_dir {data_dir}` for the ArrayRecord copy)."
+        f"that data_dir first with its builder's download_and_prepare() (then, for "
+        f"dataset.backend='grain', add the ArrayRecord copy with "
+        f"`python -m saol_jax.data.prepare --dataset NAME --data_dir {data_dir}`)."
     )
 
 
