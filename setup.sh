@@ -48,6 +48,6 @@ if [ -d "$FMNIST" ]; then
   "$VENV/bin/python" -m saol_jax.data.prepare
 else
   say "downloading and preparing Fashion-MNIST with tfds"
-  "$VENV/bin/tfds" build fashion_mnist || fail "tfds could not download Fashion-MNIST (no internet?); install Debian's dataset-fashion-mnist or copy its files to $FMNIST, then re-run"
+  "$VENV/bin/python" -m saol_jax.data.prepare --dataset fashion_mnist || fail "tfds could not download Fashion-MNIST (no internet?); install Debian's dataset-fashion-mnist or copy its files to $FMNIST, then re-run"
 fi
 say "done: saol_jax is installed in $VENV"

@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-import tensorflow as tf
+from etils import epy
 from absl import app, flags
 
 from saol_jax import data, paths, visualize
@@ -37,6 +37,9 @@ from saol_jax.data.transforms import eval_transform
 from saol_jax.restore import (
     NoCheckpointError, Trained, UnknownStepError, class_names, load_trained, use_run_devices,
 )
+
+with epy.lazy_imports():  # TensorFlow only where tf.data runs
+    import tensorflow as tf
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 

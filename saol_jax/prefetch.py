@@ -12,7 +12,8 @@ queue holds at most `depth` placed batches, so the host stays at most
 beyond the one in use. An exception raised by the source or by `place` is
 re-raised in the consumer at the position where it occurred; `close()`
 (also on leaving the `with` block, e.g. on an exception or pre-emption in
-the train loop) stops the thread and waits for it.
+the train loop) stops the thread, waits for it and closes the source if it
+has a `close` (a generator; the grain path's worker processes).
 """
 
 from __future__ import annotations
@@ -97,6 +98,9 @@ class DevicePrefetcher(Generic[HostBatch, DeviceBatch], Iterator[DeviceBatch]):
             except queue.Empty:
                 pass
         self._thread.join()
+        close_source = getattr(self._source, "close", None)  # a generator, or grain's workers
+        if close_source is not None:
+            close_source()
 
     @property
     def running(self) -> bool:

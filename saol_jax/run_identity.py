@@ -29,7 +29,7 @@ FREE_FIELDS = frozenset({
 })
 # Dataset fields that only say where or how fast data is read, or what is evaluated besides
 # training (the validation split; the train split it is carved from is part of the identity).
-FREE_DATASET_FIELDS = frozenset({"data_dir", "prefetch", "cache", "shuffle_buffer", "validation_split"})
+FREE_DATASET_FIELDS = frozenset({"data_dir", "prefetch", "cache", "shuffle_buffer", "workers", "validation_split"})
 
 
 class RunChangedError(ValueError):

@@ -26,7 +26,7 @@ from absl import app, flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from saol_jax import distributed, sharding  # noqa: E402
+from saol_jax import compilation_cache, distributed, sharding  # noqa: E402
 from saol_jax.config_check import parse_flags_or_exit  # noqa: E402
 from saol_jax.trainer import USER_ERRORS, train_and_evaluate  # noqa: E402
 
@@ -44,6 +44,11 @@ flags.DEFINE_integer(
     "heartbeat_timeout", distributed.HEARTBEAT_TIMEOUT_S,
     "Seconds without a heartbeat after which a process counts as lost and the others exit non-zero.",
 )
+flags.DEFINE_string(
+    "compilation_cache", compilation_cache.default_location(),
+    f"Folder of jax's persistent compilation cache, so a restart does not recompile; '{compilation_cache.OFF}' "
+    f"turns it off. Default: ${compilation_cache.ENV_VAR}, else {compilation_cache.DEFAULT_DIR}.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 FLAGS = flags.FLAGS
@@ -57,6 +62,7 @@ def main(argv: list[str]) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)
     config = FLAGS.config
     sharding.configure_cpu_devices(config.num_cpu_devices)
+    compilation_cache.enable(FLAGS.compilation_cache)
     try:
         distributed.initialize(
             FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, mode=FLAGS.distributed,

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorflow as tf
+from etils import epy
 import tensorflow_datasets as tfds
 from absl import app, flags
 
@@ -65,6 +65,9 @@ from saol_jax.localization import (
     upsample_normalised,
 )
 from saol_jax.restore import Trained, load_trained, output_path, read_config, use_run_devices
+
+with epy.lazy_imports():  # TensorFlow only where tf.data runs
+    import tensorflow as tf
 
 COMPONENTS = ("largest", "all")
 

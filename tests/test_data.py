@@ -27,6 +27,7 @@ from saol_jax.data import (
 from configs import fashion_mnist
 from saol_jax.data import prepare, preprocess
 from saol_jax.data.fashion_mnist import DEFAULT_SOURCE_DIR, read_idx
+from saol_jax.data.grain_source import data_source
 
 FASHION_SOURCE_PRESENT = os.path.isdir(DEFAULT_SOURCE_DIR)
 
@@ -218,8 +219,8 @@ def test_host_shards_of_a_sliced_split_cover_it_once(tiny_dataset):
 
 @pytest.mark.parametrize("name, command", [
     ("fashion_mnist", "python -m saol_jax.data.prepare --data_dir {d}"),
-    ("cifar10", "tfds build cifar10 --data_dir {d}"),
-    ("imagenet2012", "tfds build imagenet2012 --data_dir {d} --manual_dir"),
+    ("cifar10", "python -m saol_jax.data.prepare --dataset cifar10 --data_dir {d}"),
+    ("imagenet2012", "python -m saol_jax.data.prepare --dataset imagenet2012 --data_dir {d} --manual_dir"),
 ])
 def test_missing_dataset_names_the_fix(tmp_path, name, command):
     config = make_config({"name": name, "data_dir": str(tmp_path)})
@@ -329,6 +330,20 @@ def test_prepare_cli_is_idempotent(fashion_dir, capsys):
     assert prepare.main(args) == 0
     out = capsys.readouterr().out
     assert fashion_dir in out and "cluttered_fashion_mnist ready" in out
+
+
+@pytest.mark.parametrize("name, split", [("fashion_mnist", "train"), ("cluttered_fashion_mnist", "test")])
+def test_prepared_datasets_read_alike_by_both_backends(fashion_dir, name, split):
+    """`prepare` writes TFRecord and an ArrayRecord copy: example i is the same through either."""
+    assert prepare.main(["--data_dir", fashion_dir, "--cluttered_train", "20", "--cluttered_test", "10"]) == 0
+    source = data_source(tfds.builder(name, data_dir=fashion_dir), split)
+    builder = tfds.builder(name, data_dir=fashion_dir)
+    examples = tfds.as_numpy(builder.as_dataset(split=f"{split}[:10]", shuffle_files=False))
+    assert len(source) == builder.info.splits[split].num_examples
+    for index, example in enumerate(examples):
+        assert source[index].keys() == example.keys()
+        for feature in example:
+            np.testing.assert_array_equal(source[index][feature], example[feature], err_msg=f"{index} {feature}")
 
 
 # ----------------------------------------------------------------- datasets without supervised keys

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from saol_jax.data.grain_source import add_array_record
+
 
 def tiny_example(label: int, rng: np.random.Generator, image_size: tuple[int, int], channels: int,
                  num_classes: int) -> tuple[np.ndarray, tfds.features.BBox]:
@@ -71,13 +73,15 @@ def write_tiny_dataset(data_dir: str, *, name: str = "tiny_shapes", num_train: i
                        num_classes: int = 4, seed: int = 0, boxes: bool = False) -> str:
     """Writes the dataset `name` (splits 'train' and 'test') under `data_dir`; returns `data_dir`.
 
-    `boxes=True` adds each square's box as the feature `bbox`.
+    `boxes=True` adds each square's box as the feature `bbox`. Written in TFRecord with an
+    ArrayRecord copy, as `python -m saol_jax.data.prepare` writes, so both backends read it.
     """
     cls = _builder_class(name, tuple(image_size), channels, num_classes,
                          {"train": num_train, "test": num_test}, seed, boxes)
     cls(data_dir=data_dir).download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False)
     )
+    add_array_record(tfds.builder(name, data_dir=data_dir))
     return data_dir
 
 

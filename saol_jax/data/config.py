@@ -32,6 +32,10 @@ def default_dataset_config() -> ml_collections.ConfigDict:
         "shuffle_buffer": 50_000,  # streaming train reads only
         "cache": True,  # keep the decoded train split in host memory (small datasets)
         "prefetch": 2,  # batches prepared ahead
+        # 'tfdata': tf.data over the TFRecord files; 'grain': random access to the ArrayRecord
+        # copy (python -m saol_jax.data.prepare writes both), no TensorFlow needed.
+        "backend": "tfdata",
+        "workers": 0,  # grain: processes building batches (0: in the training process)
         # Equal shares each split is cut into (0 = one per process). Process p reads
         # the consecutive shares p*k .. p*k+k-1, k = host_shards / process_count, so a
         # run on fewer hosts with host_shards = N sees the data of an N-host run.

@@ -10,9 +10,10 @@ from __future__ import annotations
 import difflib
 import functools
 import logging
+import sys
 
-import tensorflow as tf
 import tensorflow_datasets as tfds
+from etils import epath
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -24,11 +25,15 @@ class DatasetFormatError(ValueError):
 
 
 def prepare_command(name: str, data_dir: str) -> str:
-    """The command that writes dataset `name` into `data_dir`."""
+    """The command that writes dataset `name` (TFRecord and ArrayRecord) into `data_dir`.
+
+    Not `tfds build`: the pinned tensorflow-datasets' command line cannot start
+    without apache-beam, while the builder's own `download_and_prepare` can.
+    """
     base = name.split(":")[0]
     if base in ("fashion_mnist", "cluttered_fashion_mnist", "target_fashion_mnist"):
         return f"python -m saol_jax.data.prepare --data_dir {data_dir}"
-    command = f"tfds build {base} --data_dir {data_dir}"
+    command = f"python -m saol_jax.data.prepare --dataset {base} --data_dir {data_dir}"
     if base.split("/")[0] == "imagenet2012":
         command += (
             " --manual_dir MANUAL_DIR   (ImageNet cannot be downloaded automatically: first put "
@@ -50,13 +55,25 @@ def _unknown_name_message(name: str, data_dir: str) -> str:
     return (
         f"Unknown dataset {name!r}: tensorflow_datasets has no builder of that name and no copy "
         f"was found in data_dir {data_dir!r}.{hint} If it is your own tfds dataset, write it into "
-        f"that data_dir first (e.g. `tfds build PATH/TO/BUILDER --data_dir {data_dir}`)."
+        f"that data_dir first with its builder's download_and_prepare() (then, for "
+        f"dataset.backend='grain', add the ArrayRecord copy with "
+        f"`python -m saol_jax.data.prepare --dataset NAME --data_dir {data_dir}`)."
     )
 
 
-@functools.cache
 def _keep_tf_off_gpus() -> None:
-    """Hides GPUs from TensorFlow so tf.data never takes accelerator memory from JAX."""
+    """Hides GPUs from TensorFlow so tf.data never takes accelerator memory from JAX.
+
+    Only where TensorFlow is already imported (the tf.data modules import it):
+    the grain path runs without it.
+    """
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        _hide_gpus(tf)
+
+
+@functools.cache
+def _hide_gpus(tf) -> None:
     try:
         tf.config.set_visible_devices([], "GPU")
     except RuntimeError:
@@ -68,7 +85,7 @@ def open_builder(dataset_config) -> tfds.core.DatasetBuilder:
     _keep_tf_off_gpus()
     name, data_dir = dataset_config.name, dataset_config.data_dir
     shown_dir = data_dir if data_dir is not None else _default_data_dir()
-    if data_dir is not None and not tf.io.gfile.isdir(data_dir):
+    if data_dir is not None and not epath.Path(data_dir).is_dir():
         raise DatasetNotFoundError(
             f"data_dir {data_dir!r} for dataset {name!r} does not exist. "
             f"Create the dataset there with: {prepare_command(name, data_dir)}"

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import jax
 import numpy as np
-import tensorflow as tf
+from etils import epy
 import tensorflow_datasets as tfds
 
 from saol_jax.data import tfdata
@@ -21,6 +21,9 @@ from saol_jax.data.discovery import feature_keys, open_builder
 from saol_jax.data.hosts import concatenated, local_batch_size, process, read_shares
 from saol_jax.data.info import info_from_builder, native_shape, num_examples
 from saol_jax.data.transforms import eval_transform, pairs
+
+with epy.lazy_imports():  # TensorFlow only where tf.data runs
+    import tensorflow as tf
 
 BOX_KEY = "bbox"
 

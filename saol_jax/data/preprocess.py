@@ -8,7 +8,10 @@ examples came before it. Normalisation is left to the device.
 
 from __future__ import annotations
 
-import tensorflow as tf
+from etils import epy
+
+with epy.lazy_imports():  # TensorFlow only where tf.data runs
+    import tensorflow as tf
 
 # ImageNet RGB PCA (fb.resnet.torch, used by the CutMix reference), on a [0, 1] scale.
 IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import tensorflow as tf
+from etils import epy
+
+with epy.lazy_imports():  # TensorFlow only where tf.data runs
+    import tensorflow as tf
 
 
 def options() -> tf.data.Options:

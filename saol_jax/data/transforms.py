@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import tensorflow as tf
+from etils import epy
 
 from saol_jax.data import preprocess
+
+with epy.lazy_imports():  # TensorFlow only where tf.data runs
+    import tensorflow as tf
 
 AUGMENTATIONS = ("cifar", "inception", "none")
 
