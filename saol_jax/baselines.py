@@ -131,6 +131,29 @@ def fixed_report(accuracy: np.ndarray) -> dict:
     return {"box_acc": _by_level(accuracy), "box_acc_v2": float(np.mean(accuracy))}
 
 
+BASELINE_TITLES = {"raw_image": "raw image, largest bright component", "intensity_map": "intensity map, the pipeline",
+                   "centred_box": "centred box of mean size", "random_item": "one item at random (expected)"}
+
+
+def markdown(report: dict) -> str:
+    """The baselines of one `evaluate` report as a markdown table: box accuracy per IoU level and its
+    mean (swept baselines at the thresholds chosen on the tuning split), pointing and mass ratio."""
+    levels = [f"{level:g}" for level in IOU_LEVELS]
+    lines = [f"Class-agnostic baselines, {report['dataset']} {report['split']} ({report['count']} images; "
+             f"thresholds chosen on {report['tune_split']}; chance top-1 {report['chance_top1']:.2f}):", "",
+             "| baseline | " + " | ".join(f"box acc @ IoU {level}" for level in levels)
+             + " | mean (MaxBoxAccV2) | pointing | mass / area |",
+             "|---" * (len(levels) + 4) + "|"]
+    for name, title in BASELINE_TITLES.items():
+        scores = report[name]
+        by_level = scores.get("box_acc_at_tuned", scores.get("box_acc"))
+        mean = scores.get("box_acc_v2_at_tuned", scores.get("box_acc_v2"))
+        extra = [f"{scores[key]:.2f}" if key in scores else "n/a" for key in ("pointing", "mass_ratio")]
+        lines.append(f"| {title} | " + " | ".join(f"{by_level[level]:.3f}" for level in levels)
+                     + f" | {mean:.3f} | " + " | ".join(extra) + " |")
+    return "\n".join(lines)
+
+
 def intensity_ious(maps: np.ndarray, boxes: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
     """[N, T] sweep IoUs of cell maps [N, g, g] through `upsample_normalised`."""
     heatmaps = np.asarray(upsample_normalised(jnp.asarray(maps), image_hw))

@@ -6,7 +6,9 @@
 
 A marked region of a markdown file holds the tables of one study, the folder
 NAME under the results root (format in results/README.md); SECTIONs (comma
-separated, any of saol_jax.ablate.SECTIONS, default all) pick the tables:
+separated, any of saol_jax.ablate.SECTIONS, default all) pick the tables. A
+NAME ending in `.json` is a `saol_jax.baselines` report, rendered as its
+table (no sections):
 
     <!-- results: NAME [SECTION,...] -->
     ...
@@ -18,13 +20,14 @@ so a table that `--check` accepts is the one its files give.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from collections.abc import Sequence
 
 from absl import app, flags
 
-from saol_jax import ablate, paths, results
+from saol_jax import ablate, baselines, paths, results
 from saol_jax.config_check import parse_flags_or_exit
 
 OPEN = re.compile(r"<!-- results: (?P<name>[^\s>]+)(?: (?P<sections>[\w,]+))? -->\n")
@@ -36,7 +39,13 @@ class ReportError(ValueError):
 
 
 def render(results_dir: str, sections: Sequence[str] = ablate.SECTIONS) -> str:
-    """The markdown tables of the study in `results_dir`, those of `sections`."""
+    """The markdown tables of the study in `results_dir`, those of `sections` (a baselines report's
+    table when `results_dir` is its .json file)."""
+    if results_dir.endswith(".json"):
+        try:
+            return baselines.markdown(json.loads(paths.read_text(results_dir)))
+        except (FileNotFoundError, ValueError, KeyError) as error:
+            raise ReportError(f"{results_dir}: not a baselines report ({error})") from None
     unknown = [s for s in sections if s not in ablate.SECTIONS]
     if unknown:
         raise ReportError(f"unknown sections {unknown}; valid: {', '.join(ablate.SECTIONS)}")

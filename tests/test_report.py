@@ -174,3 +174,26 @@ def test_result_files_are_deterministic(tmp_path):
     assert text.index('"a"') < text.index('"b"')  # sorted keys
     assert results.split_metrics({"eval/x": 1.0, "val/x": 2.0, "train/y": 3.0}) == {
         "test": {"x": 1.0}, "val": {"x": 2.0}}
+
+
+def test_every_marked_table_of_the_readme_equals_its_result_files():
+    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    text = open(readme, encoding="utf-8").read()
+    root = os.path.join(os.path.dirname(readme), "results")
+    assert report.OPEN.search(text), "README.md has no table rendered from result files"
+    assert report.mismatches(text, root, "README.md") == []
+
+
+def test_a_baselines_report_renders_its_numbers(tmp_path):
+    scores = {"box_acc": {"0.3": 0.5, "0.5": 0.25, "0.7": 0.125}, "box_acc_v2": 0.875 / 3}
+    swept = {"box_acc_at_tuned": {"0.3": 0.4, "0.5": 0.2, "0.7": 0.1}, "box_acc_v2_at_tuned": 0.7 / 3,
+             "max_box_acc": {"0.3": 0.9, "0.5": 0.9, "0.7": 0.9}, "pointing": 0.33, "mass_ratio": 1.5}
+    payload = {"dataset": "toy", "split": "test", "tune_split": "validation", "count": 8, "chance_top1": 0.2,
+               "raw_image": swept, "intensity_map": swept, "centred_box": scores, "random_item": scores}
+    path = tmp_path / "toy.json"
+    path.write_text(json.dumps(payload), encoding="utf-8")
+    table = report.render(str(path))
+    # Swept baselines show the accuracy at the thresholds chosen on the tuning split, not the split's best.
+    assert "| raw image, largest bright component | 0.400 | 0.200 | 0.100 | 0.233 | 0.33 | 1.50 |" in table
+    assert "| centred box of mean size | 0.500 | 0.250 | 0.125 | 0.292 | n/a | n/a |" in table
+    assert "0.900" not in table
