@@ -153,8 +153,14 @@ def test_eight_devices_match_one_device(tiny_dataset):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params_8, params_1)
 
 
-def test_non_finite_loss_stops_with_a_clear_message(tiny_dataset, tmp_path):
-    config = tiny_config(tiny_dataset, **{"optim.lr": float("nan")})
+def diverge(monkeypatch) -> None:
+    """Makes every update NaN, as a diverging run's: a NaN learning rate (which the config check refuses)."""
+    monkeypatch.setattr(optim, "learning_rate_schedule", lambda *args, **kwargs: lambda step: float("nan"))
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tiny_dataset, tmp_path, monkeypatch):
+    diverge(monkeypatch)
+    config = tiny_config(tiny_dataset)
     with pytest.raises(NonFiniteLossError, match="non-finite loss/"):
         train_and_evaluate(config, str(tmp_path))
     assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "2"))
