@@ -266,14 +266,15 @@ def test_sigint_during_a_save_completes_it(tiny_dataset, tmp_path, monkeypatch):
 
     def save_then_interrupt(self, step, state):
         real_save(self, step, state)  # asynchronous: still being written
-        os.kill(os.getpid(), signal.SIGINT)
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(checkpoint.Checkpointer, "save", save_then_interrupt)
     workdir = str(tmp_path / "w")
-    with pytest.raises(Preempted, match="pre-empted at step 2"):
+    with pytest.raises(Preempted, match="pre-empted at step 3"):  # the next step boundary
         train_and_evaluate(tiny_config(tiny_dataset), workdir)
-    assert _checkpoint_names(workdir) == ["2"]  # committed, no temporary folder left
-    assert restore.saved_steps(workdir) == [2]
+    assert _checkpoint_names(workdir) == ["2", "3"]  # both committed, no temporary folder left
+    assert restore.saved_steps(workdir) == [2, 3]
 
 
 # ------------------------------------------------------------------ nothing silent
