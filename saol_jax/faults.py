@@ -106,8 +106,9 @@ def exit_within(status: int, seconds: float = SHUTDOWN_GRACE_S) -> threading.Thr
 
     def watchdog() -> None:
         threading.Event().wait(seconds)
-        print(f"error: the process did not end within {seconds:.0f} s of finishing (a library thread "
-              "hung); exiting", file=sys.stderr)
+        # Not printed by default: the output must end with the line that says what happened.
+        details.warning("the process did not end within %.0f s of finishing (a library thread hung); "
+                        "exiting with status %d", seconds, status)
         _flush_and_exit(status)
 
     thread = threading.Thread(target=watchdog, name="exit-watchdog", daemon=True)

@@ -219,12 +219,13 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_dataset, tmp_path):
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=["SIGTERM", "SIGHUP", "SIGINT"])
 def test_signal_saves_then_exits(tiny_dataset, tmp_path, signum):
     workdir = str(tmp_path / "preempted")
-    # The child inherits an ignored SIGHUP (pytest under nohup), which the trainer rightly leaves
-    # ignored; start it with the default disposition, as from a terminal.
+    # The child inherits an ignored SIGHUP or SIGINT (pytest under nohup or in a background job), which
+    # the trainer rightly leaves ignored; start it with the default dispositions, as from a terminal.
     inherited = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    inherited_int = signal.signal(signal.SIGINT, signal.SIG_DFL) if signum == signal.SIGINT else None
     try:
         proc = start_command("train", smoke_args(
             tiny_dataset, workdir, "--config.num_train_steps=100000", "--config.checkpoint_every_steps=100000",
@@ -232,6 +233,8 @@ def test_signal_saves_then_exits(tiny_dataset, tmp_path, signum):
         ))
     finally:
         signal.signal(signal.SIGHUP, inherited)
+        if inherited_int is not None:
+            signal.signal(signal.SIGINT, inherited_int)
     metrics = os.path.join(workdir, "metrics.jsonl")
     deadline = time.time() + 240
     while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
@@ -240,6 +243,8 @@ def test_signal_saves_then_exits(tiny_dataset, tmp_path, signum):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert f"{signum.name} received" in out and "pre-empted at step" in out
+    assert out.strip().splitlines()[-1].startswith("pre-empted at step")  # one closing line, no traceback
+    assert "Traceback" not in out
     saved = [d for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
     assert len(saved) == 1 and 0 < int(saved[0]) < 100000
 
