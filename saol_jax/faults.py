@@ -67,11 +67,18 @@ def log_file(workdir: str) -> logging.Handler | None:
         return None
     index = jax.process_index()
     name = LOG_FILE if index == 0 else LOG_FILE.replace(".log", f".{index}.log")
-    handler = logging.FileHandler(os.path.join(workdir, name), encoding="utf-8")
+    handler = _QuietFileHandler(os.path.join(workdir, name), encoding="utf-8")
     handler.setFormatter(logging.Formatter(f"%(asctime)s {_FORMAT}"))
     handler.setLevel(logging.INFO)
     logging.getLogger().addHandler(handler)
     return handler
+
+
+class _QuietFileHandler(logging.FileHandler):
+    """A log file that a full or read-only disk silences instead of printing logging's own tracebacks."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        pass
 
 
 def close_log_file(handler: logging.Handler | None) -> None:

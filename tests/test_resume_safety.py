@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from saol_jax import checkpoint, data, trainer
+from saol_jax import checkpoint, data, faults, trainer
 from saol_jax.metrics import MetricWriter, read_events
 from saol_jax.run_identity import RunChangedError
 from saol_jax.trainer import NonFiniteLossError, train_and_evaluate
@@ -28,12 +28,12 @@ def finished(tiny_dataset, tmp_path_factory):
 
 
 def _snapshot(workdir: str) -> dict[str, bytes]:
-    """Every file of the workdir but the TensorBoard logs, by relative path."""
+    """Every file of the workdir but the logs (TensorBoard's, train.log), by relative path."""
     files = {}
     for root, _, names in os.walk(workdir):
         for name in names:
             path = os.path.join(root, name)
-            if "tensorboard" not in path:
+            if "tensorboard" not in path and name != faults.LOG_FILE:
                 files[os.path.relpath(path, workdir)] = open(path, "rb").read()
     return files
 
