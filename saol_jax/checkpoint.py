@@ -20,10 +20,9 @@ from typing import Any, TypeVar
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx, traverse_util
 from jax.experimental import multihost_utils
-
-from etils import epath
 
 from saol_jax import paths
 
@@ -211,7 +210,8 @@ class Checkpointer:
 def _damaged_order(name: str) -> tuple[int, int]:
     """'12.damaged' -> (12, 0), '12.damaged.1795000000' -> (12, 1795000000): by step, then when set aside."""
     step, _, stamp = name.partition(".damaged")
-    return (int(step) if step.isdigit() else -1, int(stamp.lstrip(".") or 0) if stamp.lstrip(".").isdigit() else 0)
+    stamp = stamp.lstrip(".")
+    return int(step) if step.isdigit() else -1, int(stamp) if stamp.isdigit() else 0
 
 
 def _is_corruption(error: BaseException) -> bool:
