@@ -29,6 +29,7 @@ LOG_FILE = "train.log"
 
 # Failure details (tracebacks) for the log file; shown on the console only when verbose.
 details = logging.getLogger("saol_jax.details")
+details.addHandler(logging.NullHandler())  # never logging's last-resort printer: no handler, no output
 
 _FORMAT = "%(levelname)s %(name)s: %(message)s"
 

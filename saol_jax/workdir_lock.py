@@ -92,8 +92,15 @@ class WorkdirLock:
             self._thread = threading.Thread(target=self._beat, name="workdir-lock-heartbeat", daemon=True)
             self._thread.start()
 
+    def _owned(self, current: Holder | None) -> bool:
+        return current is not None and (current.host, current.pid, current.started) == (
+            self.holder.host, self.holder.pid, self.holder.started)
+
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
+            if not self._owned(_read(self.path)):  # taken over after a stall longer than STALE_S
+                log.warning("the workdir lock %s is no longer this run's: another trainer took it over", self.path)
+                return
             beat = dataclasses.replace(self.holder, heartbeat=time.time())
             try:
                 paths.write_text(self.path, json.dumps(dataclasses.asdict(beat)))
@@ -106,9 +113,7 @@ class WorkdirLock:
             return
         self._stop.set()
         self._thread.join()
-        current = _read(self.path)
-        if current is not None and (current.host, current.pid, current.started) == (
-                self.holder.host, self.holder.pid, self.holder.started):
+        if self._owned(_read(self.path)):
             try:
                 epath.Path(self.path).unlink()
             except OSError as error:

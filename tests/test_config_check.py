@@ -97,7 +97,8 @@ def test_choices_are_the_code_constants():
     }
 
 
-RECIPES = sorted(name[:-3] for name in os.listdir(os.path.join(REPO, "configs")) if name.endswith(".py") and name != "__init__.py")
+RECIPES = sorted(name[:-3] for name in os.listdir(os.path.join(REPO, "configs"))
+                 if name.endswith(".py") and name != "__init__.py")
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

@@ -94,6 +94,18 @@ def test_live_lock_on_another_host_is_respected(tmp_path):
     assert (tmp_path / "lock").exists()
 
 
+def test_the_heartbeat_keeps_a_long_run_fresh(tmp_path, monkeypatch):
+    monkeypatch.setattr(workdir_lock, "HEARTBEAT_S", 0.05)
+    lock = workdir_lock.acquire(str(tmp_path))
+    try:
+        time.sleep(1.0)
+        with open(tmp_path / "lock", encoding="utf-8") as f:
+            record = json.load(f)
+    finally:
+        lock.release()
+    assert record["heartbeat"] > record["started"] + 0.5
+
+
 def test_reading_tools_work_beside_a_live_run(finished, tiny_dataset):
     lock = workdir_lock.acquire(finished)  # a trainer is running on it
     try:
@@ -140,6 +152,24 @@ def test_watchdog_ends_a_process_whose_threads_hang(tmp_path):
     assert proc.returncode == 3
     assert "error: something the user must fix" in proc.stderr
     assert elapsed < 60, elapsed  # imports, then the 2 s grace
+
+
+def test_exception_in_a_background_thread_ends_the_process_in_one_line():
+    script = (
+        "import threading, time\n"
+        "from saol_jax import faults\n"
+        "faults.install_thread_hook()\n"
+        "def fail():\n"
+        "    raise RuntimeError('the reader lost its disk')\n"
+        "threading.Thread(target=fail, name='reader').start()\n"
+        "time.sleep(120)  # the main thread would go on training\n"
+    )
+    started = time.time()
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and time.time() - started < 100
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: background thread reader failed (RuntimeError: the reader lost its disk)")
 
 
 def test_read_only_checkpoint_folder_is_one_line(tiny_dataset, tmp_path, monkeypatch):
