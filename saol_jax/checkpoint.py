@@ -20,12 +20,16 @@ from typing import Any, TypeVar
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx, traverse_util
 from jax.experimental import multihost_utils
 
 from saol_jax import paths
 
 log = logging.getLogger(__name__)
+
+# Damaged checkpoints set aside (`<step>.damaged`) that are kept for inspection; older ones are removed.
+DAMAGED_KEPT = 2
 
 T = TypeVar("T")
 
@@ -160,9 +164,22 @@ class Checkpointer:
                     step, self.directory, reason, aside)
         if jax.process_index() == 0:
             paths.rename(paths.join(self.directory, str(step)), aside)
+            self._prune_damaged()
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
         self._manager.reload()
+
+    def damaged(self) -> list[str]:
+        """Names of the damaged checkpoints set aside in the folder, oldest step first."""
+        names = [p.name for p in epath.Path(self.directory).iterdir() if ".damaged" in p.name]
+        return sorted(names, key=_damaged_order)
+
+    def _prune_damaged(self) -> None:
+        """Removes all but the DAMAGED_KEPT newest set-aside checkpoints, saying so."""
+        for name in self.damaged()[:-DAMAGED_KEPT]:
+            log.warning("removing the damaged checkpoint %s in %s (the newest %d are kept)",
+                        name, self.directory, DAMAGED_KEPT)
+            epath.Path(self.directory, name).rmtree()
 
     def restore_raw(self, step: int) -> dict:
         """The checkpoint at `step` as nested dicts of numpy arrays, without a target structure.
@@ -188,6 +205,13 @@ class Checkpointer:
             self.wait()
         finally:
             self._manager.close()
+
+
+def _damaged_order(name: str) -> tuple[int, int]:
+    """'12.damaged' -> (12, 0), '12.damaged.1795000000' -> (12, 1795000000): by step, then when set aside."""
+    step, _, stamp = name.partition(".damaged")
+    stamp = stamp.lstrip(".")
+    return int(step) if step.isdigit() else -1, int(stamp) if stamp.isdigit() else 0
 
 
 def _is_corruption(error: BaseException) -> bool:

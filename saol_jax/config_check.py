@@ -15,6 +15,10 @@ from absl import flags
 
 from saol_jax import paths
 from saol_jax.data import DatasetInfo
+from saol_jax.data.transforms import AUGMENTATIONS
+from saol_jax.losses import SS2_FORMS, WEIGHT_TO_TERM
+from saol_jax.models import BACKBONES, DTYPES, HEADS
+from saol_jax.optim import SCHEDULES
 
 
 class ConfigError(ValueError):
@@ -27,7 +31,14 @@ def check_config(config: ml_collections.ConfigDict, info: DatasetInfo, num_devic
         raise ConfigError(problem)
 
 
+def check_fields(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError for the first field outside its choices or range; needs no dataset or device."""
+    for problem in _field_problems(config):
+        raise ConfigError(problem)
+
+
 def _problems(config: ml_collections.ConfigDict, info: DatasetInfo, num_devices: int):
+    yield from _field_problems(config)
     for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "grad_accum_steps"):
         value = config[field]
         if value <= 0:
@@ -81,6 +92,86 @@ def _validation_problems(info: DatasetInfo):
         yield (f"the validation split {info.validation_split!r} of {info.name} shares {info.validation_shared} "
                f"examples with the train split {info.train_split!r} or the eval split {info.eval_split!r}: "
                f"{fix}, e.g. train_split='train[:90%]' with validation_split='train[90%:]'")
+
+
+# ----------------------------------------------------------------- one field at a time
+# Enumerated fields, checked against the constants the code that reads them defines.
+CHOICES: dict[str, Sequence[str]] = {
+    "model.backbone": tuple(sorted(BACKBONES)),
+    "model.head": HEADS,
+    "model.dtype": tuple(DTYPES),
+    "loss.ss2_form": SS2_FORMS,
+    "optim.schedule": SCHEDULES,
+    "dataset.augment": AUGMENTATIONS,
+}
+
+_INF = float("inf")
+
+# Numeric fields: (low, high, low_closed, high_closed); a sequence field is checked value by value.
+RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "optim.lr": (0.0, _INF, False, False),
+    "optim.momentum": (0.0, 1.0, True, False),
+    "optim.weight_decay": (0.0, _INF, True, False),
+    "optim.decay_factor": (0.0, 1.0, False, True),
+    "optim.decay_epochs": (0.0, _INF, True, False),
+    "optim.warmup_epochs": (0.0, _INF, True, False),
+    "optim.base_batch_size": (0, _INF, True, False),
+    "cutmix.prob": (0.0, 1.0, True, True),
+    "cutmix.beta": (0.0, _INF, False, False),
+    "cutmix.group_size": (0, _INF, True, False),
+    "dataset.color_jitter": (0.0, _INF, True, False),
+    "dataset.lighting": (0.0, _INF, True, False),
+    "dataset.shuffle_buffer": (1, _INF, True, False),
+    "dataset.prefetch": (0, _INF, True, False),
+    "dataset.host_shards": (0, _INF, True, False),
+    "dataset.image_size": (1, _INF, True, False),  # None (unset) is not checked
+    "model.ghost_bn_size": (0, _INF, True, False),
+    "model.saol.num_stages": (1, _INF, True, False),
+    "model.saol.att_kernel": (1, _INF, True, False),
+    "model.saol.att_width": (1, _INF, True, False),
+    "model.saol.mid_width": (1, _INF, True, False),
+    **{f"loss.{weight}": (0.0, _INF, True, False) for weight in WEIGHT_TO_TERM},
+    "num_epochs": (0.0, _INF, True, False),  # 0 with num_train_steps > 0; both unset is refused below
+    "profile_steps": (0, _INF, True, False),
+    "num_devices": (0, _INF, True, False),
+    "num_cpu_devices": (0, _INF, True, False),
+}
+
+
+def _field(config: ml_collections.ConfigDict, dotted: str):
+    """`config`'s value at 'a.b.c', or None when a recipe has no such field."""
+    node = config
+    for part in dotted.split("."):
+        if part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _interval(low: float, high: float, low_closed: bool, high_closed: bool) -> str:
+    """'in [0, 1)', '> 0', '>= 1' and the like."""
+    show = lambda x: f"{x:g}"  # noqa: E731
+    if high == _INF:
+        return f"{'>=' if low_closed else '>'} {show(low)}"
+    return f"in {'[' if low_closed else '('}{show(low)}, {show(high)}{']' if high_closed else ')'}"
+
+
+def _field_problems(config: ml_collections.ConfigDict):
+    """One message per enumerated field outside its choices and numeric field outside its range."""
+    for name, choices in CHOICES.items():
+        value = _field(config, name)
+        if value is not None and value not in choices:
+            yield f"{name}={value!r} is not one of {', '.join(choices)} (--config.{name}=NAME)"
+    for name, (low, high, low_closed, high_closed) in RANGES.items():
+        value = _field(config, name)
+        for item in (value if isinstance(value, (tuple, list)) else (value,)):
+            if item is None or isinstance(item, str):
+                continue
+            above = item >= low if low_closed else item > low
+            below = item <= high if high_closed else item < high
+            if not (above and below):  # NaN fails both
+                yield (f"{name}={item!r} must be {_interval(low, high, low_closed, high_closed)} "
+                       f"(--config.{name}=X)")
 
 
 def parse_flags_or_exit(argv: Sequence[str]) -> list[str]:

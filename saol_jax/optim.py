@@ -9,6 +9,9 @@ import optax
 if TYPE_CHECKING:  # configs are ConfigDicts; only attribute access is used
     import ml_collections
 
+# The learning-rate schedules `optim.schedule` names (see `learning_rate_schedule`).
+SCHEDULES = ("step", "cosine", "constant")
+
 
 def scaled_learning_rate(optim: ml_collections.ConfigDict, global_batch_size: int) -> float:
     """Linear scaling rule: lr * batch / base_batch when `base_batch_size` > 0."""
@@ -38,7 +41,7 @@ def learning_rate_schedule(
     elif optim.schedule == "constant":
         decay = optax.constant_schedule(peak)
     else:
-        raise ValueError(f"optim.schedule must be 'step', 'cosine' or 'constant', got {optim.schedule!r}")
+        raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {optim.schedule!r}")
     if warmup <= 0:
         return decay
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])

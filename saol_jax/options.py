@@ -55,8 +55,8 @@ class Option:
 
 
 def describe_options(spec: dict[str, Option]) -> str:
-    """One line per option: 'name: type, choices (default)'."""
-    return "\n".join(f"  {name}: {option.describe()}" for name, option in sorted(spec.items()))
+    """Every option on one line: 'name: type, choices (default); ...', for one-line errors."""
+    return "; ".join(f"{name}: {option.describe()}" for name, option in sorted(spec.items()))
 
 
 def parse_options(arg: str | None, spec: dict[str, Option]) -> ml_collections.FrozenConfigDict:
@@ -66,6 +66,6 @@ def parse_options(arg: str | None, spec: dict[str, Option]) -> ml_collections.Fr
         name, equals, text = item.partition("=")
         name = name.strip()
         if name not in spec:
-            raise ValueError(f"unknown config option {name!r}; valid options:\n{describe_options(spec)}")
+            raise ValueError(f"unknown config option {name!r}; valid options are {describe_options(spec)}")
         values[name] = spec[name].parse(name, text.strip() if equals else None)
     return ml_collections.FrozenConfigDict(values)

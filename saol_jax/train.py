@@ -23,10 +23,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
-from absl import logging as absl_logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from saol_jax import compilation_cache, distributed, sharding  # noqa: E402
+from saol_jax import compilation_cache, distributed, faults, sharding  # noqa: E402
 from saol_jax.config_check import parse_flags_or_exit  # noqa: E402
 from saol_jax.trainer import USER_ERRORS, train_and_evaluate  # noqa: E402
 
@@ -55,11 +54,22 @@ FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
+    """Trains; whatever happens, the process then ends within faults.SHUTDOWN_GRACE_S with the right status."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("saol_jax").setLevel(logging.INFO)
-    absl_logging.set_verbosity(absl_logging.WARNING)
+    faults.configure_console(FLAGS.verbosity)
+    faults.install_thread_hook()
+    failure = None
+    try:
+        _train()
+    except BaseException as error:
+        failure = error
+        raise
+    finally:
+        faults.exit_within(faults.exit_status(failure))
+
+
+def _train() -> None:
     config = FLAGS.config
     sharding.configure_cpu_devices(config.num_cpu_devices)
     compilation_cache.enable(FLAGS.compilation_cache)
@@ -75,6 +85,10 @@ def main(argv: list[str]) -> None:
         results = train_and_evaluate(config, FLAGS.workdir)
     except USER_ERRORS as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted: stopped without saving the current step; re-running the same "
+                         "command resumes from the newest checkpoint\n")
+        raise SystemExit(130) from None
     except jax.errors.JaxRuntimeError as error:
         if jax.process_count() > 1:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from saol_jax import (
-    checkpoint, data, evaluation, optim, paths, profiling, run_identity, sharding,
+    checkpoint, data, evaluation, faults, optim, paths, profiling, run_identity, sharding, workdir_lock,
 )
 from saol_jax.config_check import ConfigError, check_config, check_workdir
 from saol_jax.metrics import MetricWriter, Progress, final_eval
@@ -40,7 +40,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class Preempted(SystemExit):
-    """Raised after a SIGTERM or SIGHUP once the state is saved; the same command resumes."""
+    """Raised after a SIGTERM, SIGHUP or first SIGINT once the state is saved; the same command resumes."""
 
 
 # Errors whose message tells the user what to do: the command lines print them in one line.
@@ -49,6 +49,7 @@ USER_ERRORS = (
     checkpoint.CheckpointWriteError,
     ConfigError,
     run_identity.RunChangedError,
+    workdir_lock.WorkdirBusyError,
     data.DatasetFormatError,
     data.DatasetNotFoundError,
     NonFiniteLossError,
@@ -67,14 +68,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     `workdir` may be relative, absolute or a URL (gs://...). A workdir whose
     run already finished is not trained again: the final evaluation is
     returned (and recomputed from the last checkpoint if it was not logged).
-    Raises `config_check.ConfigError` for a config that cannot run.
+    Raises `config_check.ConfigError` for a config that cannot run (before
+    anything is written), `workdir_lock.WorkdirBusyError` while another
+    trainer runs on `workdir`. Every log record of the run, with the
+    traceback of a failure, is also written to `workdir`'s train.log.
     """
     sharding.configure_cpu_devices(config.num_cpu_devices)
     run = _Run(_with_resolved_paths(config), paths.resolve(workdir))
     try:
-        return run.train()
+        try:
+            return run.train()
+        finally:
+            run.close()
+    except Preempted:
+        raise
+    except BaseException:
+        faults.details.error("the run in %s stopped", run.workdir, exc_info=True)
+        raise
     finally:
-        run.close()
+        faults.close_log_file(run.log_handler)
 
 
 def _with_resolved_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -96,6 +108,19 @@ class _Run:
         self.info = data.load_info(config.dataset)
         check_config(config, self.info, self.mesh.devices.size)
         check_workdir(workdir)
+        # Held before the checkpoints are opened: orbax's start-up deletes unfinished saves.
+        self.lock = workdir_lock.acquire(workdir)
+        self.log_handler = faults.log_file(workdir)
+        try:
+            self._build()
+        except BaseException:
+            self.lock.release()
+            faults.close_log_file(self.log_handler)
+            raise
+
+    def _build(self) -> None:
+        """The model, optimiser, compiled steps and checkpointer of the run."""
+        config, workdir = self.config, self.workdir
         self.batch_size = config.batch_size
         _, shares = data.read_shares(config.dataset)
         self.steps_per_epoch = data.steps_per_epoch(self.info, config.batch_size, process_count=shares)
@@ -148,6 +173,12 @@ class _Run:
             step, self.state = restored
             log.info("resumed from checkpoint at step %d in %s", step, self.workdir)
             return step
+        damaged = self.checkpointer.damaged()
+        if damaged:
+            log.warning("no usable checkpoint is left in %s (damaged and set aside: %s): training starts "
+                        "from scratch at step 0", self.checkpointer.directory, ", ".join(damaged))
+        else:
+            log.info("no checkpoint in %s yet: training starts at step 0", self.checkpointer.directory)
         if self.config.init_from:
             params, batch_stats = checkpoint.load_weights(
                 paths.join(self.config.init_from, "checkpoints"),
@@ -162,24 +193,33 @@ class _Run:
         if jax.process_index() == 0:
             paths.write_text(paths.join(self.workdir, "config.json"), self.config.to_json_best_effort(indent=2))
 
-    def _install_sigterm_handler(self) -> None:
-        """One process: a SIGTERM or SIGHUP sets a flag the loop reads after each step.
+    def _install_signal_handlers(self) -> None:
+        """One process: a SIGTERM, SIGHUP or SIGINT sets a flag the loop reads after each step.
 
-        SIGHUP (the terminal or SSH session closed) saves like SIGTERM, unless it
-        is ignored (nohup, as launch/tpu_pod.sh runs the trainer): that stays so.
-        With several processes jax's preemption service (started by
-        `jax.distributed.initialize`) owns SIGTERM instead; see `_preemption_requested`.
+        The loop then saves at that step boundary (a save already in flight
+        is completed first) and exits. SIGHUP (the terminal or SSH session
+        closed) and SIGINT (Ctrl-C) save like SIGTERM, unless they are
+        ignored (nohup, as launch/tpu_pod.sh runs the trainer; a background
+        job): that stays so. A second SIGINT aborts at once with
+        KeyboardInterrupt, without saving. With several processes jax's
+        preemption service (started by `jax.distributed.initialize`) owns
+        SIGTERM instead; see `_preemption_requested`.
         """
         if jax.process_count() > 1:
             return
 
         def on_signal(signum, frame):
-            log.warning("%s received: saving a checkpoint before exiting", signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            if signum == signal.SIGINT and self._preempted:
+                log.warning("second SIGINT: stopping at once without saving")
+                raise KeyboardInterrupt
+            log.warning("%s received: saving a checkpoint at the end of this step, then exiting%s", name,
+                        " (Ctrl-C again to stop at once without saving)" if signum == signal.SIGINT else "")
             self._preempted = True
 
-        for signum in (signal.SIGTERM, signal.SIGHUP):
-            if signum == signal.SIGHUP and signal.getsignal(signum) is signal.SIG_IGN:
-                continue  # nohup: the run is meant to outlive its terminal
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            if signum != signal.SIGTERM and signal.getsignal(signum) is signal.SIG_IGN:
+                continue  # nohup or a background job: the run is meant to outlive its terminal
             try:
                 self._previous_handlers[signum] = signal.signal(signum, on_signal)
             except ValueError:  # not the main thread (e.g. some notebook kernels)
@@ -193,7 +233,7 @@ class _Run:
         if start_step >= self.total_steps:
             return self._finished(start_step)
         self._save_config()
-        self._install_sigterm_handler()
+        self._install_signal_handlers()
         host_batches = data.host_train_batches(
             config.dataset, global_batch_size=self.batch_size, seed=config.seed, start_step=start_step
         )
@@ -333,13 +373,17 @@ class _Run:
         return results
 
     def close(self) -> None:
-        self.checkpointer.close()
-        if self.writer is not None:
-            self.writer.close()
-        for signum, handler in self._previous_handlers.items():
-            if handler is not None:
-                signal.signal(signum, handler)
-        self._previous_handlers.clear()
+        """Completes a pending save (signals still only set the flag), then lets go of the workdir."""
+        try:
+            self.checkpointer.close()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+            for signum, handler in self._previous_handlers.items():
+                if handler is not None:
+                    signal.signal(signum, handler)
+            self._previous_handlers.clear()
+            self.lock.release()
 
 
 def _replicate(tree, mesh):

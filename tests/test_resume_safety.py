@@ -13,11 +13,11 @@ import orbax.checkpoint as ocp
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from saol_jax import checkpoint, data, trainer
+from saol_jax import checkpoint, data, faults, trainer
 from saol_jax.metrics import MetricWriter, read_events
 from saol_jax.run_identity import RunChangedError
 from saol_jax.trainer import NonFiniteLossError, train_and_evaluate
-from test_trainer import final_params, flat_arrays, tiny_config
+from test_trainer import diverge, final_params, flat_arrays, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +28,12 @@ def finished(tiny_dataset, tmp_path_factory):
 
 
 def _snapshot(workdir: str) -> dict[str, bytes]:
-    """Every file of the workdir but the TensorBoard logs, by relative path."""
+    """Every file of the workdir but the logs (TensorBoard's, train.log), by relative path."""
     files = {}
     for root, _, names in os.walk(workdir):
         for name in names:
             path = os.path.join(root, name)
-            if "tensorboard" not in path:
+            if "tensorboard" not in path and name != faults.LOG_FILE:
                 files[os.path.relpath(path, workdir)] = open(path, "rb").read()
     return files
 
@@ -58,10 +58,10 @@ def test_observation_fields_may_change_on_resume(finished, tiny_dataset):
     assert results["eval/count"] == 30
 
 
-def test_nan_update_is_never_saved(tiny_dataset, tmp_path):
+def test_nan_update_is_never_saved(tiny_dataset, tmp_path, monkeypatch):
     workdir = str(tmp_path / "w")
+    diverge(monkeypatch)
     config = tiny_config(tiny_dataset, checkpoint_every_steps=1, log_every_steps=4)
-    config.optim.lr = float("nan")
     with pytest.raises(NonFiniteLossError, match=r"non-finite parameters after step 1, so it was not saved; "
                                                  r"no checkpoint was saved"):
         train_and_evaluate(config, workdir)

@@ -187,8 +187,14 @@ def test_eight_devices_match_one_device(tiny_dataset):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params_8, params_1)
 
 
-def test_non_finite_loss_stops_with_a_clear_message(tiny_dataset, tmp_path):
-    config = tiny_config(tiny_dataset, **{"optim.lr": float("nan")})
+def diverge(monkeypatch) -> None:
+    """Makes every update NaN, as a diverging run's: a NaN learning rate (which the config check refuses)."""
+    monkeypatch.setattr(optim, "learning_rate_schedule", lambda *args, **kwargs: lambda step: float("nan"))
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tiny_dataset, tmp_path, monkeypatch):
+    diverge(monkeypatch)
+    config = tiny_config(tiny_dataset)
     with pytest.raises(NonFiniteLossError, match="non-finite loss/"):
         train_and_evaluate(config, str(tmp_path))
     assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "2"))
@@ -247,12 +253,13 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_dataset, tmp_path):
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=["SIGTERM", "SIGHUP", "SIGINT"])
 def test_signal_saves_then_exits(tiny_dataset, tmp_path, signum):
     workdir = str(tmp_path / "preempted")
-    # The child inherits an ignored SIGHUP (pytest under nohup), which the trainer rightly leaves
-    # ignored; start it with the default disposition, as from a terminal.
+    # The child inherits an ignored SIGHUP or SIGINT (pytest under nohup or in a background job), which
+    # the trainer rightly leaves ignored; start it with the default dispositions, as from a terminal.
     inherited = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    inherited_int = signal.signal(signal.SIGINT, signal.SIG_DFL) if signum == signal.SIGINT else None
     try:
         proc = start_command("train", smoke_args(
             tiny_dataset, workdir, "--config.num_train_steps=100000", "--config.checkpoint_every_steps=100000",
@@ -260,6 +267,8 @@ def test_signal_saves_then_exits(tiny_dataset, tmp_path, signum):
         ))
     finally:
         signal.signal(signal.SIGHUP, inherited)
+        if inherited_int is not None:
+            signal.signal(signal.SIGINT, inherited_int)
     metrics = os.path.join(workdir, "metrics.jsonl")
     deadline = time.time() + 240
     while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
@@ -268,6 +277,8 @@ def test_signal_saves_then_exits(tiny_dataset, tmp_path, signum):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert f"{signum.name} received" in out and "pre-empted at step" in out
+    assert out.strip().splitlines()[-1].startswith("pre-empted at step")  # one closing line, no traceback
+    assert "Traceback" not in out
     saved = [d for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
     assert len(saved) == 1 and 0 < int(saved[0]) < 100000
 
