@@ -14,7 +14,7 @@ import ml_collections
 from absl import flags
 
 from saol_jax import paths
-from saol_jax.data import DatasetInfo
+from saol_jax.data import BACKENDS, DatasetInfo
 from saol_jax.data.transforms import AUGMENTATIONS
 from saol_jax.losses import SS2_FORMS, WEIGHT_TO_TERM
 from saol_jax.models import BACKBONES, DTYPES, HEADS
@@ -103,6 +103,7 @@ CHOICES: dict[str, Sequence[str]] = {
     "loss.ss2_form": SS2_FORMS,
     "optim.schedule": SCHEDULES,
     "dataset.augment": AUGMENTATIONS,
+    "dataset.backend": tuple(BACKENDS),
 }
 
 _INF = float("inf")

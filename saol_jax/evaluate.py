@@ -30,6 +30,7 @@ from absl import app, flags
 from saol_jax import data, evaluation, paths, sharding
 from saol_jax.config_check import parse_flags_or_exit
 from saol_jax.data.info import num_examples
+from saol_jax.data.padded_eval import scores_boxes
 from saol_jax.restore import NoCheckpointError, UnknownStepError, load_trained, output_path, read_config, use_run_devices
 
 
@@ -63,19 +64,31 @@ def resolve_split(workdir: str, info: data.DatasetInfo, split: str) -> tuple[str
 def evaluate(workdir: str, split: str | None = None, step: int | None = None) -> dict:
     """{'workdir', 'dataset', 'split', 'role', 'step', 'eval/...': value} of the checkpoint at
     `step` (default: the newest) on `split` (default 'test', the run's eval split; see
-    `resolve_split`). `role` is 'validation', 'test' or None."""
+    `resolve_split`). `role` is 'validation', 'test' or None. The test role's box scores are at
+    the thresholds the validation split chooses, as in the trainer's final evaluation."""
     config = read_config(workdir)
-    split, role = resolve_split(workdir, data.load_info(config.dataset), split or "test")
+    info = data.load_info(config.dataset)
+    roles = data.roles(info)
+    split, role = resolve_split(workdir, info, split or "test")
     check_split(config.dataset, split)
     trained = load_trained(workdir, step=step)
     mesh = evaluation.eval_mesh(trained.config)
-    batches = (
-        sharding.global_batch(batch, mesh)
-        for batch in data.eval_batches(trained.config.dataset, global_batch_size=trained.config.eval_batch_size,
-                                       split=split, process_index=0, process_count=1)
-    )
     params, batch_stats = jax.device_put((trained.params, trained.batch_stats), sharding.replicated(mesh))
-    metrics = evaluation.eval_metrics(evaluation.eval_step_for(trained, mesh), params, batch_stats, batches)
+    eval_step = evaluation.eval_step_for(trained, mesh)
+
+    def metrics_of(name: str, thresholds=None) -> dict[str, float]:
+        batches = (
+            sharding.global_batch(batch, mesh)
+            for batch in data.eval_batches(trained.config.dataset, global_batch_size=trained.config.eval_batch_size,
+                                           split=name, process_index=0, process_count=1)
+        )
+        return evaluation.eval_metrics(eval_step, params, batch_stats, batches, thresholds=thresholds)
+
+    thresholds = None
+    if role == "test" and "validation" in roles and scores_boxes(data.open_builder(config.dataset), config.dataset):
+        # As the trainer scores the test split: box thresholds chosen on the validation split.
+        thresholds = evaluation.chosen_thresholds(metrics_of(roles["validation"]))
+    metrics = metrics_of(split, thresholds)
     return {"workdir": paths.resolve(workdir), "dataset": trained.info.name, "split": split, "role": role,
             "step": trained.step, **metrics}
 

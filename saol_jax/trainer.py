@@ -352,21 +352,27 @@ class _Run:
         return values
 
     def evaluate(self, step: int) -> dict[str, float]:
-        """The final evaluation: the validation split (`val/*`) if the run has one, then the eval split (`eval/*`)."""
-        results = {}
+        """The final evaluation: the validation split (`val/*`) if the run has one, then the eval split
+        (`eval/*`), whose box scores are taken at the thresholds the validation split chose."""
+        results, thresholds = {}, None
         for role in data.roles(self.info):
-            results.update(self._evaluate_split(step, role))
+            found = self._evaluate_split(step, role, thresholds)
+            if role == "validation":
+                thresholds = evaluation.chosen_thresholds(
+                    {f"eval/{name.split('/', 1)[1]}": value for name, value in found.items()})
+            results.update(found)
         return results
 
-    def _evaluate_split(self, step: int, role: str) -> dict[str, float]:
-        """Top-1/top-5 and loss of both heads over the whole split of `role` ('validation' | 'test'),
-        logged as event EVENTS[role] with that prefix and the split it read."""
+    def _evaluate_split(self, step: int, role: str, thresholds=None) -> dict[str, float]:
+        """Top-1/top-5 and loss of both heads (and box scores, at `thresholds` if given, else at the
+        split's own best; see `evaluation.summarise`) over the whole split of `role` ('validation' |
+        'test'), logged as event EVENTS[role] with that prefix and the split it read."""
         split, kind = data.roles(self.info)[role], EVENTS[role]
         host_batches = data.host_eval_batches(self.config.dataset, global_batch_size=self.config.eval_batch_size,
                                               split=split)
         batches = (self._checked_global_batch(b, "evaluation") for b in host_batches)
         results = evaluation.eval_metrics(self.eval_step, self.state.params, self.state.batch_stats, batches,
-                                          fetch=_fetch)
+                                          fetch=_fetch, thresholds=thresholds)
         results = {f"{kind}/{name.split('/', 1)[1]}": value for name, value in results.items()}
         self.writer.write(kind, step, results, epoch=step / self.steps_per_epoch, split=split)
         log.info("%s at step %d on %s: %s", kind, step, split, _summary(results))

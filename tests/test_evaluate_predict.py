@@ -81,6 +81,11 @@ def test_the_validation_role_reads_the_runs_carve_and_equals_its_val_event(workd
         measured = results[f"eval/{name[len('val/'):]}"]
         assert measured == pytest.approx(value, rel=1e-5, abs=1e-6, nan_ok=True), name
     assert evaluate.evaluate(workdir, split="train[90%:]")["role"] == "validation"
+    # The test split's box scores are taken at the thresholds the validation split chose.
+    tested = final_eval(read_events(workdir), 4)
+    for kind in ("attention", "cam"):
+        for level in ("30", "50", "70"):
+            assert tested[f"eval/loc_{kind}_threshold_{level}"] == logged[f"val/loc_{kind}_threshold_{level}"]
 
 
 def test_split_roles_resolve_to_the_runs_splits():

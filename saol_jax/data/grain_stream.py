@@ -25,7 +25,7 @@ from saol_jax.data.discovery import feature_keys, open_builder
 from saol_jax.data.grain_source import data_source
 from saol_jax.data.hosts import concatenated, local_batch_size, process, read_shares
 from saol_jax.data.info import info_from_builder, native_shape, num_examples
-from saol_jax.data.padded_eval import BOX_KEY, _has_box, eval_steps
+from saol_jax.data.padded_eval import BOX_KEY, eval_steps, scores_boxes
 
 _SHUFFLE, _AUGMENT = 0, 1  # seed streams
 
@@ -160,7 +160,7 @@ def eval_batches(dataset_config, *, global_batch_size: int, split: str | None = 
     build = _EvalBatch(source, feature_keys(builder, dataset_config),
                        grain_transforms.eval_transform(dataset_config, native_shape(builder, dataset_config),
                                                        info.image_shape),
-                       batch, info.image_shape, _has_box(builder) and not dataset_config.eval_resize)
+                       batch, info.image_shape, scores_boxes(builder, dataset_config))
     steps = eval_steps(num_examples(builder, split), global_batch_size, process_count=count)
     return _pipeline(range(steps), build, dataset_config)
 

@@ -28,10 +28,12 @@ with epy.lazy_imports():  # TensorFlow only where tf.data runs
 BOX_KEY = "bbox"
 
 
-def _has_box(builder: tfds.core.DatasetBuilder) -> bool:
-    """Whether each example has one true box: a top-level BBoxFeature named BOX_KEY."""
+def scores_boxes(builder: tfds.core.DatasetBuilder, dataset_config) -> bool:
+    """Whether eval batches carry each example's true box: a top-level BBoxFeature named BOX_KEY,
+    and no `eval_resize` crop that would move it."""
     features = builder.info.features
-    return BOX_KEY in features.keys() and isinstance(features[BOX_KEY], tfds.features.BBoxFeature)
+    return (BOX_KEY in features.keys() and isinstance(features[BOX_KEY], tfds.features.BBoxFeature)
+            and not dataset_config.eval_resize)
 
 
 def eval_steps(num_split: int, global_batch_size: int, *, process_count: int | None = None) -> int:
@@ -63,7 +65,7 @@ def eval_batches(dataset_config, *, global_batch_size: int, split: str | None = 
         raise RuntimeError(f"host {index} holds more eval examples than eval_steps allows")
     transform = eval_transform(dataset_config, native_shape(builder, dataset_config), info.image_shape)
 
-    boxed = _has_box(builder) and not dataset_config.eval_resize
+    boxed = scores_boxes(builder, dataset_config)
 
     def example(image, label, *box):
         image = tf.ensure_shape(transform(image), info.image_shape)
