@@ -2,7 +2,7 @@
 
 Command (torchvision's ImageNet weights converted first, see saol_jax/convert_torchvision.py;
 CUB prepared by tfds, which downloads it from data.caltech.edu):
-  tfds build caltech_birds2011 --data_dir ~/tensorflow_datasets
+  python -m saol_jax.data.prepare --dataset caltech_birds2011 --data_dir ~/tensorflow_datasets
   python -m saol_jax.convert_torchvision --weights resnet50.pth --arch resnet50 \
       --out workdirs/resnet50_imagenet
   python -m saol_jax.train --config configs/cub_finetune.py --workdir workdirs/cub_r50
