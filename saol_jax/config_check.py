@@ -124,6 +124,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "dataset.lighting": (0.0, _INF, True, False),
     "dataset.shuffle_buffer": (1, _INF, True, False),
     "dataset.prefetch": (0, _INF, True, False),
+    "dataset.workers": (0, _INF, True, False),
     "dataset.host_shards": (0, _INF, True, False),
     "dataset.image_size": (1, _INF, True, False),  # None (unset) is not checked
     "model.ghost_bn_size": (0, _INF, True, False),

@@ -38,10 +38,11 @@ BAD_CONFIGS = {
 BAD_FIELDS = [
     ("loss.ss2_form", "bogus", "loss.ss2_form='bogus' is not one of renorm, mass_mix, paste"),
     ("model.backbone", "nope", "model.backbone='nope' is not one of "),
-    ("model.head", "nope", "model.head='nope' is not one of gap, saol"),
+    ("model.head", "nope", "model.head='nope' is not one of gap, gap_ms, saol"),
     ("model.dtype", "float16", "model.dtype='float16' is not one of float32, bfloat16"),
     ("optim.schedule", "nope", "optim.schedule='nope' is not one of step, cosine, constant"),
     ("dataset.augment", "nope", "dataset.augment='nope' is not one of cifar, inception, none"),
+    ("dataset.backend", "tfds", "dataset.backend='tfds' is not one of tfdata, grain"),
     ("optim.lr", -1.0, "optim.lr=-1.0 must be > 0"),
     ("optim.lr", 0.0, "optim.lr=0.0 must be > 0"),
     ("optim.lr", float("nan"), "optim.lr=nan must be > 0"),
@@ -59,6 +60,7 @@ BAD_FIELDS = [
     ("dataset.lighting", -0.1, "dataset.lighting=-0.1 must be >= 0"),
     ("dataset.shuffle_buffer", 0, "dataset.shuffle_buffer=0 must be >= 1"),
     ("dataset.prefetch", -1, "dataset.prefetch=-1 must be >= 0"),
+    ("dataset.workers", -1, "dataset.workers=-1 must be >= 0"),
     ("dataset.host_shards", -1, "dataset.host_shards=-1 must be >= 0"),
     ("dataset.image_size", 0, "dataset.image_size=0 must be >= 1"),
     ("model.ghost_bn_size", -8, "model.ghost_bn_size=-8 must be >= 0"),
@@ -87,13 +89,13 @@ def test_each_field_is_checked_against_its_choices_or_range(field, value, phrase
 
 def test_choices_are_the_code_constants():
     from saol_jax import losses, optim
-    from saol_jax.data import transforms
+    from saol_jax.data import BACKENDS, transforms
     from saol_jax.models import BACKBONES, DTYPES, HEADS
 
     assert CHOICES == {
         "model.backbone": tuple(sorted(BACKBONES)), "model.head": HEADS, "model.dtype": tuple(DTYPES),
         "loss.ss2_form": losses.SS2_FORMS, "optim.schedule": optim.SCHEDULES,
-        "dataset.augment": transforms.AUGMENTATIONS,
+        "dataset.augment": transforms.AUGMENTATIONS, "dataset.backend": tuple(BACKENDS),
     }
 
 
