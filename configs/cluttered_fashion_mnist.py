@@ -1,4 +1,8 @@
-"""Cluttered Fashion-MNIST (the localisation benchmark), a small 4-stage ResNet with SAOL + SS + SD.
+"""Cluttered Fashion-MNIST (a superseded localisation benchmark), a small 4-stage ResNet with SAOL + SS + SD.
+
+Superseded by configs/target_fashion_mnist.py: a class-agnostic cue (the
+biggest bright blob) localises this benchmark's item without its class
+(README, "The earlier study, withdrawn"). Kept for reproduction.
 
 Command (data prepared offline from Debian's dataset-fashion-mnist package):
   python -m saol_jax.data.prepare
@@ -13,37 +17,15 @@ true class, their product and the GAP-FC branch's CAM against the true
 boxes (`eval/loc_<map>_pointing|mass_ratio|maxboxacc_v2|maxboxacc_50|top1_loc|...`,
 saol_jax.localization).
 
-Why GAP-FC's CAM cannot solve this trivially (design reasons, to be checked
-by the measurements of the ablation study): the true box covers 2-47% of the
-canvas (18% on average over the train split), so a map that lights up most of the image
-gives IoU < 0.5 and fails GT-known localisation; the item's scale varies
-about 2x, so no fixed blob size around the peak fits; the fragments are
-real clothing texture, some of them from items of the same class, so a map
-that responds to texture rather than to the whole item lights up clutter,
-and the largest thresholded component or the peak can land on it; and the
-8x8 output grid (8 pixels a cell) is fine enough for the box extent to be
-measurable, unlike Fashion-MNIST's frame-filling items on a 7x7 grid.
-
 Sized for: a 2-core CPU VM split into 8 CPU devices (`num_cpu_devices`), a
 ResNet-10 with four stages of 16/32/64/128 channels (output grid 8x8),
 3 epochs (468 steps of 128), one evaluation at the end.
-Expected time: 6.6-10 min wall on the 2-core AMD EPYC VM shared with other
-jobs (measured: the 3 seeds of GAP-FC + CutMix took 6.6-8.4 min, SAOL + SS +
-SD with SS-2 `paste` 9.7-9.9 min, the `paste` form costing an extra forward
-pass); less on an idle machine.
-Expected accuracy (3 seeds, `python -m saol_jax.ablate`, README): test top-1
-error 19.35 ± 0.54% with the SAOL output (SS-2 `paste`, the default) against
-22.27 ± 0.20% for GAP-FC + CutMix; the attention's box is right (IoU >= 0.5)
-for 67 ± 4% of the test images, the GAP-FC + CutMix CAM's for 19 ± 1%.
-SAOL alone (`head=saol`): 20.17 ± 0.31% error, its attention's box right
-for 7 ± 4%; SAOL + SS (`head=saol_ss`): 19.55 ± 0.85%, box right for
-37 ± 8%: the self-supervised losses make the attention point at the item,
-self-distillation widens it to outline the item.
+Expected: about 8 min wall on the 2-core VM (an estimate from the
+withdrawn study's runs; no result file of them is kept).
 Validation: the builder writes only train and test, so the last 10% of train
 (2,000 canvases) is held out as `validation_split`, where every choice (an
 option, a localisation threshold) is made; training reads the other 18,000
-(420 steps). The times and figures above were measured before that carve,
-training on all 20,000 canvases.
+(420 steps).
 Options (after a colon): `head=gap|gap_ms|saol|saol_ss|saol_ss_sd`, `smoke`, `hw=...`.
 """
 

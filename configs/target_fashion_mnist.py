@@ -34,7 +34,7 @@ cross-check, a 40-step run here used 1.9 CPU-seconds a step (steps 20-40,
 from /proc), about 1 s a step on 2 cores. Under a load average of 10-17 it
 ran at 6.7 s a step (35 min for the recipe).
 Expected accuracy: not measured yet; chance top-1 is 20%.
-Options (after a colon): `head=gap|saol|saol_ss|saol_ss_sd`, `smoke`, `hw=...`.
+Options (after a colon): `head=gap|gap_ms|saol|saol_ss|saol_ss_sd`, `smoke`, `hw=...`.
 """
 
 import ml_collections

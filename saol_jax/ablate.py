@@ -54,7 +54,7 @@ from ml_collections import config_flags
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from saol_jax import compare_heads, paths, sharding, stats  # noqa: E402
+from saol_jax import compare_heads, faults, paths, sharding, stats  # noqa: E402
 from saol_jax import results as results_files  # noqa: E402
 from saol_jax.config_check import parse_flags_or_exit  # noqa: E402
 from saol_jax.ladder import HEAD_LADDER, MODEL_HEADS, apply_head, split_rung  # noqa: E402
@@ -146,13 +146,14 @@ def has_attention(rung: str) -> bool:
 
 def localisation(metrics: dict[str, float | None], rung: str) -> dict[str, float]:
     """The true-box localisation scores of one split's metrics (`loc_<map>_<score>`), as `<map>_<score>`;
-    every score the run has (empty without boxes).
+    every score the run has (empty without boxes). The operating thresholds
+    (`loc_<map>_threshold_<level>`) are settings, not scores, and are left out.
 
     The CAM is left out where the rung does not train the GAP-FC branch (it would be an untrained layer's).
     """
     kinds = [kind for kind in MAPS if kind != "cam" or "gap" in REPORTED[split_rung(rung)[0]]]
     return {key[len("loc_"):]: _number(value) for key, value in sorted(metrics.items())
-            if any(key.startswith(f"loc_{kind}_") for kind in kinds)}
+            if any(key.startswith(f"loc_{kind}_") for kind in kinds) and "_threshold_" not in key}
 
 
 def head_report(run_dir: str) -> dict:
@@ -231,7 +232,7 @@ def localisation_versus_baseline(per_rung: dict[str, dict]) -> dict[str, dict[st
 
 
 def _score_of(name: str) -> str:
-    """'attention_gt_known' -> 'gt_known': the score of a `<map>_<score>` name."""
+    """'attention_maxboxacc_50' -> 'maxboxacc_50': the score of a `<map>_<score>` name."""
     kind = next(kind for kind in MAPS if name.startswith(f"{kind}_"))
     return name[len(kind) + 1:]
 
@@ -563,8 +564,7 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("saol_jax").setLevel(logging.INFO)
+    faults.configure_console(flags.FLAGS.verbosity)
     try:
         check_rungs(flags.FLAGS.rungs)
     except ValueError as error:

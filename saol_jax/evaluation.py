@@ -60,12 +60,13 @@ def summarise(totals: Mapping[str, Any], thresholds: Mapping[str, np.ndarray] | 
     return results
 
 
-def chosen_thresholds(results: Mapping[str, float]) -> dict[str, np.ndarray]:
-    """Each map's [L] operating thresholds in an eval summary (`eval/loc_<map>_threshold_<level>`), to
-    score another split at: `summarise(test_totals, chosen_thresholds(validation_results))`."""
+def chosen_thresholds(results: Mapping[str, float], prefix: str = "eval") -> dict[str, np.ndarray]:
+    """Each map's [L] operating thresholds in an eval summary (`<prefix>/loc_<map>_threshold_<level>`;
+    `val` for the trainer's validation lines), to score another split at:
+    `summarise(test_totals, chosen_thresholds(validation_results))`."""
     levels = [localization.level_name(level) for level in localization.IOU_LEVELS]
-    return {kind: np.array([results[f"eval/loc_{kind}_threshold_{level}"] for level in levels])
-            for kind in localization.MAPS if f"eval/loc_{kind}_maxboxacc_v2" in results}
+    return {kind: np.array([results[f"{prefix}/loc_{kind}_threshold_{level}"] for level in levels])
+            for kind in localization.MAPS if f"{prefix}/loc_{kind}_maxboxacc_v2" in results}
 
 
 def eval_metrics(

@@ -20,7 +20,9 @@ metrics.jsonl holds one JSON object per event with keys:
            {attention, spatial, product} (SAOL) and cam (GAP-FC), each of
            the true class: `eval/loc_<map>_pointing`,
            `eval/loc_<map>_mass_ratio`, and over a sweep of box thresholds
-           at the split's own best ones `eval/loc_<map>_maxboxacc_v2`,
+           (at the split's own best ones; the final test line of a run with
+           a validation split at those the validation split chose)
+           `eval/loc_<map>_maxboxacc_v2`,
            `eval/loc_<map>_maxboxacc_<level>` and
            `eval/loc_<map>_threshold_<level>` (level 30, 50, 70: IoU 0.3,
            0.5, 0.7; GT-known localisation is `maxboxacc_50`), and at the

@@ -48,6 +48,12 @@ def exists(path: str) -> bool:
     return epath.Path(path).exists()
 
 
+def glob(directory: str, pattern: str) -> list[str]:
+    """The paths under `directory` that match `pattern` (e.g. '*/seed*.json'), sorted; [] without it."""
+    folder = epath.Path(directory)
+    return sorted(os.fspath(path) for path in folder.glob(pattern)) if folder.exists() else []
+
+
 def rename(source: str, target: str) -> None:
     """Moves a file or folder (on object stores a copy and delete, so not atomic there)."""
     epath.Path(source).rename(epath.Path(target))

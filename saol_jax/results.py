@@ -87,22 +87,15 @@ def read_runs(results_dir: str) -> list[dict[str, Any]]:
     Raises FileNotFoundError for a folder without run files, ValueError for a file that is not one.
     """
     results_dir = paths.resolve(results_dir)
-    found = []
-    if os.path.isdir(results_dir):
-        for rung in sorted(os.listdir(results_dir)):
-            folder = os.path.join(results_dir, rung)
-            if os.path.isdir(folder):
-                found += [os.path.join(folder, name) for name in os.listdir(folder)
-                          if name.startswith("seed") and name.endswith(".json")]
+    found = paths.glob(results_dir, "*/seed*.json")
     if not found:
         raise FileNotFoundError(f"no run files (<rung>/seed<seed>.json) in {results_dir}")
     records = []
     for path in found:
-        with open(path, encoding="utf-8") as f:
-            try:
-                record = json.load(f)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path} is not JSON: {error}") from None
+        try:
+            record = json.loads(paths.read_text(path))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not JSON: {error}") from None
         if not isinstance(record, dict) or not {"rung", "seed", "metrics", "config"} <= set(record):
             raise ValueError(f"{path} is not a run file: it needs rung, seed, metrics and config")
         records.append(record)

@@ -76,7 +76,7 @@ def step_config(
         std=tuple(config.dataset.std),
         grid_hw=tuple(grid_hw),
         eval_group_size=config.eval_batch_size // num_devices,
-        eval_cutmix_maps=bool(config.eval_cutmix_maps),
+        eval_cutmix_maps=bool(config.get("eval_cutmix_maps", False)),
         dtype=DTYPES[config.model.dtype],
     )
     if not training:

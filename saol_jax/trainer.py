@@ -308,13 +308,7 @@ class _Run:
 
     def _finished(self, step: int) -> dict[str, float]:
         """A run that already reached its last step: its final evaluation, recomputed if not logged."""
-        results = {}
-        for role in data.roles(self.info):
-            logged = final_eval(self.writer.events, step, EVENTS[role])
-            if logged is None:
-                log.info("the run is complete at step %d; its final %s evaluation was not logged: evaluating",
-                         step, role)
-            results.update(self._evaluate_split(step, role) if logged is None else logged)
+        results = self.evaluate(step, reuse_logged=True)
         log.info("the run in %s is already complete (step %d of %d); nothing to train",
                  self.workdir, step, self.total_steps)
         return results
@@ -351,15 +345,20 @@ class _Run:
         self.writer.write("train", step, values, epoch=step / self.steps_per_epoch)
         return values
 
-    def evaluate(self, step: int) -> dict[str, float]:
+    def evaluate(self, step: int, reuse_logged: bool = False) -> dict[str, float]:
         """The final evaluation: the validation split (`val/*`) if the run has one, then the eval split
-        (`eval/*`), whose box scores are taken at the thresholds the validation split chose."""
+        (`eval/*`), whose box scores are taken at the thresholds the validation split chose.
+        `reuse_logged`: a split whose final evaluation metrics.jsonl holds is not evaluated again."""
         results, thresholds = {}, None
         for role in data.roles(self.info):
-            found = self._evaluate_split(step, role, thresholds)
+            found = final_eval(self.writer.events, step, EVENTS[role]) if reuse_logged else None
+            if found is None:
+                if reuse_logged:
+                    log.info("the run is complete at step %d; its final %s evaluation was not logged: "
+                             "evaluating", step, role)
+                found = self._evaluate_split(step, role, thresholds)
             if role == "validation":
-                thresholds = evaluation.chosen_thresholds(
-                    {f"eval/{name.split('/', 1)[1]}": value for name, value in found.items()})
+                thresholds = evaluation.chosen_thresholds(found, prefix=EVENTS[role])
             results.update(found)
         return results
 

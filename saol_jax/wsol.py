@@ -195,11 +195,17 @@ def evaluate(
     Scores as in `saol_jax.localization`; with several boxes per image the
     IoU takes the best box, pointing and mass ratio the first. Raises
     ThresholdSplitError without a threshold split (none given and no
-    `dataset.validation_split` in the run's config) or when it is `split`.
+    `dataset.validation_split` in the run's config, or `dataset` another
+    dataset than the run's) or when it is `split`.
     """
     if kind not in MAPS or component not in COMPONENTS:
         raise ValueError(f"need map in {MAPS} and component in {COMPONENTS}; got {kind!r}, {component!r}")
-    threshold_split = threshold_split or read_config(workdir).dataset.get("validation_split")
+    run_dataset = read_config(workdir).dataset
+    if not threshold_split and dataset is not None and dataset != run_dataset.name:
+        raise ThresholdSplitError(
+            f"--dataset {dataset} is not the run's dataset ({run_dataset.name}), so its validation split does "
+            "not apply: pass --threshold_split SPLIT (held-out data of that dataset, not the scored split)")
+    threshold_split = threshold_split or run_dataset.get("validation_split")
     if not threshold_split:
         raise ThresholdSplitError(
             "no split to choose the box thresholds on: the run's config has no dataset.validation_split; "

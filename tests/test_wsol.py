@@ -155,6 +155,9 @@ def test_a_threshold_split_is_needed_and_must_be_held_out(workdir):
         wsol.evaluate(workdir, max_examples=2)
     with pytest.raises(wsol.ThresholdSplitError, match="held-out"):
         wsol.evaluate(workdir, split="test", threshold_split="test", max_examples=2)
+    # Another dataset than the run's: the run's validation split says nothing about it.
+    with pytest.raises(wsol.ThresholdSplitError, match="is not the run's dataset"):
+        wsol.evaluate(workdir, dataset="caltech_birds2011", max_examples=2)
     proc = run_command("wsol", ["--workdir", workdir, "--max_examples", "2"], timeout=300)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no split to choose the box thresholds on")

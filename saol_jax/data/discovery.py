@@ -61,13 +61,16 @@ def _unknown_name_message(name: str, data_dir: str) -> str:
     )
 
 
-def _keep_tf_off_gpus() -> None:
+def _keep_tf_off_gpus(dataset_config) -> None:
     """Hides GPUs from TensorFlow so tf.data never takes accelerator memory from JAX.
 
-    Only where TensorFlow is already imported (the tf.data modules import it):
-    the grain path runs without it.
+    Before the first tf.data pipeline is built: TensorFlow is imported here
+    for `dataset.backend='tfdata'` (which needs it anyway), or hidden if some
+    other code imported it; the grain path runs without it.
     """
     tf = sys.modules.get("tensorflow")
+    if tf is None and dataset_config.get("backend", "tfdata") == "tfdata":
+        import tensorflow as tf  # noqa: PLC0415 - lazily: only the tf.data path needs TensorFlow
     if tf is not None:
         _hide_gpus(tf)
 
@@ -82,7 +85,7 @@ def _hide_gpus(tf) -> None:
 
 def open_builder(dataset_config) -> tfds.core.DatasetBuilder:
     """The tfds builder of a prepared dataset, or DatasetNotFoundError saying how to prepare it."""
-    _keep_tf_off_gpus()
+    _keep_tf_off_gpus(dataset_config)
     name, data_dir = dataset_config.name, dataset_config.data_dir
     shown_dir = data_dir if data_dir is not None else _default_data_dir()
     if data_dir is not None and not epath.Path(data_dir).is_dir():
