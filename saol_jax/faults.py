@@ -10,6 +10,10 @@
   a library thread (orbax's save threads after a write error, a lost peer)
   would block interpreter shutdown forever.
 - An exception in a background thread ends the process at once with one line.
+- `last_line(message, workdir)`: prints the final `error:` line, then sends
+  whatever library threads print while the process winds down (asyncio
+  loops closed under a failed save, say) to the log file, so the line stays
+  the last one on the console.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ def log_file(workdir: str) -> logging.Handler | None:
     handler.setFormatter(logging.Formatter(f"%(asctime)s {_FORMAT}"))
     handler.setLevel(logging.INFO)
     logging.getLogger().addHandler(handler)
+    _LOG_FILES.append(handler)
     return handler
 
 
@@ -85,6 +90,8 @@ class _QuietFileHandler(logging.FileHandler):
 def close_log_file(handler: logging.Handler | None) -> None:
     if handler is not None:
         logging.getLogger().removeHandler(handler)
+        if handler in _LOG_FILES:
+            _LOG_FILES.remove(handler)
         handler.close()
 
 
@@ -103,6 +110,22 @@ def exit_status(error: BaseException | None) -> int:
     if isinstance(error, KeyboardInterrupt):
         return 130
     return 1
+
+
+def last_line(message: str, workdir: str | None) -> None:
+    """Prints `message` to stderr, then points stdout and stderr at the workdir's log file (or
+    nowhere, where it cannot be opened) for the rest of the process."""
+    print(message, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    try:
+        if not workdir or paths.is_url(workdir):
+            raise OSError("no local workdir")
+        sink = os.open(os.path.join(workdir, LOG_FILE), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except OSError:
+        sink = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(sink, 1)
+    os.dup2(sink, 2)
+    os.close(sink)
 
 
 def exit_within(status: int, seconds: float = SHUTDOWN_GRACE_S) -> threading.Thread:
@@ -149,3 +172,31 @@ def install_thread_hook() -> None:
         _flush_and_exit(1)
 
     threading.excepthook = hook
+    if not isinstance(sys.stderr, _NativeThreadsAside):
+        sys.stderr = _NativeThreadsAside(sys.stderr)
+
+
+class _NativeThreadsAside:
+    """sys.stderr for the console, but what a native library's own threads print there (tensorstore
+    completing a write into orbax's event loop after a failed save closed it prints a traceback per
+    pending write) goes to the workdir's log file instead, written directly (no logging lock taken
+    on a thread Python does not own), or nowhere before the log file is open."""
+
+    def __init__(self, console) -> None:
+        self._console = console
+
+    def write(self, text: str) -> int:
+        if isinstance(threading.current_thread(), threading._DummyThread):  # noqa: SLF001 - not started by Python
+            for handler in _LOG_FILES:
+                try:
+                    handler.stream.write(text)
+                except (OSError, ValueError, AttributeError):  # a full disk, a closed file: the console stays clean
+                    pass
+            return len(text)
+        return self._console.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._console, name)
+
+
+_LOG_FILES: list[logging.FileHandler] = []

@@ -25,7 +25,7 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from saol_jax import compilation_cache, distributed, faults, sharding  # noqa: E402
+from saol_jax import compilation_cache, distributed, faults, paths, sharding  # noqa: E402
 from saol_jax.config_check import parse_flags_or_exit  # noqa: E402
 from saol_jax.trainer import USER_ERRORS, train_and_evaluate  # noqa: E402
 
@@ -62,6 +62,13 @@ def main(argv: list[str]) -> None:
     failure = None
     try:
         _train()
+    except SystemExit as error:
+        failure = error
+        if isinstance(error.code, str):  # the one `error:` line: the last thing the console shows
+            faults.last_line(error.code, FLAGS.workdir and paths.resolve(FLAGS.workdir))
+            failure = SystemExit(1)
+            raise failure from None
+        raise
     except BaseException as error:
         failure = error
         raise

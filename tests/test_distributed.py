@@ -268,12 +268,13 @@ def checkpoint_arrays(workdir: str, step: int, parts: tuple[str, ...] = ("params
 def assert_runs_agree(tmp, step: int) -> None:
     """tmp/multi matches tmp/single (which ran 6 steps) up to `step`: logged metrics and checkpoint."""
     multi, single = str(tmp / "multi"), str(tmp / "single")
-    for kind in ("train", "eval"):
+    # The periodic evaluations read the recipe's validation split (`val` events).
+    for kind in ("train", "val"):
         got, want = events(multi, kind, step), events(single, kind, step)
         assert [e["step"] for e in got] == [e["step"] for e in want] == list(range(2, step + 1, 2))
         for a, b in zip(got, want):
             for name, value in b.items():
-                if name.startswith(("loss/", "eval/", "train/")) and name != "train/img_per_s":
+                if name.startswith(("loss/", "val/", "train/")) and name != "train/img_per_s":
                     np.testing.assert_allclose(a[name], value, rtol=2e-5, atol=1e-6, err_msg=f"{kind} {name}")
     got, want = checkpoint_arrays(multi, step), checkpoint_arrays(single, step)
     assert got.keys() == want.keys() and len(got) > 10

@@ -132,7 +132,7 @@ def test_two_trainers_started_on_one_workdir(tiny_dataset, tmp_path):
     last = out2.strip().splitlines()[-1]
     assert last.startswith("error: another trainer is running on this workdir") and f"pid {first.pid}" in last
     events = [(e["event"], e["step"]) for e in read_metrics(workdir)]
-    assert events == [("train", step) for step in range(2, 41, 2)] + [("eval", 40)]
+    assert events == [("train", step) for step in range(2, 41, 2)] + [("val", 40), ("eval", 40)]
 
 
 # ------------------------------------------------------------------ every failure ends the process, in one line

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -128,20 +129,25 @@ def test_training_evaluation_reports_true_box_localisation(workdir):
 
 
 def test_offline_evaluator_agrees_with_the_training_evaluation(workdir):
-    # Scoring the eval split at its own best thresholds (the oracle) is what the trainer reports.
+    # The trainer scores the test split at the thresholds its validation split chose; wsol's default
+    # threshold split is that split, so both report the same figures.
     with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
         final = [json.loads(line) for line in f if '"eval"' in line][-1]
-    results = wsol.evaluate(workdir, kind="spatial", threshold_split="train", batch_size=8)
-    assert results["split"] == "test" and results["threshold_split"] == "train"
-    assert results["count"] == NUM_TEST and results["threshold_count"] == 64
+    results = wsol.evaluate(workdir, kind="spatial", batch_size=8)
+    assert results["split"] == "test" and results["threshold_split"] == "train[90%:]"
+    assert results["count"] == NUM_TEST and 0 < results["threshold_count"] < 64
     for name in ("maxboxacc_v2", "maxboxacc_50", "threshold_50", "top1_loc"):
-        assert results["oracle"][name] == pytest.approx(final[f"eval/loc_spatial_{name}"]), name
+        assert results[name] == pytest.approx(final[f"eval/loc_spatial_{name}"]), name
     assert results["pointing"] == pytest.approx(final["eval/loc_spatial_pointing"])
     assert results["mass_ratio"] == pytest.approx(final["eval/loc_spatial_mass_ratio"], rel=1e-4)
     # The thresholds chosen on another split can only do as well as the split's own best.
     assert results["maxboxacc_v2"] <= results["oracle"]["maxboxacc_v2"]
     assert results["gt_known_loc"] == results["maxboxacc_50"] <= results["oracle"]["maxboxacc_50"]
     assert results["top1_loc"] <= min(results["gt_known_loc"], results["top1_cls"])
+    # Another held-out split, named: its own thresholds.
+    named = wsol.evaluate(workdir, kind="spatial", threshold_split="train", batch_size=8)
+    assert named["threshold_split"] == "train" and named["threshold_count"] == 64
+    assert named["oracle"] == results["oracle"]
 
 
 def test_product_map_of_a_saol_model(workdir):
@@ -150,15 +156,23 @@ def test_product_map_of_a_saol_model(workdir):
     assert 0.0 <= results["pointing"] <= 1.0 and results["mass_ratio"] >= 0.0
 
 
-def test_a_threshold_split_is_needed_and_must_be_held_out(workdir):
+def test_a_threshold_split_is_needed_and_must_be_held_out(workdir, tmp_path):
+    # A run without a validation split (its config.json without the field's value).
+    no_validation = str(tmp_path / "run")
+    shutil.copytree(workdir, no_validation)
+    with open(os.path.join(no_validation, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    config["dataset"]["validation_split"] = None
+    with open(os.path.join(no_validation, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f)
     with pytest.raises(wsol.ThresholdSplitError, match="validation_split"):
-        wsol.evaluate(workdir, max_examples=2)
+        wsol.evaluate(no_validation, max_examples=2)
     with pytest.raises(wsol.ThresholdSplitError, match="held-out"):
         wsol.evaluate(workdir, split="test", threshold_split="test", max_examples=2)
     # Another dataset than the run's: the run's validation split says nothing about it.
     with pytest.raises(wsol.ThresholdSplitError, match="is not the run's dataset"):
         wsol.evaluate(workdir, dataset="caltech_birds2011", max_examples=2)
-    proc = run_command("wsol", ["--workdir", workdir, "--max_examples", "2"], timeout=300)
+    proc = run_command("wsol", ["--workdir", no_validation, "--max_examples", "2"], timeout=300)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no split to choose the box thresholds on")
 
