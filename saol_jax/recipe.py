@@ -195,3 +195,27 @@ def cifar_base(dataset: str) -> ml_collections.ConfigDict:
     c.log_every_steps = 100
     c.checkpoint_every_steps = 2000
     return c
+
+
+def canvas_64_training(c: ml_collections.ConfigDict, *, num_epochs: float, smoke: bool) -> None:
+    """The network and schedule of the 64x64 localisation benchmarks' recipes: a ResNet-10
+    (16/32/64/128, output grid 8x8) on 8 CPU devices, CutMix p=0.5, cosine SGD, one evaluation
+    at the end of `num_epochs`."""
+    c.model.backbone = "resnet_cifar"
+    c.model.backbone_kwargs.depth = 10
+    c.model.backbone_kwargs.widths = (16, 32, 64, 128)
+    c.model.saol.update({"att_width": 64, "mid_width": 64})
+    c.cutmix.prob = 0.5
+    c.batch_size = 128
+    c.eval_batch_size = 1000
+    c.num_epochs = num_epochs
+    c.optim.lr = 0.1
+    c.optim.schedule = "cosine"
+    c.optim.warmup_epochs = 0.2
+    c.optim.weight_decay = 5e-4
+    c.eval_every_epochs = num_epochs  # one evaluation, at the end
+    c.log_every_steps = 25
+    c.checkpoint_every_steps = 100
+    c.num_cpu_devices = 8
+    if smoke:
+        apply_smoke(c, "resnet_cifar", depth=10, widths=(8, 8, 16, 16))
