@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from saol_jax import ablate, baselines, paths, results
+from saol_jax import ablate, baselines, paths, results, study_goals
 from saol_jax.config_check import parse_flags_or_exit
 
 OPEN = re.compile(r"<!-- results: (?P<name>[^\s>]+)(?: (?P<sections>[\w,]+))? -->\n")
@@ -38,22 +38,43 @@ class ReportError(ValueError):
     """A results folder, marker or section that cannot be rendered."""
 
 
+SECTIONS = (*ablate.SECTIONS, "goals")
+
+
+def baselines_beside(results_dir: str, dataset: str) -> dict:
+    """The class-agnostic baselines report of `dataset`'s test split, in the results root that holds
+    `results_dir` (benchmark_baselines/<dataset>_test.json)."""
+    parent, _, _ = results_dir.rstrip("/").rpartition("/")
+    root = parent or "."
+    path = paths.join(root, "benchmark_baselines", f"{dataset}_test.json")
+    try:
+        return json.loads(paths.read_text(path))
+    except FileNotFoundError:
+        raise ReportError(f"the goals need the baselines report {path}: run python -m saol_jax.baselines "
+                          f"--dataset {dataset} --split test --tune_split validation --out {path}") from None
+
+
 def render(results_dir: str, sections: Sequence[str] = ablate.SECTIONS) -> str:
     """The markdown tables of the study in `results_dir`, those of `sections` (a baselines report's
-    table when `results_dir` is its .json file)."""
+    table when `results_dir` is its .json file; `goals`: saol_jax.study_goals's table)."""
     if results_dir.endswith(".json"):
         try:
             return baselines.markdown(json.loads(paths.read_text(results_dir)))
         except (FileNotFoundError, ValueError, KeyError) as error:
             raise ReportError(f"{results_dir}: not a baselines report ({error})") from None
-    unknown = [s for s in sections if s not in ablate.SECTIONS]
+    unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
-        raise ReportError(f"unknown sections {unknown}; valid: {', '.join(ablate.SECTIONS)}")
+        raise ReportError(f"unknown sections {unknown}; valid: {', '.join(SECTIONS)}")
     try:
         records = results.read_runs(results_dir)
     except (FileNotFoundError, ValueError) as error:
         raise ReportError(str(error)) from None
-    return ablate.markdown(ablate.study_payload(records), sections)
+    payload = ablate.study_payload(records)
+    if list(sections) == ["goals"]:
+        return study_goals.markdown(payload, baselines_beside(results_dir, payload["dataset"]))
+    if "goals" in sections:
+        raise ReportError("the goals table is a region of its own: <!-- results: NAME goals -->")
+    return ablate.markdown(payload, sections)
 
 
 def _regions(text: str) -> list[tuple[re.Match, int]]:

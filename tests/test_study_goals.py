@@ -1,0 +1,90 @@
+"""The study's goals: the form and the extent map chosen on validation, each goal's verdict and its seeds."""
+
+import pytest
+from scipy import stats as scipy_stats
+
+from saol_jax import ablate, study_goals
+
+MAPS = ("attention", "spatial", "product", "cam")
+
+
+def entry(errors, val_errors, loc, val_loc, outputs=("saol", "gap")):
+    """A rung's payload entry: per-seed test errors [n] and localisation {name: [n]}, their validation
+    means, summarised as ablate.study_payload does."""
+    runs = [{"top1_error": {out: e for out in outputs}, "localisation": {k: v[i] for k, v in loc.items()}}
+            for i, e in enumerate(errors)]
+    return {"runs": runs,
+            "top1_error": {out: ablate.summarise(errors) for out in outputs},
+            "localisation": {k: ablate.summarise(v) for k, v in loc.items()},
+            "val_top1_error": {out: ablate.summarise(val_errors) for out in outputs},
+            "val_localisation": {k: ablate.summarise(v) for k, v in val_loc.items()}}
+
+
+def saol_loc(n, extent, pointing=0.95):
+    """Localisation of a SAOL rung: MaxBoxAccV2 per map ({map: value}), attention pointing."""
+    loc = {f"{m}_maxboxacc_v2": [extent[m] + 0.001 * i for i in range(n)] for m in MAPS}
+    loc["attention_pointing"] = [pointing + 0.001 * i for i in range(n)]
+    return loc
+
+
+BASELINES = {"dataset": "d", "intensity_map": {"pointing": 0.2}, "centred_box": {"pointing": 0.14},
+             "raw_image": {"box_acc_v2": 0.1}}
+
+
+def payload(n=5, val_extent=None, test_extent=None, pointing=0.95, gap_errors=None):
+    val_extent = val_extent or {"attention": 0.6, "spatial": 0.3, "product": 0.5, "cam": 0.4}
+    test_extent = test_extent or val_extent
+    gap_errors = gap_errors or [20.0 + 0.3 * i for i in range(n)]
+    gap_loc = {"cam_maxboxacc_v2": [0.45 + 0.002 * i for i in range(n)]}
+    return {"rungs": {
+        "gap": entry(gap_errors, gap_errors, gap_loc, gap_loc, outputs=("gap",)),
+        "saol": entry([10.0] * n, [5.0] * n, saol_loc(n, test_extent), saol_loc(n, val_extent), outputs=("saol",)),
+        "saol_ss_sd@paste": entry([14.0 + 0.2 * i for i in range(n)], [13.0] * n,
+                                  saol_loc(n, test_extent, pointing), saol_loc(n, val_extent, pointing)),
+        "saol_ss_sd@renorm": entry([15.0 + 0.2 * i for i in range(n)], [14.0] * n,
+                                   saol_loc(n, test_extent), saol_loc(n, val_extent)),
+    }}
+
+
+def test_the_form_is_chosen_on_validation_among_the_full_rungs_only():
+    # `saol` has the lowest validation error but no SS-2 form; `paste` beats `renorm` on validation.
+    assert study_goals.chosen_form(payload())["rung"] == "saol_ss_sd@paste"
+    flipped = payload()
+    flipped["rungs"]["saol_ss_sd@renorm"]["val_top1_error"]["saol"]["mean"] = 12.0
+    assert study_goals.chosen_form(flipped)["form"] == "renorm"
+
+
+def test_the_extent_map_is_chosen_on_validation_not_on_test():
+    # validation prefers the attention; test would prefer the CAM: the goal reads the attention
+    judged = study_goals.judge(payload(test_extent={"attention": 0.5, "spatial": 0.3, "product": 0.5, "cam": 0.7}),
+                               BASELINES)
+    assert judged["goals"]["extent"]["map"] == "attention"
+    assert not judged["goals"]["extent"]["met"]  # attention 0.50 vs CAM 0.45: +0.05 is not reached
+
+
+def test_goals_met_with_five_seeds_and_their_figures_agree_with_scipy():
+    judged = study_goals.judge(payload(), BASELINES)
+    assert all(goal["met"] and goal["enough"] for goal in judged["goals"].values())
+    errors = [r["top1_error"]["saol"] for r in payload()["rungs"]["saol_ss_sd@paste"]["runs"]]
+    gap = [r["top1_error"]["gap"] for r in payload()["rungs"]["gap"]["runs"]]
+    reference = scipy_stats.ttest_ind(errors, gap, equal_var=False)
+    assert f"t = {reference.statistic:.2f}" in judged["goals"]["error"]["measured"]
+
+
+def test_pointing_goal_needs_the_floor_and_the_margin_over_the_class_agnostic_baselines():
+    assert not study_goals.judge(payload(pointing=0.85), BASELINES)["goals"]["pointing"]["met"]
+    close = {**BASELINES, "intensity_map": {"pointing": 0.6}}
+    assert not study_goals.judge(payload(), close)["goals"]["pointing"]["met"]
+
+
+@pytest.mark.parametrize("n", [3, 4])
+def test_fewer_than_five_seeds_is_never_called_met(n):
+    table = study_goals.markdown(payload(n=n), BASELINES)
+    assert "not yet judged" in table and "| met |" not in table
+
+
+def test_nothing_is_judged_without_validation_or_a_baseline():
+    bare = payload()
+    del bare["rungs"]["gap"]
+    assert study_goals.judge(bare, BASELINES) is None
+    assert "no goal is judged" in study_goals.markdown(bare, BASELINES)
