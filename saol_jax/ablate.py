@@ -369,7 +369,7 @@ def _p(p: float) -> str:
 TEST_COLUMNS = ("difference ± SE", "t", "df", "p", "Holm p", "significant")
 
 
-def _test_cells(row: dict, digits: int = 2) -> list[str]:
+def test_cells(row: dict, digits: int = 2) -> list[str]:
     """A test's cells under TEST_COLUMNS."""
     se = "" if math.isnan(row["se"]) else f" ± {row['se']:.{digits}f}"
     t = "n/a" if math.isnan(row["t"]) else f"{row['t']:.2f}"
@@ -421,7 +421,7 @@ def _sections(payload: dict) -> dict[str, list[str]]:
         sections["versus"] = [
             f"Test top-1 error minus GAP-FC + CutMix's (points), Welch's t-test across seeds; significant: "
             f"Holm-corrected p < {stats.ALPHA} across these rows:", "", *_header(["rung", "output", *TEST_COLUMNS])]
-        sections["versus"] += [_row([rung, OUTPUTS[out], *_test_cells(row)])
+        sections["versus"] += [_row([rung, OUTPUTS[out], *test_cells(row)])
                                for rung, vs in compared.items() for out, row in vs.items()]
     chosen = payload.get("chosen")
     sections["choice"] = [
@@ -457,7 +457,7 @@ def _sections(payload: dict) -> dict[str, list[str]]:
             for name, row in vs.items():
                 score = _score_of(name)
                 lines.append(_row([rung, name[:-len(score) - 1], LOC_SCORES.get(score, score),
-                                   *_test_cells(row, digits=3)]))
+                                   *test_cells(row, digits=3)]))
         sections["localisation_versus"] = lines
     warnings = seed_warnings(payload)
     if warnings:
@@ -503,7 +503,7 @@ def _two_outputs_sections(payload: dict) -> dict[str, list[str]]:
                  *_header(["rung", "class", *TEST_COLUMNS, "att cells"])]
     for rung, summary in both.items():
         for name, row in summary["error_test"].items():
-            per_class.append(_row([rung, name, *_test_cells(row), _cell(summary["attention_cells"][name], digits=1)]))
+            per_class.append(_row([rung, name, *test_cells(row), _cell(summary["attention_cells"][name], digits=1)]))
     return {"two_outputs": lines, "per_class": per_class}
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from saol_jax import stats
+from saol_jax import ablate, stats
 
 FULL_FORM_PREFIX = "saol_ss_sd@"
 POINTING_FLOOR = 0.90
@@ -128,6 +128,47 @@ def judge(payload: dict, baselines: dict) -> dict | None:
     return {"chosen": chosen, "goals": judged}
 
 
+# Validation scores the SS-2 forms are compared on: (title, per-run getter of a run entry).
+FORM_SCORES = {
+    "top-1 error, SAOL output (%)": lambda run: run["val_top1_error"]["saol"],
+    "attention MaxBoxAccV2": lambda run: run["val_localisation"][f"attention_{EXTENT_SCORE}"],
+}
+
+
+def forms_versus_chosen(payload: dict) -> dict[str, dict[str, dict]]:
+    """Each other SAOL + SS + SD form minus the chosen one on the validation split, per FORM_SCORES
+    title: Welch's t-test across seeds, one Holm family per score. {score: {form: test}}."""
+    chosen = chosen_form(payload)
+    if chosen is None:
+        return {}
+    rungs = payload["rungs"]
+    others = [rung for rung, entry in rungs.items()
+              if rung.startswith(FULL_FORM_PREFIX) and rung != chosen["rung"] and "val_top1_error" in entry]
+    compared = {}
+    for title, value in FORM_SCORES.items():
+        base = [value(run) for run in rungs[chosen["rung"]]["runs"]]
+        compared[title] = ablate.tested({rung[len(FULL_FORM_PREFIX):]: ([value(run) for run in rungs[rung]["runs"]],
+                                                                         base) for rung in others})
+    return compared
+
+
+def forms_markdown(payload: dict) -> list[str]:
+    """The forms-versus-chosen table's lines (none with a single form)."""
+    compared = forms_versus_chosen(payload)
+    if not any(compared.values()):
+        return []
+    chosen = chosen_form(payload)
+    lines = [f"Each SS-2 form minus the chosen `{chosen['form']}` on the validation split, Welch's t-test across "
+             f"seeds; significant: Holm-corrected p < {stats.ALPHA} across the forms of one score:", "",
+             "| score | form | seeds | " + " | ".join(ablate.TEST_COLUMNS) + " |",
+             "|---" * (3 + len(ablate.TEST_COLUMNS)) + "|"]
+    for title, rows in compared.items():
+        for form, row in rows.items():
+            digits = 2 if "error" in title else 3
+            lines.append(f"| {title} | {form} | {row['n_a']} | " + " | ".join(ablate.test_cells(row, digits)) + " |")
+    return lines
+
+
 def markdown(payload: dict, baselines: dict) -> str:
     """The goals table: what each goal asks, the test figures for the chosen form, met or missed."""
     judged = judge(payload, baselines)
@@ -143,4 +184,5 @@ def markdown(payload: dict, baselines: dict) -> str:
     for title, key in GOALS:
         goal = judged["goals"][key]
         lines.append(f"| {title} | {goal['measured']} | {_verdict(goal['met'], goal['enough'])} |")
-    return "\n".join(lines)
+    forms = forms_markdown(payload)
+    return "\n".join([*lines, *([""] + forms if forms else [])])

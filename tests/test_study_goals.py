@@ -11,7 +11,9 @@ MAPS = ("attention", "spatial", "product", "cam")
 def entry(errors, val_errors, loc, val_loc, outputs=("saol", "gap")):
     """A rung's payload entry: per-seed test errors [n] and localisation {name: [n]}, their validation
     means, summarised as ablate.study_payload does."""
-    runs = [{"top1_error": {out: e for out in outputs}, "localisation": {k: v[i] for k, v in loc.items()}}
+    runs = [{"top1_error": {out: e for out in outputs}, "localisation": {k: v[i] for k, v in loc.items()},
+             "val_top1_error": {out: val_errors[i] for out in outputs},
+             "val_localisation": {k: v[i] for k, v in val_loc.items()}}
             for i, e in enumerate(errors)]
     return {"runs": runs,
             "top1_error": {out: ablate.summarise(errors) for out in outputs},
@@ -39,9 +41,9 @@ def payload(n=5, val_extent=None, test_extent=None, pointing=0.95, gap_errors=No
     return {"rungs": {
         "gap": entry(gap_errors, gap_errors, gap_loc, gap_loc, outputs=("gap",)),
         "saol": entry([10.0] * n, [5.0] * n, saol_loc(n, test_extent), saol_loc(n, val_extent), outputs=("saol",)),
-        "saol_ss_sd@paste": entry([14.0 + 0.2 * i for i in range(n)], [13.0] * n,
+        "saol_ss_sd@paste": entry([14.0 + 0.2 * i for i in range(n)], [13.0 + 0.1 * i for i in range(n)],
                                   saol_loc(n, test_extent, pointing), saol_loc(n, val_extent, pointing)),
-        "saol_ss_sd@renorm": entry([15.0 + 0.2 * i for i in range(n)], [14.0] * n,
+        "saol_ss_sd@renorm": entry([15.0 + 0.2 * i for i in range(n)], [14.0 + 0.3 * i for i in range(n)],
                                    saol_loc(n, test_extent), saol_loc(n, val_extent)),
     }}
 
@@ -88,3 +90,12 @@ def test_nothing_is_judged_without_validation_or_a_baseline():
     del bare["rungs"]["gap"]
     assert study_goals.judge(bare, BASELINES) is None
     assert "no goal is judged" in study_goals.markdown(bare, BASELINES)
+
+
+def test_forms_are_compared_with_the_chosen_one_on_validation_as_scipy_does():
+    compared = study_goals.forms_versus_chosen(payload())
+    row = compared["top-1 error, SAOL output (%)"]["renorm"]
+    reference = scipy_stats.ttest_ind([14.0 + 0.3 * i for i in range(5)], [13.0 + 0.1 * i for i in range(5)],
+                                      equal_var=False)
+    assert row["t"] == pytest.approx(reference.statistic) and row["p"] == pytest.approx(reference.pvalue)
+    assert "| top-1 error, SAOL output (%) | renorm | 5 |" in study_goals.markdown(payload(), BASELINES)
