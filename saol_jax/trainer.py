@@ -77,9 +77,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     run = _Run(_with_resolved_paths(config), paths.resolve(workdir))
     try:
         try:
-            return run.train()
+            results = run.train()
         finally:
             run.close()
+        if run.preemption_pending:
+            raise Preempted(f"pre-emption notice during the final evaluation: the run in {run.workdir} is complete "
+                            "and saved; re-run to go on")
+        return results
     except Preempted:
         raise
     except BaseException:
@@ -312,6 +316,12 @@ class _Run:
         log.info("the run in %s is already complete (step %d of %d); nothing to train",
                  self.workdir, step, self.total_steps)
         return results
+
+    @property
+    def preemption_pending(self) -> bool:
+        """A notice that came after the last step (during the final evaluation), so no loop acted on it:
+        the caller (a ladder of runs) must stop rather than start the next run."""
+        return self._preempted
 
     def _preemption_requested(self, step: int) -> bool:
         """True once this process got SIGTERM; with several processes, true on all of them at one step.

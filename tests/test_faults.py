@@ -307,6 +307,25 @@ def test_sigint_during_a_save_completes_it(tiny_dataset, tmp_path, monkeypatch):
     assert restore.saved_steps(workdir) == [2, 3]
 
 
+def test_notice_during_the_final_evaluation_stops_the_caller_with_the_run_complete(tiny_dataset, tmp_path,
+                                                                                 monkeypatch):
+    real_evaluate = trainer._Run.evaluate
+
+    def evaluate_then_terminate(self, step, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # the loop has ended: only the flag is set
+        return real_evaluate(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(trainer._Run, "evaluate", evaluate_then_terminate)
+    workdir = str(tmp_path / "w")
+    config = tiny_config(tiny_dataset)
+    with pytest.raises(Preempted, match="during the final evaluation: the run in .* is complete and saved"):
+        train_and_evaluate(config, workdir)
+    saved = restore.saved_steps(workdir)
+    monkeypatch.setattr(trainer._Run, "evaluate", real_evaluate)
+    assert train_and_evaluate(config, workdir)  # the rerun only reports: nothing was lost
+    assert restore.saved_steps(workdir) == saved
+
+
 # ------------------------------------------------------------------ nothing silent
 
 
