@@ -39,6 +39,7 @@ WHEELS=(
   tensorboard==2.21.0 dm-tree==0.1.10 wrapt==2.5.2 attrs==26.1.0 immutabledict==4.3.1
   tensorflow-metadata==1.21.0 googleapis-common-protos==1.76.0 toml==0.10.2 tqdm==4.70.1
   cloudpickle==3.1.3 portpicker==1.6.0 six==1.17.0 termcolor==3.3.0 importlib-resources==7.1.0 zipp==4.1.2
+  psutil==7.2.2
 )
 # Source distributions only: built into (pure-python) wheels here.
 SDISTS=(promise==2.3)
