@@ -18,7 +18,9 @@ goes on where it stopped. `--parallel N` trains up to N runs at once as
 separate processes sharing the device(s) (saol_jax.parallel_runs: each run's
 output in `<rung>/seed<seed>.log`, a line as each starts and ends; a failed
 run is reported with its last line, the others go on, and the study is
-written once a re-run finds them all finished). Writes `ablation.md` (mean ± std of the top-1
+written once a re-run finds them all finished). On a GPU each process gets
+0.9/N of the device's memory (`XLA_PYTHON_CLIENT_MEM_FRACTION`, unless set),
+so that N fit on one device. Writes `ablation.md` (mean ± std of the top-1
 error, %, of the SAOL output and of the GAP-FC output, on the test split and,
 where the runs log one, the validation split; each rung's difference from the
 GAP-FC baseline with Welch's t-test across seeds; the rung chosen on the
