@@ -134,12 +134,15 @@ def main(argv: list[str]) -> int:
         config = pickle.load(f)
     faults.configure_console(0)
     compilation_cache.enable(compilation_cache.default_location())
+    status = 1
     try:
         train_and_evaluate(config, run_dir)
+        status = 0
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    finally:
+        faults.exit_within(status)  # orbax's threads can keep a finished process alive
+    return status
 
 
 if __name__ == "__main__":
