@@ -271,6 +271,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.tiny:
         args.images, args.seconds, args.warmup, args.threads, args.workers = BATCH, 0.5, 0.2, "1", "0"
     backends = set(args.backends.split(","))
+    if not backends <= {"tfdata", "grain"}:
+        parser.error(f"--backends: unknown {', '.join(sorted(backends - {'tfdata', 'grain'}))}; "
+                     "choose from tfdata,grain")
     if "tfdata" in backends and not importlib.util.find_spec("tensorflow"):
         backends.discard("tfdata")
         print("tfdata: skipped, tensorflow is not installed")
