@@ -18,7 +18,9 @@ from collections.abc import Callable, Sequence
 
 from benchmarks import format_table, write_json
 
-PARTS = ("step_time", "memory", "input_pipeline", "end_to_end")
+PARTS = ("grain_prepare", "grain_default", "grain_localisation", "step_time", "memory", "input_pipeline",
+         "end_to_end")
+GRAIN_PARTS = PARTS[:3]  # only with `accelerator.sh --grain`: left out of the summary when not run
 TIMEOUT_EXIT_CODES = ("124", "137")
 
 
@@ -60,7 +62,7 @@ def _memory(p: dict) -> list[tuple[str, str]]:
 
 
 def _input_pipeline(p: dict) -> list[tuple[str, str]]:
-    return [(f"{r['transform']} img/s, {r['threads']} thread(s)",
+    return [(f"{r.get('backend', 'tfdata')} {r['transform']} img/s, {r['threads']} thread(s)",
              f"{r['img_per_s']:.0f} ({r['img_per_s'] / r['threads']:.0f} per core)") for r in p["rows"]] + [
         (f"fused / plain train, {threads} thread(s)", f"{ratio:.2f}")
         for threads, ratio in p["fused_over_plain"].items()
@@ -68,14 +70,16 @@ def _input_pipeline(p: dict) -> list[tuple[str, str]]:
 
 
 def _end_to_end(p: dict) -> list[tuple[str, str]]:
-    e = p["eval"]
-    return [(f"{p['config']} wall s", f"{p['wall_s']:.1f}"),
+    e, first = p["eval"], p.get("first_eval_s")
+    return [(f"{p['config']} ({p.get('backend', 'tfdata')}) wall s", f"{p['wall_s']:.1f}"),
+            ("first evaluation after s", "-" if first is None else f"{first:.1f}"),
             ("test top-1 SAOL / GAP-FC", f"{e.get('eval/saol_top1', float('nan')):.4f} / "
                                          f"{e.get('eval/gap_top1', float('nan')):.4f}")]
 
 
 HEADLINES: dict[str, Callable[[dict], list[tuple[str, str]]]] = {
     "step_time": _step_time, "input_pipeline": _input_pipeline, "end_to_end": _end_to_end, "memory": _memory,
+    "grain_default": _end_to_end, "grain_localisation": _end_to_end,
 }
 
 
@@ -91,6 +95,8 @@ def summarise(out_dir: str, statuses: dict[str, dict[str, object]]) -> dict:
     """Writes accelerator.json and accelerator.md into `out_dir`; returns the JSON payload."""
     parts, rows = {}, []
     for name in PARTS:
+        if name in GRAIN_PARTS and name not in statuses:
+            continue
         status = statuses.get(name, {"status": "not run", "seconds": 0.0})
         payload = read_part(out_dir, name)
         if payload and "skipped" in payload:

@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
 # One accelerator check in at most 8 minutes, from the repo root, no install needed:
 #
-#   benchmarks/accelerator.sh [--tiny] [--dataset NAME] [--data_dir DIR] [OUT_DIR]
+#   benchmarks/accelerator.sh [--tiny] [--dataset NAME] [--data_dir DIR] [--grain CARRY_DIR] [OUT_DIR]
 #
 # Parts, in this order, each time-bounded (they share one budget; a part cut short says so):
+#   with --grain CARRY_DIR (what benchmarks/carry_for_gpu.sh wrote), first, without TensorFlow:
+#   grain_prepare   python -m benchmarks.carried: the wheels of CARRY_DIR/wheels that this Python
+#                   lacks, unpacked into a temporary folder put on PYTHONPATH; Fashion-MNIST and the
+#                   target benchmark written as ArrayRecord from CARRY_DIR/fashion-mnist's idx files
+#   grain_default   the default recipe (configs/fashion_mnist.py), dataset.backend=grain: wall time,
+#                   time to the first evaluation, final top-1
+#   grain_localisation  one run of configs/target_fashion_mnist.py (SAOL + SS + SD), likewise
+#   input_pipeline  the grain train transforms, img/s with 0 and all-host-cores worker processes
+#   then, in the time left
 #   step_time       ResNet-50 224² bfloat16 train-step img/s, GAP-FC vs SAOL+SS+SD
 #                   (synthetic batch resident on the device)
 #   memory          compiled train-step memory, GAP-FC vs SAOL+SS+SD, ResNet-50 then CIFAR backbones
 #                   (all the time left where the TensorFlow parts are skipped)
-#   input_pipeline  ImageNet train/eval transforms, img/s on 1 and all host cores  [needs TensorFlow]
-#   end_to_end      the default recipe (configs/fashion_mnist.py): wall time and test top-1  [needs TensorFlow]
-# then writes OUT_DIR/accelerator.json and OUT_DIR/accelerator.md (7 files in OUT_DIR at most,
+#   input_pipeline  train transforms, img/s on 1 and all host cores  [tf.data half needs TensorFlow;
+#                   with --grain the grain half alone]
+#   end_to_end      the default recipe (configs/fashion_mnist.py) with tf.data: wall time and test top-1
+#                   [needs TensorFlow; not run with --grain]
+# then writes OUT_DIR/accelerator.json and OUT_DIR/accelerator.md (8 files in OUT_DIR at most,
 # default benchmarks/results/accelerator/<UTC time>). Parts that need TensorFlow are skipped with
-# a line saying so where it is not installed. --tiny: tiny settings that run on CPU in the tests.
-# --dataset/--data_dir are passed to end_to_end. PYTHON selects the interpreter (default python3).
+# a line saying so where it is not installed. --tiny: tiny settings that run on CPU in the tests
+# (with --grain: the recipes' smoke runs and a small target benchmark). --dataset/--data_dir are
+# passed to end_to_end. PYTHON selects the interpreter (default python3).
 set -u -o pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,12 +37,14 @@ PYTHON="${PYTHON:-python3}"
 
 TINY=0
 OUT=""
+GRAIN_CARRY=""
 E2E_ARGS=()
 while (($#)); do
   case "$1" in
     --tiny) TINY=1 ;;
     --dataset | --data_dir) E2E_ARGS+=("$1" "$2"); shift ;;
-    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    --grain) GRAIN_CARRY="$(cd "$2" && pwd)"; shift ;;
+    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
     *) OUT="$1" ;;
   esac
   shift
@@ -45,12 +59,22 @@ if ((TINY)); then
   PIPELINE_ARGS=(--tiny)
   E2E_ARGS+=(--tiny)
   MEMORY_ARGS=(--tiny)
+  TARGET_SIZES=(--target_train 256 --target_validation 64 --target_test 64)
+  GRAIN_TRAIN_ARGS=(--tiny)
+  GRAIN_PREPARE_CAP=300  # the whole Fashion-MNIST even so: minutes on a loaded 2-core VM
 else
   BUDGET_S=450  # leaves time for the summary within 8 minutes
   STEP_ARGS=(--backbone resnet50 --image_size 224 --num_classes 1000 --width 256 --dtype bfloat16
              --batch 256 --reps 5 --steps 10)
   PIPELINE_ARGS=(--threads "1,$(nproc)")
   MEMORY_ARGS=(--settings resnet50_bf16,resnet50_fp32,cifar)
+  TARGET_SIZES=()
+  GRAIN_TRAIN_ARGS=()
+  GRAIN_PREPARE_CAP=120
+fi
+if [[ -n "$GRAIN_CARRY" ]]; then
+  BUDGET_S=$((BUDGET_S + GRAIN_PREPARE_CAP - 10))  # 9.5 minutes in all: the grain parts first, the others in what is left
+  PIPELINE_ARGS+=(--backends grain --workers "0,$(nproc)")
 fi
 START=$SECONDS
 STATUS=()
@@ -91,14 +115,32 @@ else
   MEMORY_CAP=$BUDGET_S
 fi
 
+if [[ -n "$GRAIN_CARRY" ]]; then
+  GRAIN_TMP="$(mktemp -d)"
+  trap 'rm -rf "$GRAIN_TMP"' EXIT
+  run_part grain_prepare "$GRAIN_PREPARE_CAP" "$PYTHON" -m benchmarks.carried "$GRAIN_CARRY" "$GRAIN_TMP/site" "$GRAIN_TMP/data" \
+    "${TARGET_SIZES[@]}"
+  export PYTHONPATH="$GRAIN_TMP/site:$PYTHONPATH"
+  run_part grain_default 180 "$PYTHON" -m benchmarks.end_to_end --backend grain --data_dir "$GRAIN_TMP/data" \
+    "${GRAIN_TRAIN_ARGS[@]}" --out "$OUT/grain_default.json"
+  run_part grain_localisation 150 "$PYTHON" -m benchmarks.end_to_end --backend grain \
+    --recipe configs/target_fashion_mnist.py --data_dir "$GRAIN_TMP/data" "${GRAIN_TRAIN_ARGS[@]}" \
+    --out "$OUT/grain_localisation.json"
+  run_part input_pipeline 60 "$PYTHON" -m benchmarks.input_pipeline "${PIPELINE_ARGS[@]}" --out "$OUT/input_pipeline.json"
+  skip_part end_to_end "--grain: the grain runs above instead"
+  STEP_CAP=120
+  MEMORY_CAP=120
+fi
 run_part step_time "$STEP_CAP" "$PYTHON" -m benchmarks.step_time "${STEP_ARGS[@]}" --out "$OUT/step_time.json"
 run_part memory "$MEMORY_CAP" "$PYTHON" -m benchmarks.memory "${MEMORY_ARGS[@]}" --out "$OUT/memory.json"
-if ((HAS_TF)); then
-  run_part input_pipeline 60 "$PYTHON" -m benchmarks.input_pipeline "${PIPELINE_ARGS[@]}" --out "$OUT/input_pipeline.json"
-  run_part end_to_end 120 "$PYTHON" -m benchmarks.end_to_end "${E2E_ARGS[@]}" --out "$OUT/end_to_end.json"
-else
-  skip_part input_pipeline "tensorflow / tensorflow-datasets not installed"
-  skip_part end_to_end "tensorflow / tensorflow-datasets not installed"
+if [[ -z "$GRAIN_CARRY" ]]; then
+  if ((HAS_TF)); then
+    run_part input_pipeline 60 "$PYTHON" -m benchmarks.input_pipeline "${PIPELINE_ARGS[@]}" --out "$OUT/input_pipeline.json"
+    run_part end_to_end 120 "$PYTHON" -m benchmarks.end_to_end "${E2E_ARGS[@]}" --out "$OUT/end_to_end.json"
+  else
+    skip_part input_pipeline "tensorflow / tensorflow-datasets not installed"
+    skip_part end_to_end "tensorflow / tensorflow-datasets not installed"
+  fi
 fi
 
 echo "== summary after $((SECONDS - START)) s"

@@ -1,7 +1,7 @@
 """The ablation ladder over several seeds: GAP-FC, SAOL, SAOL + SS, SAOL + SS + SD, each SS-2 form.
 
     python -m saol_jax.ablate --config configs/cluttered_fashion_mnist.py --seeds 5 [--workdir DIR]
-        [--results DIR] [--rungs gap,saol,saol_ss@renorm,...] [--config.field=value ...]
+        [--results DIR] [--rungs gap,saol,saol_ss@renorm,...] [--parallel N] [--config.field=value ...]
 
 A rung is a ladder head (`gap`, `gap_ms`, `saol`, `saol_ss`, `saol_ss_sd`), optionally
 with an SS-2 form after `@` (`saol_ss@paste`; without one, the recipe's
@@ -14,7 +14,13 @@ Each (rung, seed) trains in `<workdir>/<rung>/seed<seed>` with the recipe's
 config, the rung's head and loss weights (docs/method.md §8; they replace any
 `loss.*` weight override) and seed `config.seed + i`. Re-running the same command
 resumes unfinished runs and skips finished ones, so an interrupted study
-goes on where it stopped. Writes `ablation.md` (mean ± std of the top-1
+goes on where it stopped. `--parallel N` trains up to N runs at once as
+separate processes sharing the device(s) (saol_jax.parallel_runs: each run's
+output in `<rung>/seed<seed>.log`, a line as each starts and ends; a failed
+run is reported with its last line, the others go on, and the study is
+written once a re-run finds them all finished). On a GPU each process gets
+0.9/N of the device's memory (`XLA_PYTHON_CLIENT_MEM_FRACTION`, unless set),
+so that N fit on one device. Writes `ablation.md` (mean ± std of the top-1
 error, %, of the SAOL output and of the GAP-FC output, on the test split and,
 where the runs log one, the validation split; each rung's difference from the
 GAP-FC baseline with Welch's t-test across seeds; the rung chosen on the
@@ -54,7 +60,7 @@ from ml_collections import config_flags
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from saol_jax import compare_heads, faults, paths, sharding, stats  # noqa: E402
+from saol_jax import compare_heads, faults, parallel_runs, paths, sharding, stats  # noqa: E402
 from saol_jax import results as results_files  # noqa: E402
 from saol_jax.config_check import parse_flags_or_exit  # noqa: E402
 from saol_jax.ladder import HEAD_LADDER, MODEL_HEADS, apply_head, split_rung  # noqa: E402
@@ -319,16 +325,24 @@ def study_payload(records: Sequence[dict]) -> dict:
 
 def run_ladder(
     base: ml_collections.ConfigDict, workdir: str, *, seeds: int, rungs: Sequence[str] = STUDY_RUNGS,
-    results_dir: str | None = None, recipe: dict | None = None,
+    results_dir: str | None = None, recipe: dict | None = None, parallel: int = 1,
 ) -> dict:
     """Trains every (rung, seed), then writes the table, plot and JSON; returns the JSON payload.
 
+    With `parallel` > 1 the runs are first trained in up to that many processes at once
+    (saol_jax.parallel_runs; RunsFailedError after all ended if any failed), then read back here.
     With `results_dir`, also writes each run's result file and the study's statistics there
     (saol_jax.results); `recipe` (the recipe file and its command-line overrides) goes in each.
     """
     check_rungs(rungs)
     workdir = paths.resolve(workdir)
     seed_values = [base.seed + i for i in range(seeds)]
+    if parallel > 1:
+        parallel_runs.train_all([
+            parallel_runs.Job(f"{rung} seed {seed}", rung_config(base, rung, seed),
+                              paths.join(workdir, rung, f"seed{seed}"))
+            for rung in rungs for seed in seed_values
+        ], parallel)
     records = []
     for rung in rungs:
         for seed in seed_values:
@@ -558,6 +572,8 @@ def define_flags() -> None:
     flags.DEFINE_string("results", None, "Folder of the result files; default results/<recipe>-<workdir name>.")
     flags.DEFINE_integer("seeds", 5, "Seeds per rung: config.seed, config.seed + 1, ...")
     flags.DEFINE_list("rungs", list(STUDY_RUNGS), "Rungs to run: a ladder head, optionally @<SS-2 form>.")
+    flags.DEFINE_integer("parallel", 1, "Runs trained at once, as separate processes sharing the device(s).",
+                         lower_bound=1)
     flags.mark_flag_as_required("config")
 
 
@@ -576,8 +592,8 @@ def main(argv: list[str]) -> None:
     sharding.configure_cpu_devices(config.num_cpu_devices)
     try:
         payload = run_ladder(config, workdir, seeds=flags.FLAGS.seeds, rungs=flags.FLAGS.rungs,
-                             results_dir=results_dir, recipe=recipe)
-    except USER_ERRORS as error:
+                             results_dir=results_dir, recipe=recipe, parallel=flags.FLAGS.parallel)
+    except (*USER_ERRORS, parallel_runs.RunsFailedError) as error:
         sys.exit(f"error: {error}")
     print(markdown(payload))
     print(f"wrote ablation.md, ablation.png and ablation.json in {workdir}, the result files in {results_dir}")

@@ -12,7 +12,7 @@ import scipy.stats
 from commands import run_command
 from configs import fashion_mnist
 import saol_jax
-from saol_jax import ablate, report, results
+from saol_jax import ablate, parallel_runs, report, results
 
 RUNGS = ("gap", "saol", "saol_ss_sd@paste")  # the paste form also checks its extra forward pass in the trainer
 RECIPE = {"config": "configs/fashion_mnist.py:smoke", "overrides": {"dataset.name": "tiny"}}
@@ -264,3 +264,28 @@ def test_the_choice_is_made_on_the_validation_split():
     chosen = ablate.choose({"saol": entry([20.0, 21.0], [18.0, 18.5]), "saol_ss": entry([19.0, 19.5], [19.0, 19.2])})
     assert chosen["rung"] == "saol_ss" and chosen["test_top1_error"]["mean"] == pytest.approx(19.1)
     assert ablate.choose({"saol": {"top1_error": {"saol": ablate.summarise([18.0, 19.0])}}}) is None
+
+
+def test_parallel_runs_give_the_sequential_results(ladder, tiny_dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    monkeypatch.setenv("SAOL_JAX_COMPILATION_CACHE", str(tmp_path / "compiled"))
+    workdir = str(tmp_path / "parallel")
+    payload = ablate.run_ladder(smoke_config(tiny_dataset), workdir, seeds=2, rungs=("gap",), parallel=2)
+    out = capsys.readouterr().out
+    assert out.count("started gap seed") == 2 and "[2/2] gap seed" in out
+    assert "FAILED" not in out
+    want = [run["top1_error"] for run in ladder[1]["rungs"]["gap"]["runs"]]
+    assert [run["top1_error"] for run in payload["rungs"]["gap"]["runs"]] == want
+    for seed in (0, 1):
+        assert "eval at step" in open(os.path.join(workdir, "gap", f"seed{seed}.log"), encoding="utf-8").read()
+
+
+def test_parallel_runs_report_each_failure_and_go_on(tiny_dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    config = smoke_config(tiny_dataset)
+    config.dataset.name = "no_such_dataset"
+    with pytest.raises(parallel_runs.RunsFailedError, match="2 of 2 runs failed") as failed:
+        ablate.run_ladder(config, str(tmp_path), seeds=2, rungs=("gap",), parallel=2)
+    out = capsys.readouterr().out
+    assert out.count("FAILED") == 2 and "no_such_dataset" in out
+    assert "gap seed 0" in str(failed.value) and "gap seed 1" in str(failed.value)

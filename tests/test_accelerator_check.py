@@ -6,10 +6,11 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 
 import pytest
 
-from benchmarks import accelerator, end_to_end, input_pipeline, memory
+from benchmarks import accelerator, carried, end_to_end, input_pipeline, memory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TF_FREE_MODULES = ("saol_jax.models", "saol_jax.losses", "saol_jax.cutmix", "saol_jax.train_step",
@@ -72,13 +73,15 @@ def test_memory_settings_expand_groups():
 def test_input_pipeline_tiny(tmp_path):
     out = tmp_path / "input_pipeline.json"
     result = input_pipeline.main(["--tiny", "--stages", "--out", str(out)])
-    assert [(r["transform"], r["threads"]) for r in result["rows"]] == [
-        (name, 1) for name in (*input_pipeline.TRANSFORMS, *input_pipeline.STAGES)]
+    assert [(r["backend"], r["transform"], r["threads"]) for r in result["rows"]] == [
+        ("tfdata", name, 1) for name in (*input_pipeline.TRANSFORMS, *input_pipeline.STAGES)] + [
+        ("grain", name, 1) for name in input_pipeline.GRAIN]
     assert all(r["images"] > 0 and r["img_per_s"] > 0 for r in result["rows"])
     fused, plain = (r["img_per_s"] for r in result["rows"][:2])
     assert result["fused_over_plain"]["1"] == pytest.approx(fused / plain)
-    (goal,) = result["goals"].values()
-    assert goal["met"] == (goal["measured"] >= input_pipeline.TRAIN_PER_CORE_GOAL)
+    assert len(result["goals"]) == 2  # tf.data's fused and grain's train transform
+    for goal in result["goals"].values():
+        assert goal["met"] == (goal["measured"] >= input_pipeline.TRAIN_PER_CORE_GOAL)
     assert read(out)["rows"] == result["rows"]
 
 
@@ -88,6 +91,24 @@ def test_end_to_end_tiny(tmp_path, tiny_dataset):
     assert result["wall_s"] > 0
     assert 0.0 <= result["eval"]["eval/saol_top1"] <= 1.0
     assert result["eval"]["eval/count"] == 30
+
+
+def test_end_to_end_tiny_grain_times_the_first_evaluation(tmp_path, tiny_dataset):
+    result = end_to_end.main(["--tiny", "--backend", "grain", "--dataset", tiny_dataset["name"], "--data_dir",
+                              tiny_dataset["data_dir"], "--out", str(tmp_path / "e2e.json")])
+    assert result["backend"] == "grain" and result["eval"]["eval/count"] == 30
+    assert 0 < result["first_eval_s"] <= result["wall_s"]
+
+
+def test_carried_wheels_unpack_only_what_is_missing(tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for name in ("numpy", "saol_carried_probe"):
+        with zipfile.ZipFile(wheels / f"{name}-1.0-py3-none-any.whl", "w") as wheel:
+            wheel.writestr(f"{name}/__init__.py", "VALUE = 1\n")
+    site = tmp_path / "site"
+    assert carried.unpack_missing(str(wheels), str(site)) == ["saol_carried_probe"]  # numpy is installed
+    assert (site / "saol_carried_probe" / "__init__.py").exists() and not (site / "numpy").exists()
 
 
 def test_end_to_end_missing_dataset_is_skipped(tmp_path):

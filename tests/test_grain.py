@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import multiprocessing
 import time
@@ -10,10 +11,12 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from saol_jax import data
 from saol_jax.data import grain_source, grain_transforms
 from saol_jax.data.config import default_dataset_config
+from saol_jax.data.fashion_mnist import png
 
 
 def grain_config(dataset: dict, **overrides):
@@ -155,7 +158,7 @@ def test_crop_window_stays_inside_and_varies():
 
 
 def test_inception_transform_is_seeded_by_its_generator():
-    image = np.random.default_rng(1).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    image = png(np.random.default_rng(1).integers(0, 256, (37, 53, 3), dtype=np.uint8))
 
     def augmented(seed: int) -> np.ndarray:
         return grain_transforms.inception_train(image, np.random.default_rng(seed), 16, 0.4, 0.1)
@@ -173,3 +176,22 @@ def test_inception_training_and_resized_eval_batches(tiny_dataset):
     assert_same(train[1:], take(data.host_train_batches(config, global_batch_size=8, seed=0, start_step=3), 0, 1))
     evals = list(data.host_eval_batches(config, global_batch_size=8))
     assert evals[0]["image"].shape == (8, 8, 8, 3) and sum(batch["mask"].sum() for batch in evals) == 30
+
+
+def test_inception_crop_decoded_at_reduced_scale_matches_the_full_decode():
+    """A JPEG crop decoded at 1/2-1/8 scale (Image.draft) lands where the full-size crop does."""
+    rng = np.random.default_rng(0)
+    coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((400, 300), Image.BICUBIC)
+    buffer = io.BytesIO()
+    coarse.save(buffer, format="JPEG", quality=95)
+    encoded, size, reduced = buffer.getvalue(), 24, 0
+    for seed in range(20):
+        got = grain_transforms.inception_train(encoded, np.random.default_rng(seed), size)
+        draw = np.random.default_rng(seed)
+        top, left, crop_h, crop_w = grain_transforms.crop_window(300, 400, draw)
+        full = Image.open(io.BytesIO(encoded)).convert("RGB").resize(
+            (size, size), Image.BILINEAR, box=(left, top, left + crop_w, top + crop_h))
+        want = np.asarray(full.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if draw.random() < 0.5 else full)
+        assert np.abs(got.astype(int) - want).mean() < 5, seed  # shifted by a tenth of its width: 14 or more
+        reduced += min(crop_h, crop_w) >= 2 * size
+    assert reduced >= 5  # the draws include crops that are decoded at a reduced scale

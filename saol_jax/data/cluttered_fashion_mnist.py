@@ -17,7 +17,6 @@ scale, position, fragments and noise (one numpy generator per example).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 
 import numpy as np
@@ -26,10 +25,11 @@ from PIL import Image
 
 from saol_jax.data.fashion_mnist import (
     DEFAULT_SOURCE_DIR,
-    INSTALL_HINT,
     SPLIT_FILES,
-    missing_source_files,
+    offline_format,
+    png,
     read_idx,
+    write_offline,
 )
 
 NAME = "cluttered_fashion_mnist"
@@ -151,7 +151,7 @@ class ClutteredFashionMNIST(tfds.core.GeneratorBasedBuilder, skip_registration=T
         for key, index in enumerate(chosen):
             rng = np.random.default_rng([self._seed, _SPLIT_IDS[split], key])
             image, box = compose(rng, items, int(index))
-            yield key, {"image": image, "label": int(labels[index]), "bbox": normalised_box(box)}
+            yield key, {"image": png(image), "label": int(labels[index]), "bbox": normalised_box(box)}
 
 
 def prepare_cluttered_fashion_mnist(data_dir: str | None, source_dir: str = DEFAULT_SOURCE_DIR,
@@ -160,13 +160,6 @@ def prepare_cluttered_fashion_mnist(data_dir: str | None, source_dir: str = DEFA
 
     Does nothing when it is already prepared there.
     """
-    builder = ClutteredFashionMNIST(data_dir=data_dir, source_dir=source_dir, sizes=sizes, seed=seed)
-    if not builder.is_prepared():
-        missing = missing_source_files(source_dir)
-        if missing:
-            raise FileNotFoundError(f"Fashion-MNIST idx files not found: {', '.join(missing)}; {INSTALL_HINT}")
-        with tempfile.TemporaryDirectory() as scratch:
-            builder.download_and_prepare(
-                download_dir=scratch, download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-            )
-    return os.fspath(builder.data_dir_root)
+    builder = ClutteredFashionMNIST(data_dir=data_dir, source_dir=source_dir, sizes=sizes, seed=seed,
+                              file_format=offline_format())
+    return write_offline(builder, source_dir)

@@ -6,17 +6,24 @@ upstream downloads, so tfds's checksum check rejects them as manual downloads.
 features and supervised keys) and only replaces where the examples come from,
 so `tfds.load('fashion_mnist', data_dir=D, download=False)` reads the result
 like the original.
+
+Images are handed to tfds as PNG bytes encoded with Pillow (`png`), and
+where TensorFlow is absent the datasets are written straight in ArrayRecord
+(`offline_format`), so preparing needs no TensorFlow there.
 """
 
 from __future__ import annotations
 
 import gzip
+import importlib.util
+import io
 import os
 import tempfile
 from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+from PIL import Image
 from tensorflow_datasets.image_classification import mnist
 
 DEFAULT_SOURCE_DIR = "/usr/share/datasets/fashion-mnist"
@@ -38,6 +45,36 @@ def read_idx(path: str) -> np.ndarray:
         raise ValueError(f"{path} is not an unsigned-byte idx file")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     return np.frombuffer(data, dtype=_IDX_DTYPES[dtype_code], offset=4 + 4 * ndim).reshape(shape)
+
+
+def png(image: np.ndarray) -> bytes:
+    """uint8 [H, W, 1 or 3] -> PNG bytes; tfds stores encoded bytes as they are (its own encoder needs TensorFlow)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def offline_format() -> str:
+    """The tfds file format the offline datasets are written in.
+
+    TFRecord (which tf.data reads; `prepare` then adds the ArrayRecord copy)
+    where TensorFlow can be imported, which writing TFRecord needs; else
+    ArrayRecord, which the grain path reads.
+    """
+    return "tfrecord" if importlib.util.find_spec("tensorflow") else "array_record"
+
+
+def write_offline(builder: tfds.core.DatasetBuilder, source_dir: str, hint: str = INSTALL_HINT) -> str:
+    """Prepares `builder` from the idx files in `source_dir` unless done already; returns the data_dir root."""
+    if not builder.is_prepared():
+        missing = missing_source_files(source_dir)
+        if missing:
+            raise FileNotFoundError(f"Fashion-MNIST idx files not found: {', '.join(missing)}; {hint}")
+        with tempfile.TemporaryDirectory() as scratch:  # tfds creates a download dir it does not need here
+            builder.download_and_prepare(
+                download_dir=scratch, download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+            )
+    return os.fspath(builder.data_dir_root)
 
 
 def missing_source_files(source_dir: str) -> list[str]:
@@ -68,7 +105,7 @@ class LocalFashionMNIST(mnist.FashionMNIST, skip_registration=True):
         if len(images) != len(labels):
             raise ValueError(f"{images_path} and {labels_path} differ in length")
         for index, (image, label) in enumerate(zip(images, labels)):
-            yield index, {"image": image[..., None], "label": int(label)}
+            yield index, {"image": png(image[..., None]), "label": int(label)}
 
 
 def prepare_fashion_mnist(data_dir: str | None, source_dir: str = DEFAULT_SOURCE_DIR) -> str:
@@ -77,16 +114,6 @@ def prepare_fashion_mnist(data_dir: str | None, source_dir: str = DEFAULT_SOURCE
     `data_dir=None` means tfds's default (honouring TFDS_DATA_DIR). Does nothing
     when the dataset is already prepared there.
     """
-    builder = LocalFashionMNIST(data_dir=data_dir, source_dir=source_dir)
-    if not builder.is_prepared():
-        missing = missing_source_files(source_dir)
-        if missing:
-            raise FileNotFoundError(
-                f"Fashion-MNIST idx files not found: {', '.join(missing)}; {INSTALL_HINT} "
-                "(or pass --source_dir DIR holding the four *-ubyte.gz files)"
-            )
-        with tempfile.TemporaryDirectory() as scratch:  # tfds creates a download dir it does not need here
-            builder.download_and_prepare(
-                download_dir=scratch, download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-            )
-    return os.fspath(builder.data_dir_root)
+    builder = LocalFashionMNIST(data_dir=data_dir, source_dir=source_dir, file_format=offline_format())
+    return write_offline(builder, source_dir,
+                         f"{INSTALL_HINT} (or pass --source_dir DIR holding the four *-ubyte.gz files)")

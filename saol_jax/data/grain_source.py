@@ -78,12 +78,14 @@ def add_array_record(builder: tfds.core.DatasetBuilder) -> bool:
     return True
 
 
-def data_source(builder: tfds.core.DatasetBuilder, split: str):
-    """Random-access source of `split` (decoded examples, numpy), or DatasetNotFoundError saying how to add one."""
+def data_source(builder: tfds.core.DatasetBuilder, split: str, encoded: tuple[str, ...] = ()):
+    """Random-access source of `split` (decoded examples, numpy; the features named in `encoded` left
+    as their stored bytes), or DatasetNotFoundError saying how to add one."""
     if not has_array_record(builder):
         root = os.fspath(builder.data_dir_root)
         raise DatasetNotFoundError(
             f"{builder.name} in {root!r} has no ArrayRecord copy, which dataset.backend='grain' reads. "
             f"Add one with: {prepare_command(builder.name, root)}"
         )
-    return _from_files(builder).as_data_source(split=split, file_format=ARRAY_RECORD)
+    return _from_files(builder).as_data_source(split=split, file_format=ARRAY_RECORD,
+                                               decoders={key: tfds.decode.SkipDecoding() for key in encoded} or None)

@@ -102,13 +102,14 @@ def host_train_batches(dataset_config, *, global_batch_size: int, seed: int, sta
     share = local_batch_size(global_batch_size, shares)
     builder = open_builder(dataset_config)
     info = info_from_builder(dataset_config, builder)
-    source = data_source(builder, info.train_split)
+    keys = feature_keys(builder, dataset_config)
+    source = data_source(builder, info.train_split, keys[:1] if grain_transforms.decodes_itself(dataset_config) else ())
     per_epoch = len(source) // global_batch_size
     if per_epoch == 0:
         raise ValueError(f"global batch {global_batch_size} exceeds the {len(source)} training examples")
     transform = grain_transforms.train_transform(dataset_config, native_shape(builder, dataset_config),
                                                  info.image_shape)
-    build = _TrainBatch(source, feature_keys(builder, dataset_config), transform, seed, global_batch_size,
+    build = _TrainBatch(source, keys, transform, seed, global_batch_size,
                         range(mine.start * share, mine.stop * share), per_epoch)
     return _pipeline(range(start_step, np.iinfo(np.int64).max), build, dataset_config)
 

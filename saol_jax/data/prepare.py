@@ -1,18 +1,21 @@
-"""Prepares datasets: `python -m saol_jax.data.prepare [--data_dir DIR] [--source_dir DIR] [--dataset NAME]`.
+"""Prepares datasets: `python -m saol_jax.data.prepare [--data_dir DIR] [--source_dir DIR] [--only NAMES] [--dataset NAME]`.
 
 Without `--dataset`: writes the offline datasets, Fashion-MNIST, the
 cluttered Fashion-MNIST localisation benchmark
 (saol_jax.data.cluttered_fashion_mnist, 20,000 train / 5,000 test canvases
 by default, about 30 s on 2 cores) and the target Fashion-MNIST benchmark,
 where the class decides the location (saol_jax.data.target_fashion_mnist,
-20,000 train / 5,000 validation / 5,000 test canvases by default). With `--dataset NAME`: any tfds dataset,
+20,000 train / 5,000 validation / 5,000 test canvases by default);
+`--only` names some of them (comma-separated). With `--dataset NAME`: any tfds dataset,
 through its builder's `download_and_prepare` (`--manual_dir` for data that
 cannot be downloaded, e.g. ImageNet). Each dataset is written in TFRecord,
 which tf.data reads (`dataset.backend='tfdata'`), plus an ArrayRecord copy,
 which random access reads (`dataset.backend='grain'`): tensorflow-datasets
 4.9's `as_dataset` does not read ArrayRecord and its `as_data_source` reads
 nothing else. What is already there is left as it is (a dataset prepared
-before gets its missing ArrayRecord copy). Writing TFRecord needs TensorFlow.
+before gets its missing ArrayRecord copy). Writing TFRecord needs TensorFlow:
+where it is not installed, the offline datasets are written in ArrayRecord
+alone (images PNG-encoded by Pillow), which the grain path reads.
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"{NAME} test examples (at most 10000)")
     for split, size in target.DEFAULT_SIZES.items():
         parser.add_argument(f"--target_{split}", type=int, default=size, help=f"{target.NAME} {split} examples")
+    parser.add_argument("--only", default=None,
+                        help=f"comma-separated offline datasets to write (default all: fashion_mnist,{NAME},{target.NAME})")
     args = parser.parse_args(argv)
     sizes = {"train": args.cluttered_train, "test": args.cluttered_test}
     target_sizes = {split: getattr(args, f"target_{split}") for split in target.DEFAULT_SIZES}
@@ -80,6 +85,14 @@ def main(argv: list[str] | None = None) -> int:
             (target.NAME, lambda: target.prepare_target_fashion_mnist(args.data_dir, source_dir=args.source_dir,
                                                                       sizes=target_sizes)),
         )
+        if args.only:
+            wanted = args.only.split(",")
+            unknown = sorted(set(wanted) - {name for name, _ in jobs})
+            if unknown:
+                print(f"error: --only: unknown dataset(s) {', '.join(unknown)}; the offline ones are "
+                      f"{', '.join(name for name, _ in jobs)}", file=sys.stderr)
+                return 2
+            jobs = tuple(job for job in jobs if job[0] in wanted)
     for name, prepare in jobs:
         start = time.perf_counter()
         try:

@@ -37,7 +37,6 @@ and its Fashion-MNIST class, in layer order, bottom first) with
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 
 import numpy as np
@@ -47,10 +46,11 @@ from PIL import Image
 from saol_jax.data.cluttered_fashion_mnist import CLASS_NAMES, normalised_box, tight_box
 from saol_jax.data.fashion_mnist import (
     DEFAULT_SOURCE_DIR,
-    INSTALL_HINT,
     SPLIT_FILES,
-    missing_source_files,
+    offline_format,
+    png,
     read_idx,
+    write_offline,
 )
 
 NAME = "target_fashion_mnist"
@@ -221,7 +221,8 @@ class TargetFashionMNIST(tfds.core.GeneratorBasedBuilder, skip_registration=True
         images_file, labels_file = SPLIT_FILES[source_split(split)]
         images = read_idx(os.path.join(self._source_dir, images_file))
         labels = read_idx(os.path.join(self._source_dir, labels_file))
-        yield from enumerate(generate(split, images, labels, self._sizes[split], self._seed))
+        for key, example in enumerate(generate(split, images, labels, self._sizes[split], self._seed)):
+            yield key, {**example, "image": png(example["image"])}
 
 
 def prepare_target_fashion_mnist(data_dir: str | None, source_dir: str = DEFAULT_SOURCE_DIR,
@@ -230,13 +231,6 @@ def prepare_target_fashion_mnist(data_dir: str | None, source_dir: str = DEFAULT
 
     Does nothing when it is already prepared there.
     """
-    builder = TargetFashionMNIST(data_dir=data_dir, source_dir=source_dir, sizes=sizes, seed=seed)
-    if not builder.is_prepared():
-        missing = missing_source_files(source_dir)
-        if missing:
-            raise FileNotFoundError(f"Fashion-MNIST idx files not found: {', '.join(missing)}; {INSTALL_HINT}")
-        with tempfile.TemporaryDirectory() as scratch:
-            builder.download_and_prepare(
-                download_dir=scratch, download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-            )
-    return os.fspath(builder.data_dir_root)
+    builder = TargetFashionMNIST(data_dir=data_dir, source_dir=source_dir, sizes=sizes, seed=seed,
+                              file_format=offline_format())
+    return write_offline(builder, source_dir)
