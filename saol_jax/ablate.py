@@ -374,7 +374,7 @@ def _cell(summary: dict[str, float] | None, digits: int = 2) -> str:
     return f"{summary['mean']:.{digits}f} ± {summary['std']:.{digits}f}"
 
 
-def _p(p: float) -> str:
+def p_text(p: float) -> str:
     if math.isnan(p):
         return "n/a"
     return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
@@ -391,7 +391,7 @@ def test_cells(row: dict, digits: int = 2) -> list[str]:
     verdict = "yes" if row["significant"] else "no"
     if row["reason"]:
         verdict += f" ({row['reason']})"
-    return [f"{row['difference']:+.{digits}f}{se}", t, df, _p(row["p"]), _p(row["p_holm"]), verdict]
+    return [f"{row['difference']:+.{digits}f}{se}", t, df, p_text(row["p"]), p_text(row["p_holm"]), verdict]
 
 
 def _row(cells: Sequence[str]) -> str:

@@ -16,8 +16,6 @@ A comparison with fewer than MIN_SEEDS seeds on a side is never called met.
 
 from __future__ import annotations
 
-import math
-
 from saol_jax import ablate, stats
 
 FULL_FORM_PREFIX = "saol_ss_sd@"
@@ -57,11 +55,7 @@ def _enough(*entries: dict) -> bool:
 
 def _test_text(test: stats.TTest) -> str:
     return (f"{test.difference:+.3f} ± {test.se:.3f} (t = {test.t:.2f}, df = {test.df:.1f}, "
-            f"p = {_p(test.p)})")
-
-
-def _p(p: float) -> str:
-    return "n/a" if math.isnan(p) else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
+            f"p = {ablate.p_text(test.p)})")
 
 
 def _verdict(met: bool, enough: bool) -> str:
