@@ -66,7 +66,7 @@ def test_convnext_t_stage_shapes_and_pooled_vector():
 @pytest.mark.parametrize("size, grid", [(28, 7), (64, 16)])
 def test_small_variants_fit_28_to_64_pixels(size, grid):
     vit = _abstract("vit_mini_patch4", (2, size, size, 1), in_channels=1)
-    assert [f.shape for f in vit] == [(2, grid, grid, 192)] * 6
+    assert [f.shape for f in vit] == [(2, grid, grid, 128)] * 6
     convnext = _abstract("convnext_mini", (2, 64, 64, 1), in_channels=1)
     assert [f.shape[1] for f in convnext] == [32, 16, 8]
 
