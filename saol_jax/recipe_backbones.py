@@ -10,6 +10,7 @@ family with the same output grid: 7x7 on 28x28 Fashion-MNIST, 8x8 on the
   patch 4 on 28 px and 8 on 64 px, position embeddings for the input size;
   SAOL fuses the last 3 blocks' patch grids. GAP-FC is the patch-token mean;
   `--config.model.backbone_kwargs.pool=token` makes it the class-token head.
+  `--config.model.backbone_kwargs.drop_path_rate=R` sets stochastic depth (0 here).
 - `convnext`: `convnext_mini` (2 blocks in each of 3 stages of 32/64/128
   channels, the widths of the Fashion-MNIST ResNet-8), stem stride 1 on
   28 px and 2 on 64 px.
@@ -41,9 +42,10 @@ _SMOKE_KWARGS = {
 def _network(family: str, image_size: int) -> tuple[str, dict]:
     """(registry name, backbone kwargs) of the small `family` network for `image_size` inputs."""
     small = image_size <= 32
-    if family == "vit":
-        return "vit_mini_patch4", {"patch_size": 4 if small else 8, "img_size": image_size}
-    return "convnext_mini", {"stem_stride": 1 if small else 2}
+    if family == "vit":  # `pool` is listed so that a command-line override can set it
+        return "vit_mini_patch4", {"patch_size": 4 if small else 8, "img_size": image_size, "pool": "avg",
+                                   "drop_path_rate": 0.0}
+    return "convnext_mini", {"stem_stride": 1 if small else 2, "drop_path_rate": 0.0}
 
 
 def apply_backbone(c: ml_collections.ConfigDict, family: str, *, image_size: int, smoke: bool) -> None:

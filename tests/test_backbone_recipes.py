@@ -35,6 +35,14 @@ def test_the_option_swaps_the_network_and_keeps_the_resnets_grid(recipe, size, g
     assert _grid(config, size) == _grid(resnet, size) == grid
 
 
+def test_class_token_head_and_stochastic_depth_are_overridable_fields():
+    config = target_fashion_mnist.get_config("backbone=vit")
+    config.update_from_flattened_dict({"model.backbone_kwargs.pool": "token",
+                                       "model.backbone_kwargs.drop_path_rate": 0.1})  # locked: must exist
+    model = build_model(config.model, num_classes=5, in_channels=1, rngs=nnx.Rngs(0))
+    assert model.backbone.pool == "token" and model.backbone.blocks[-1].drop_path.rate == pytest.approx(0.1)
+
+
 def test_unknown_backbone_option_is_refused():
     with pytest.raises(ValueError, match="backbone must be one of resnet, vit, convnext"):
         fashion_mnist.get_config("backbone=swin")
