@@ -126,3 +126,21 @@ def test_saol_head_on_the_new_backbones(backbone, kwargs):
     assert out["log_probs"].shape == out["gap_logits"].shape == (2, 5)
     np.testing.assert_allclose(jnp.exp(out["log_probs"]).sum(-1), 1.0, rtol=1e-5)
     assert np.all(np.isfinite(np.asarray(out["gap_logits"])))
+
+
+@pytest.mark.parametrize("backbone, kwargs", [("vit", {**TINY_VIT, "pool": "token"}), ("convnext", TINY_CONVNEXT)])
+def test_bfloat16_activations_give_float32_outputs(backbone, kwargs):
+    import ml_collections
+
+    config = ml_collections.ConfigDict({
+        "backbone": backbone, "backbone_kwargs": kwargs, "head": "saol", "dtype": "bfloat16", "ghost_bn_size": 0,
+        "saol": {"num_stages": 2, "att_kernel": 1, "att_width": 8, "mid_width": 8},
+    })
+    model = nnx.eval_shape(lambda: build_model(config, num_classes=5, in_channels=3, rngs=nnx.Rngs(0)))
+    model.eval()
+    images = jnp.ones((2, 16, 16, 3), jnp.bfloat16)
+    features = nnx.eval_shape(lambda m: m.backbone(images), model)
+    assert features[-1].dtype == jnp.bfloat16
+    out = nnx.eval_shape(lambda m: m(images), model)
+    for name in ("gap_logits", "log_probs", "log_attention"):
+        assert out[name].dtype == jnp.float32, name
