@@ -40,7 +40,7 @@ def drop_path_rates(rate: float, depth: int) -> list[float]:
 
 
 class Mlp(nnx.Module):
-    """fc1 (x `ratio`) - GELU - fc2 over the last axis."""
+    """fc1 (to `hidden` features) - GELU - fc2 (back to `dim`) over the last axis."""
 
     def __init__(self, dim: int, hidden: int, *, dtype: jnp.dtype, rngs: nnx.Rngs):
         self.fc1 = linear(dim, hidden, dtype=dtype, rngs=rngs)
