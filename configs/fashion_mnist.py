@@ -16,17 +16,18 @@ the withdrawn 3-seed study, are no longer quoted.
 Validation: the last 10% of tfds's train split (6,000 images, class balance checked in
 tests/test_data.py) is held out as `validation_split` and evaluated
 for every choice; training reads the other 54,000 (1474 steps).
-Options (after a colon): `head=gap|gap_ms|saol|saol_ss|saol_ss_sd`, `smoke`, `hw=...`.
+Options (after a colon): `head=gap|gap_ms|saol|saol_ss|saol_ss_sd`, `smoke`, `hw=...`,
+`backbone=resnet|vit|convnext` (saol_jax.recipe_backbones: a small ViT or ConvNeXt instead of the ResNet).
 """
 
 import ml_collections
 
-from saol_jax import recipe
+from saol_jax import recipe, recipe_backbones
 from saol_jax.data import carved_splits
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    options = recipe.recipe_options(arg)
+    options = recipe.recipe_options(arg, backbone=recipe_backbones.BACKBONE)
     c = recipe.base_config()
     c.dataset.name = "fashion_mnist"
     c.dataset.train_split, c.dataset.validation_split = carved_splits(10)  # 54,000 / 6,000
@@ -51,4 +52,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.num_cpu_devices = 8
     if options.smoke:
         recipe.apply_smoke(c, "resnet_cifar", depth=8, widths=(8, 16, 32))
+    recipe_backbones.apply_backbone(c, options.backbone, image_size=28, smoke=options.smoke)
     return recipe.finalise(c, options)

@@ -34,16 +34,17 @@ cross-check, a 40-step run here used 1.9 CPU-seconds a step (steps 20-40,
 from /proc), about 1 s a step on 2 cores. Under a load average of 10-17 it
 ran at 6.7 s a step (35 min for the recipe).
 Expected accuracy: not measured yet; chance top-1 is 20%.
-Options (after a colon): `head=gap|gap_ms|saol|saol_ss|saol_ss_sd`, `smoke`, `hw=...`.
+Options (after a colon): `head=gap|gap_ms|saol|saol_ss|saol_ss_sd`, `smoke`, `hw=...`,
+`backbone=resnet|vit|convnext` (saol_jax.recipe_backbones: a small ViT or ConvNeXt instead of the ResNet).
 """
 
 import ml_collections
 
-from saol_jax import recipe
+from saol_jax import recipe, recipe_backbones
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    options = recipe.recipe_options(arg)
+    options = recipe.recipe_options(arg, backbone=recipe_backbones.BACKBONE)
     c = recipe.base_config()
     c.dataset.name = "target_fashion_mnist"
     c.dataset.eval_split = "test"
@@ -52,4 +53,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.dataset.mean = (0.146,)  # pixel mean and std of the train split
     c.dataset.std = (0.238,)
     recipe.canvas_64_training(c, num_epochs=2.0, smoke=options.smoke)
+    recipe_backbones.apply_backbone(c, options.backbone, image_size=64, smoke=options.smoke)
     return recipe.finalise(c, options)

@@ -287,10 +287,11 @@ def load_into(model, params: dict, batch_stats: dict, *, backbone_only: bool = F
 
 
 def write_checkpoint(out: str, params: dict, batch_stats: dict, arch: str, num_classes: int,
-                     *, source: str = "") -> str:
+                     *, source: str = "", note: str | None = None) -> str:
     """Writes `out/checkpoints/0` as a training run would (params and batch_stats); returns its directory.
 
     Without `params['gap_fc']` only the backbone's variables are written.
+    `note` (default: torchvision's input normalisation) goes to converted_from.json.
     """
     from flax import nnx
 
@@ -317,7 +318,7 @@ def write_checkpoint(out: str, params: dict, batch_stats: dict, arch: str, num_c
     paths.write_text(paths.join(out, "converted_from.json"), json.dumps({
         "source": source, "arch": arch, "num_classes": num_classes if with_fc else None,
         "head": "gap_fc" if with_fc else None,
-        "note": f"torchvision weights: normalise inputs with mean {IMAGENET_MEAN}, std {IMAGENET_STD}",
+        "note": note or f"torchvision weights: normalise inputs with mean {IMAGENET_MEAN}, std {IMAGENET_STD}",
     }, indent=2))
     return directory
 

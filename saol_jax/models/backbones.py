@@ -13,9 +13,11 @@ from functools import partial
 
 from flax import nnx
 
+from saol_jax.models.convnext import ConvNeXt
 from saol_jax.models.pyramidnet import PyramidNet
 from saol_jax.models.resnet_cifar import ResNetCifar
 from saol_jax.models.resnet_imagenet import ResNetImageNet
+from saol_jax.models.vit import VisionTransformer
 from saol_jax.models.wide_resnet import WideResNet
 
 
@@ -34,6 +36,18 @@ BACKBONES: dict[str, Callable[..., nnx.Module]] = {
     "resnet50": partial(ResNetImageNet, block_sizes=(3, 4, 6, 3), bottleneck=True),
     "resnet101": partial(ResNetImageNet, block_sizes=(3, 4, 23, 3), bottleneck=True),
     "resnet152": partial(ResNetImageNet, block_sizes=(3, 8, 36, 3), bottleneck=True),
+    # timm's vit_{tiny,small,base}_patch16_224 and a small-patch ViT for 28-64 px inputs.
+    "vit": VisionTransformer,
+    "vit_tiny_patch16": partial(VisionTransformer, patch_size=16, embed_dim=192, depth=12, num_heads=3),
+    "vit_small_patch16": partial(VisionTransformer, patch_size=16, embed_dim=384, depth=12, num_heads=6),
+    "vit_base_patch16": partial(VisionTransformer, patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    "vit_mini_patch4": partial(VisionTransformer, patch_size=4, embed_dim=128, depth=6, num_heads=4, img_size=32),
+    # timm's convnext_{tiny,small,base} and a 3-stage ConvNeXt with a stride-2 stem for 28-64 px inputs.
+    "convnext": ConvNeXt,
+    "convnext_tiny": partial(ConvNeXt, depths=(3, 3, 9, 3), dims=(96, 192, 384, 768)),
+    "convnext_small": partial(ConvNeXt, depths=(3, 3, 27, 3), dims=(96, 192, 384, 768)),
+    "convnext_base": partial(ConvNeXt, depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024)),
+    "convnext_mini": partial(ConvNeXt, depths=(2, 2, 2), dims=(32, 64, 128), stem_stride=2),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from saol_jax.models.heads import GapFcHead, MultiScaleDecoder, SaolHead
@@ -52,10 +53,18 @@ class Classifier(nnx.Module):
         [B, Ho, Wo], `log_spatial` [B, Ho, Wo, K] and `log_probs` [B, K];
         `with_cam` adds the GAP-FC branch's class activation maps `cam`
         [B, Ho, Wo, K] (on the fused features for `gap_ms`: the same grid).
+        A backbone that returns its own `pooled` vector (saol_jax.models.modern.
+        PooledFeatures) has it classified instead of the last map's mean; its
+        `cam` is still the layer on the last map, which then does not average
+        to the logits.
         """
         features = self.backbone(images, rngs=rngs)
         gap_in = features[-1] if self.gap_decoder is None else self.gap_decoder(features)
-        outputs = {"gap_logits": self.gap_fc(gap_in)}
+        pooled = getattr(features, "pooled", None)  # the backbone's own pooling (ViT class token, ConvNeXt)
+        if pooled is not None and self.gap_decoder is None:
+            outputs = {"gap_logits": self.gap_fc.fc(pooled.astype(jnp.float32))}
+        else:
+            outputs = {"gap_logits": self.gap_fc(gap_in)}
         if with_cam:
             outputs["cam"] = self.gap_fc.cam(gap_in)
         if self.saol is not None:
