@@ -27,9 +27,11 @@ EXTENT_SCORE = "maxboxacc_v2"
 
 def chosen_form(payload: dict) -> dict | None:
     """The SAOL + SS + SD rung (one per SS-2 form) with the lowest mean validation top-1 error of the
-    SAOL output; None where no such rung has validation metrics."""
+    SAOL output, among those with MIN_SEEDS seeds (a form with fewer is compared, never chosen); None
+    where no such rung has validation metrics."""
     candidates = {rung: entry for rung, entry in payload["rungs"].items()
-                  if rung.startswith(FULL_FORM_PREFIX) and "val_top1_error" in entry}
+                  if rung.startswith(FULL_FORM_PREFIX) and "val_top1_error" in entry
+                  and _seeds(entry) >= stats.MIN_SEEDS}
     if not candidates:
         return None
     rung = min(candidates, key=lambda r: candidates[r]["val_top1_error"]["saol"]["mean"])
@@ -167,12 +169,13 @@ def markdown(payload: dict, baselines: dict) -> str:
     """The goals table: what each goal asks, the test figures for the chosen form, met or missed."""
     judged = judge(payload, baselines)
     if judged is None:
-        return "No SAOL + SS + SD rung with validation metrics and no GAP-FC baseline yet: no goal is judged."
+        return (f"No GAP-FC baseline, or no SAOL + SS + SD rung with validation metrics and {stats.MIN_SEEDS} "
+                "seeds, yet: no goal is judged.")
     chosen = judged["chosen"]
     val = chosen["val_top1_error"]
     lines = [f"Goals, judged on the test split for the choices made on validation: the SS-2 form "
              f"`{chosen['form']}` (lowest validation top-1 error of the SAOL output among the SAOL + SS + SD "
-             f"rungs, {val['mean']:.2f} ± {val['std']:.2f}); differences are test figures, ± their standard "
+             f"rungs with {stats.MIN_SEEDS} seeds, {val['mean']:.2f} ± {val['std']:.2f}); differences are test figures, ± their standard "
              f"error, Welch's t-test across seeds.", "",
              "| goal | measured (test) | verdict |", "|---|---|---|"]
     for title, key in GOALS:
