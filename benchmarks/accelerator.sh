@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# One accelerator check in at most 8 minutes, from the repo root, no install needed:
+# One accelerator check in at most 10 minutes (about 6-7 expected on one H200), from the repo root,
+# no install needed:
 #
 #   benchmarks/accelerator.sh [--tiny] [--dataset NAME] [--data_dir DIR] [OUT_DIR]
 #
 # Parts, in this order, each time-bounded (they share one budget; a part cut short says so):
-#   step_time       ResNet-50 224² bfloat16 train-step img/s, GAP-FC vs SAOL+SS+SD
-#                   (synthetic batch resident on the device)
-#   memory          compiled train-step memory, GAP-FC vs SAOL+SS+SD, ResNet-50 then CIFAR backbones
-#                   (all the time left where the TensorFlow parts are skipped)
+#   step_time       ResNet-50 224² bfloat16 batch 256 train-step img/s, GAP-FC vs SAOL+SS+SD with the
+#                   recipes' default SS-2 form (paste), renorm, and the cheaper paste targets
+#                   (paste_self, paste_quarter, paste_halfres); synthetic batch resident on the device
+#   torch_peer      the same GAP-FC step in PyTorch (torchvision ResNet-50, bf16 autocast, channels-last),
+#                   eager and torch.compile  [needs torch and torchvision]
+#   memory          compiled train-step memory of ResNet-50 (bf16 and fp32, batch 64), GAP-FC vs
+#                   SAOL+SS+SD with paste (the default), renorm and paste_self
 #   input_pipeline  ImageNet train/eval transforms, img/s on 1 and all host cores  [needs TensorFlow]
 #   end_to_end      the default recipe (configs/fashion_mnist.py): wall time and test top-1  [needs TensorFlow]
-# then writes OUT_DIR/accelerator.json and OUT_DIR/accelerator.md (7 files in OUT_DIR at most,
+# then writes OUT_DIR/accelerator.json and OUT_DIR/accelerator.md (8 files in OUT_DIR at most,
 # default benchmarks/results/accelerator/<UTC time>). Parts that need TensorFlow are skipped with
 # a line saying so where it is not installed. --tiny: tiny settings that run on CPU in the tests.
 # --dataset/--data_dir are passed to end_to_end. PYTHON selects the interpreter (default python3).
@@ -41,16 +45,23 @@ exec > >(tee "$OUT/accelerator.log") 2>&1
 
 if ((TINY)); then
   BUDGET_S=240
-  STEP_ARGS=(--tiny --reps 2 --steps 1)
+  STEP_ARGS=(--tiny --reps 2 --steps 1 --rungs gap,saol_ss_sd,saol_ss_sd@paste_self)
+  PEER_ARGS=(--tiny --modes eager --reps 2 --steps 1 --warmup 1)
   PIPELINE_ARGS=(--tiny)
   E2E_ARGS+=(--tiny)
   MEMORY_ARGS=(--tiny)
 else
-  BUDGET_S=450  # leaves time for the summary within 8 minutes
+  # Expected on one H200 (16 host cores): step_time about 150 s (six compilations of about 13 s, then
+  # 5 x 10 steps per rung), torch_peer about 150 s (torch.compile of the step), memory about 90 s
+  # (six compilations): 6-7 minutes; the budget stops every part within 9.
+  BUDGET_S=540
   STEP_ARGS=(--backbone resnet50 --image_size 224 --num_classes 1000 --width 256 --dtype bfloat16
-             --batch 256 --reps 5 --steps 10)
+             --batch 256 --reps 5 --steps 10
+             --rungs gap,saol_ss_sd,saol_ss_sd@renorm,saol_ss_sd@paste_self,saol_ss_sd@paste_quarter,saol_ss_sd@paste_halfres)
+  PEER_ARGS=(--batch 256 --image_size 224 --num_classes 1000 --dtype bfloat16 --modes eager,compile
+             --reps 5 --steps 10 --warmup 3)
   PIPELINE_ARGS=(--threads "1,$(nproc)")
-  MEMORY_ARGS=(--settings resnet50_bf16,resnet50_fp32,cifar)
+  MEMORY_ARGS=(--settings resnet50_bf16,resnet50_fp32 --rungs gap,saol_ss_sd,saol_ss_sd@renorm,saol_ss_sd@paste_self)
 fi
 START=$SECONDS
 STATUS=()
@@ -83,8 +94,8 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --f
 
 if "$PYTHON" -c 'import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ("tensorflow", "tensorflow_datasets")))'; then
   HAS_TF=1
-  STEP_CAP=240
-  MEMORY_CAP=120  # leaves time for the input pipeline and the end-to-end run
+  STEP_CAP=200
+  MEMORY_CAP=100  # leaves time for the input pipeline and the end-to-end run
 else
   HAS_TF=0
   STEP_CAP=300
@@ -92,6 +103,11 @@ else
 fi
 
 run_part step_time "$STEP_CAP" "$PYTHON" -m benchmarks.step_time "${STEP_ARGS[@]}" --out "$OUT/step_time.json"
+if "$PYTHON" -c 'import torch, torchvision' >/dev/null 2>&1; then
+  run_part torch_peer 200 "$PYTHON" -m benchmarks.torch_peer "${PEER_ARGS[@]}" --out "$OUT/torch_peer.json"
+else
+  skip_part torch_peer "torch / torchvision not importable"
+fi
 run_part memory "$MEMORY_CAP" "$PYTHON" -m benchmarks.memory "${MEMORY_ARGS[@]}" --out "$OUT/memory.json"
 if ((HAS_TF)); then
   run_part input_pipeline 60 "$PYTHON" -m benchmarks.input_pipeline "${PIPELINE_ARGS[@]}" --out "$OUT/input_pipeline.json"

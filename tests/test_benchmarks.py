@@ -132,6 +132,12 @@ def test_both_benchmarks_reject_unknown_rungs_and_forms(rungs, message, capsys):
             main(["--tiny", "--rungs", rungs])
         assert message in capsys.readouterr().err
     assert step_time.parse_rungs("gap_ms,saol@paste_mixed") == ("gap_ms", "saol@paste_mixed")
+    assert step_time.parse_rungs("gap,saol_ss_sd@paste_self") == ("gap", "saol_ss_sd@paste_self")
+    # A `paste` variant's step runs `paste` with the variant's fields, the recipes' values elsewhere.
+    loss = step_time.rung_loss_config("saol_ss_sd@paste_halfres")
+    assert (loss["ss2_form"], loss["paste_clean_scale"], loss["paste_clean_fraction"]) == (
+        "paste", 2, BASE_LOSS["paste_clean_fraction"])
+    assert step_time.rung_loss_config("saol_ss_sd") == BASE_LOSS
     with pytest.raises(ValueError, match="must include gap,saol_ss_sd"):  # the throughput ratio needs both
         step_time.parse_rungs("gap,saol_ss", step_time.VARIANTS)
 
