@@ -93,7 +93,8 @@ def _end_to_end(p: dict) -> list[tuple[str, str]]:
 
 
 HEADLINES: dict[str, Callable[[dict], list[tuple[str, str]]]] = {
-    "step_time": _step_time, "torch_peer": _torch_peer, "input_pipeline": _input_pipeline, "end_to_end": _end_to_end, "memory": _memory,
+    "step_time": _step_time, "torch_peer": _torch_peer, "input_pipeline": _input_pipeline,
+    "end_to_end": _end_to_end, "memory": _memory,
 }
 
 
