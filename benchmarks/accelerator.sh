@@ -45,7 +45,7 @@ exec > >(tee "$OUT/accelerator.log") 2>&1
 
 if ((TINY)); then
   BUDGET_S=240
-  STEP_ARGS=(--tiny --reps 2 --steps 1 --rungs gap,saol_ss_sd,saol_ss_sd@paste_self)
+  STEP_ARGS=(--tiny --reps 2 --steps 1)
   PEER_ARGS=(--tiny --modes eager --reps 2 --steps 1 --warmup 1)
   PIPELINE_ARGS=(--tiny)
   E2E_ARGS+=(--tiny)
