@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 
 from benchmarks import format_table, write_json
 
-PARTS = ("grain_prepare", "grain_default", "grain_localisation", "step_time", "memory", "input_pipeline",
-         "end_to_end")
+PARTS = ("grain_prepare", "grain_default", "grain_localisation", "step_time", "torch_peer", "memory",
+         "input_pipeline", "end_to_end")
 GRAIN_PARTS = PARTS[:3]  # only with `accelerator.sh --grain`: left out of the summary when not run
 TIMEOUT_EXIT_CODES = ("124", "137")
 
@@ -47,7 +47,25 @@ def _step_time(p: dict) -> list[tuple[str, str]]:
         (f"GAP-FC img/s ({setting})", f"{v['gap']['img_per_s_median']:.1f}"),
         (f"{_saol(v['saol_ss_sd'])} img/s", f"{v['saol_ss_sd']['img_per_s_median']:.1f}"),
         (f"{_saol(v['saol_ss_sd'])} / GAP-FC throughput", f"{p['saol_over_gap_throughput']:.3f}"),
+    ] + [
+        (f"{_saol(entry)} img/s (/ GAP-FC)", f"{entry['img_per_s_median']:.1f} "
+                                            f"({entry['img_per_s_median'] / v['gap']['img_per_s_median']:.3f})")
+        for rung, entry in v.items() if rung not in ("gap", "saol_ss_sd")
     ]
+
+
+def _torch_peer(p: dict) -> list[tuple[str, str]]:
+    w = p["workload"]
+    return [(f"PyTorch {mode} GAP-FC img/s ({w['arch']} {w['image_size']}² {w['dtype']}, batch {w['batch']}, "
+             f"torch {p['torch']})", f"{v['img_per_s_median']:.1f}") for mode, v in p["variants"].items()]
+
+
+def versus_torch(step_time: dict, torch_peer: dict) -> list[tuple[str, str]]:
+    """JAX img/s of every step_time rung over the fastest PyTorch GAP-FC mode."""
+    mode, best = max(torch_peer["variants"].items(), key=lambda item: item[1]["img_per_s_median"])
+    return [(f"JAX {'GAP-FC' if rung == 'gap' else _saol(entry)} / PyTorch {mode} GAP-FC",
+             f"{entry['img_per_s_median'] / best['img_per_s_median']:.3f}")
+            for rung, entry in step_time["variants"].items()]
 
 
 def _memory(p: dict) -> list[tuple[str, str]]:
@@ -78,8 +96,8 @@ def _end_to_end(p: dict) -> list[tuple[str, str]]:
 
 
 HEADLINES: dict[str, Callable[[dict], list[tuple[str, str]]]] = {
-    "step_time": _step_time, "input_pipeline": _input_pipeline, "end_to_end": _end_to_end, "memory": _memory,
-    "grain_default": _end_to_end, "grain_localisation": _end_to_end,
+    "step_time": _step_time, "torch_peer": _torch_peer, "input_pipeline": _input_pipeline,
+    "end_to_end": _end_to_end, "memory": _memory, "grain_default": _end_to_end, "grain_localisation": _end_to_end,
 }
 
 
@@ -103,6 +121,8 @@ def summarise(out_dir: str, statuses: dict[str, dict[str, object]]) -> dict:
             status = {**status, "status": f"skipped:{payload['skipped']}"}
         parts[name] = {**status, "result": payload}
         headline = HEADLINES[name](payload) if payload and "skipped" not in payload else []
+        if name == "torch_peer" and payload and parts["step_time"]["result"]:
+            headline += versus_torch(parts["step_time"]["result"], payload)
         goals = (payload or {}).get("goals", {})
         headline += [(f"goal {goal}", f"{g['measured']:.3f} vs {g['limit']}: {'met' if g['met'] else 'MISSED'}")
                      for goal, g in goals.items()]

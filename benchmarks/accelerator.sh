@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One accelerator check in at most 8 minutes, from the repo root, no install needed:
+# One accelerator check in at most 10 minutes (about 6-7 expected on one H200), from the repo root,
+# no install needed:
 #
 #   benchmarks/accelerator.sh [--tiny] [--dataset NAME] [--data_dir DIR] [--grain CARRY_DIR] [OUT_DIR]
 #
@@ -13,15 +14,18 @@
 #   grain_localisation  one run of configs/target_fashion_mnist.py (SAOL + SS + SD), likewise
 #   input_pipeline  the grain train transforms, img/s with 0 and all-host-cores worker processes
 #   then, in the time left
-#   step_time       ResNet-50 224² bfloat16 train-step img/s, GAP-FC vs SAOL+SS+SD
-#                   (synthetic batch resident on the device)
-#   memory          compiled train-step memory, GAP-FC vs SAOL+SS+SD, ResNet-50 then CIFAR backbones
-#                   (all the time left where the TensorFlow parts are skipped)
+#   step_time       ResNet-50 224² bfloat16 batch 256 train-step img/s, GAP-FC vs SAOL+SS+SD with the
+#                   recipes' default SS-2 form (paste), renorm, and the cheaper paste targets
+#                   (paste_self, paste_quarter, paste_halfres); synthetic batch resident on the device
+#   torch_peer      the same GAP-FC step in PyTorch (torchvision ResNet-50, bf16 autocast, channels-last),
+#                   eager and torch.compile  [needs torch and torchvision]
+#   memory          compiled train-step memory of ResNet-50 (bf16 and fp32, batch 64), GAP-FC vs
+#                   SAOL+SS+SD with paste (the default), renorm and paste_self
 #   input_pipeline  train transforms, img/s on 1 and all host cores  [tf.data half needs TensorFlow;
 #                   with --grain the grain half alone]
 #   end_to_end      the default recipe (configs/fashion_mnist.py) with tf.data: wall time and test top-1
 #                   [needs TensorFlow; not run with --grain]
-# then writes OUT_DIR/accelerator.json and OUT_DIR/accelerator.md (8 files in OUT_DIR at most,
+# then writes OUT_DIR/accelerator.json and OUT_DIR/accelerator.md (8 files in OUT_DIR at most, 9 with --grain;
 # default benchmarks/results/accelerator/<UTC time>). Parts that need TensorFlow are skipped with
 # a line saying so where it is not installed. --tiny: tiny settings that run on CPU in the tests
 # (with --grain: the recipes' smoke runs and a small target benchmark). --dataset/--data_dir are
@@ -44,7 +48,7 @@ while (($#)); do
     --tiny) TINY=1 ;;
     --dataset | --data_dir) E2E_ARGS+=("$1" "$2"); shift ;;
     --grain) GRAIN_CARRY="$(cd "$2" && pwd)"; shift ;;
-    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,32p' "$0"; exit 0 ;;
     *) OUT="$1" ;;
   esac
   shift
@@ -56,6 +60,7 @@ exec > >(tee "$OUT/accelerator.log") 2>&1
 if ((TINY)); then
   BUDGET_S=240
   STEP_ARGS=(--tiny --reps 2 --steps 1)
+  PEER_ARGS=(--tiny --modes eager --reps 2 --steps 1 --warmup 1)
   PIPELINE_ARGS=(--tiny)
   E2E_ARGS+=(--tiny)
   MEMORY_ARGS=(--tiny)
@@ -63,17 +68,25 @@ if ((TINY)); then
   GRAIN_TRAIN_ARGS=(--tiny)
   GRAIN_PREPARE_CAP=300  # the whole Fashion-MNIST even so: minutes on a loaded 2-core VM
 else
-  BUDGET_S=450  # leaves time for the summary within 8 minutes
+  # Expected on one H200 (16 host cores): step_time about 150 s (six compilations of about 13 s, then
+  # 5 x 10 steps per rung), torch_peer about 150 s (torch.compile of the step), memory about 90 s
+  # (six compilations): 6-7 minutes; the budget stops every part within 9.
+  BUDGET_S=540
   STEP_ARGS=(--backbone resnet50 --image_size 224 --num_classes 1000 --width 256 --dtype bfloat16
-             --batch 256 --reps 5 --steps 10)
+             --batch 256 --reps 5 --steps 10
+             --rungs gap,saol_ss_sd,saol_ss_sd@renorm,saol_ss_sd@paste_self,saol_ss_sd@paste_quarter,saol_ss_sd@paste_halfres)
+  PEER_ARGS=(--batch 256 --image_size 224 --num_classes 1000 --dtype bfloat16 --modes eager,compile
+             --reps 5 --steps 10 --warmup 3)
   PIPELINE_ARGS=(--threads "1,$(nproc)")
-  MEMORY_ARGS=(--settings resnet50_bf16,resnet50_fp32,cifar)
+  MEMORY_ARGS=(--settings resnet50_bf16,resnet50_fp32 --rungs gap,saol_ss_sd,saol_ss_sd@renorm,saol_ss_sd@paste_self)
   TARGET_SIZES=()
   GRAIN_TRAIN_ARGS=()
   GRAIN_PREPARE_CAP=120
 fi
 if [[ -n "$GRAIN_CARRY" ]]; then
-  BUDGET_S=$((BUDGET_S + GRAIN_PREPARE_CAP - 10))  # 9.5 minutes in all: the grain parts first, the others in what is left
+  # the grain parts first, the others in what is left: 9.5 minutes in all on the accelerator
+  BUDGET_S=$((BUDGET_S + GRAIN_PREPARE_CAP - 10))
+  ((TINY)) || BUDGET_S=$((BUDGET_S > 570 ? 570 : BUDGET_S))
   PIPELINE_ARGS+=(--backends grain --workers "0,$(nproc)")
 fi
 START=$SECONDS
@@ -107,8 +120,8 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --f
 
 if "$PYTHON" -c 'import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ("tensorflow", "tensorflow_datasets")))'; then
   HAS_TF=1
-  STEP_CAP=240
-  MEMORY_CAP=120  # leaves time for the input pipeline and the end-to-end run
+  STEP_CAP=200
+  MEMORY_CAP=100  # leaves time for the input pipeline and the end-to-end run
 else
   HAS_TF=0
   STEP_CAP=300
@@ -132,6 +145,11 @@ if [[ -n "$GRAIN_CARRY" ]]; then
   MEMORY_CAP=120
 fi
 run_part step_time "$STEP_CAP" "$PYTHON" -m benchmarks.step_time "${STEP_ARGS[@]}" --out "$OUT/step_time.json"
+if "$PYTHON" -c 'import torch, torchvision' >/dev/null 2>&1; then
+  run_part torch_peer 200 "$PYTHON" -m benchmarks.torch_peer "${PEER_ARGS[@]}" --out "$OUT/torch_peer.json"
+else
+  skip_part torch_peer "torch / torchvision not importable"
+fi
 run_part memory "$MEMORY_CAP" "$PYTHON" -m benchmarks.memory "${MEMORY_ARGS[@]}" --out "$OUT/memory.json"
 if [[ -z "$GRAIN_CARRY" ]]; then
   if ((HAS_TF)); then

@@ -14,7 +14,8 @@ sharded over them), which is what makes XLA's CPU convolutions fast.
 A rung `<rung>@<form>` uses that SS-2 form (`loss.ss2_form`), a rung without
 one the recipes' default (`saol_jax.ladder.BASE_LOSS`, what users run); every
 table row and JSON entry names the form its step ran. The forms of
-`losses.PASTED_TARGET_FORMS` add a forward pass of the un-mixed batch to every step.
+`losses.PASTED_TARGET_FORMS` add a forward pass of the un-mixed batch to every step;
+the `paste` variants of `saol_jax.ladder.PASTE_VARIANTS` (`saol_ss_sd@paste_self`) make it cheaper.
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ from flax import nnx
 from benchmarks import default_out, format_table, write_json
 from benchmarks.head_cost import model_config
 from saol_jax import optim, sharding
-from saol_jax.ladder import BASE_LOSS, HEAD_LADDER, MODEL_HEADS, split_rung
+from saol_jax.ladder import BASE_LOSS, HEAD_LADDER, MODEL_HEADS, PASTE_VARIANTS, rung_loss, split_rung
 from saol_jax.losses import SS2_FORMS
 from saol_jax.models import DTYPES, build_model
 from saol_jax.train_step import StepConfig, create_train_state, make_train_step, output_grid
 
 VARIANTS = ("gap", "saol_ss_sd")
+RUNG_FORMS = (*SS2_FORMS, *PASTE_VARIANTS)  # what may follow a rung's `@`
 RUNG_NAMES = {"gap": "GAP-FC", "gap_ms": "GAP-FC multi-scale", "saol": "SAOL", "saol_ss": "SAOL+SS",
               "saol_ss_sd": "SAOL+SS+SD"}
 SAOL_SLOWDOWN_GOAL = 0.05  # docs/method.md §3.5: the head adds <= 5% train-step time
@@ -77,9 +79,16 @@ TINY = Workload(backbone="resnet_cifar", batch=16, image_size=12, num_classes=4,
 
 
 def rung_form(rung: str) -> str | None:
-    """The SS-2 form the rung's step runs: its `@form`, else the recipes' default; None without SS-2."""
+    """The SS-2 form (or `paste` variant) the rung's step runs: its `@form`, else the recipes' default;
+    None without SS-2."""
     base, form = split_rung(rung)
     return (form or BASE_LOSS["ss2_form"]) if HEAD_LADDER[base]["ss2"] else None
+
+
+def rung_loss_config(rung: str) -> dict[str, float | str]:
+    """The rung's `config.loss`: the recipes' base one with the rung's weights and `@form` fields."""
+    base, form = split_rung(rung)
+    return {**BASE_LOSS, **HEAD_LADDER[base], **(rung_loss(form) if form else {})}
 
 
 def rung_name(rung: str) -> str:
@@ -92,11 +101,11 @@ def parse_rungs(text: str, required: tuple[str, ...] = ()) -> tuple[str, ...]:
     """'gap,saol_ss_sd@renorm' -> its rungs; ValueError naming the valid ones for an unknown rung or form,
     or when a `required` rung is missing."""
     rungs = tuple(text.split(","))
-    bad = [r for r in rungs if split_rung(r)[0] not in RUNG_NAMES or split_rung(r)[1] not in (None, *SS2_FORMS)]
+    bad = [r for r in rungs if split_rung(r)[0] not in RUNG_NAMES or split_rung(r)[1] not in (None, *RUNG_FORMS)]
     if bad or not set(required) <= set(rungs):
         need = f"must include {','.join(required)} and " if required else ""
         raise ValueError(f"--rungs {need}only name {','.join(RUNG_NAMES)}, each optionally "
-                         f"@{'|'.join(SS2_FORMS)} (without one: {BASE_LOSS['ss2_form']}); got {text!r}")
+                         f"@{'|'.join(RUNG_FORMS)} (without one: {BASE_LOSS['ss2_form']}); got {text!r}")
     return rungs
 
 
@@ -146,6 +155,7 @@ def prepare(work: Workload, rung: str, mesh: jax.sharding.Mesh,
     timings = {}
     start = time.perf_counter()
     base = split_rung(rung)[0]
+    loss = rung_loss_config(rung)
     config = model_config(work.backbone, MODEL_HEADS[base], work.width,
                           dtype=work.dtype, ghost_bn_size=work.ghost_bn_size, **dict(work.backbone_kwargs))
     with jax.threefry_partitionable(False):
@@ -158,7 +168,9 @@ def prepare(work: Workload, rung: str, mesh: jax.sharding.Mesh,
     per_device = sharding.check_batch_size(work.batch, mesh)
     step_config = StepConfig(
         loss_weights=HEAD_LADDER[base],
-        ss2_form=rung_form(rung),
+        ss2_form=loss["ss2_form"] if HEAD_LADDER[base]["ss2"] else None,
+        paste_clean_fraction=loss["paste_clean_fraction"],
+        paste_clean_scale=loss["paste_clean_scale"],
         mean=(0.5,) * work.channels,
         std=(0.25,) * work.channels,
         grid_hw=output_grid(graphdef, state, (work.image_size, work.image_size, work.channels)),
@@ -232,7 +244,8 @@ def measure(work: Workload, *, devices: int = 0, reps: int = 5, steps: int = 5, 
         prepared[rung], compile_times[rung] = prepare(work, rung, mesh)
         prepared[rung].run(warmup)
     timed = time_alternating({rung: p.run for rung, p in prepared.items()}, work.batch, reps=reps, steps=steps)
-    variants = {rung: {"ss2_form": rung_form(rung), **compile_times[rung], **timed[rung]} for rung in rungs}
+    variants = {rung: {"ss2_form": rung_form(rung), "loss": rung_loss_config(rung), **compile_times[rung],
+                       **timed[rung]} for rung in rungs}
     ratio = variants["saol_ss_sd"]["img_per_s_median"] / variants["gap"]["img_per_s_median"]
     cpu_ratio = variants["gap"]["cpu_ms_per_step_median"] / variants["saol_ss_sd"]["cpu_ms_per_step_median"]
     result = {
@@ -303,7 +316,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5, help="steps per timed repetition")
     parser.add_argument("--rungs", default=",".join(VARIANTS),
                         help=f"ablation rungs to time, among {','.join(RUNG_NAMES)}, each optionally "
-                             f"@<SS-2 form> ({','.join(SS2_FORMS)}; without one: the recipes' "
+                             f"@<SS-2 form> ({','.join(RUNG_FORMS)}; without one: the recipes' "
                              f"{BASE_LOSS['ss2_form']}); must include gap,saol_ss_sd")
     parser.add_argument("--tiny", action="store_true", help="a tiny model and batch (for tests)")
     parser.add_argument("--out", default=default_out("step_time"))

@@ -5,7 +5,8 @@
 
 A rung is a ladder head (`gap`, `gap_ms`, `saol`, `saol_ss`, `saol_ss_sd`), optionally
 with an SS-2 form after `@` (`saol_ss@paste`; without one, the recipe's
-`loss.ss2_form`). The default rungs are the whole study: GAP-FC + CutMix,
+`loss.ss2_form`), or with a cheaper `paste` target (`saol_ss_sd@paste_self`,
+`saol_jax.ladder.PASTE_VARIANTS`). The default rungs are the whole study: GAP-FC + CutMix,
 SAOL, and SAOL + SS and SAOL + SS + SD with each of the three SS-2 readings.
 The controls of docs/method.md §8 (`gap_ms`, `saol_ss_sd@paste_mixed`) are
 trained when named in `--rungs`.
@@ -63,7 +64,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from saol_jax import compare_heads, faults, parallel_runs, paths, sharding, stats  # noqa: E402
 from saol_jax import results as results_files  # noqa: E402
 from saol_jax.config_check import parse_flags_or_exit  # noqa: E402
-from saol_jax.ladder import HEAD_LADDER, MODEL_HEADS, apply_head, split_rung  # noqa: E402
+from saol_jax.ladder import HEAD_LADDER, MODEL_HEADS, PASTE_VARIANTS, apply_head, rung_loss, split_rung  # noqa: E402
 from saol_jax.localization import MAPS  # noqa: E402
 from saol_jax.losses import SS2_FORMS, SS2_READINGS  # noqa: E402
 from saol_jax.metrics import read_events  # noqa: E402
@@ -102,7 +103,7 @@ def rung_config(base: ml_collections.ConfigDict, rung: str, seed: int) -> ml_col
     config = ml_collections.ConfigDict(base.to_dict())
     apply_head(config, head)
     if form is not None:
-        config.loss.ss2_form = form
+        config.loss.update(rung_loss(form))
     config.seed = seed
     return config
 
@@ -208,10 +209,11 @@ def summarise(values: Sequence[float]) -> dict[str, float]:
 
 
 def check_rungs(rungs: Sequence[str]) -> None:
-    unknown = [r for r in rungs if split_rung(r)[0] not in HEAD_LADDER or split_rung(r)[1] not in (None, *SS2_FORMS)]
+    forms = (None, *SS2_FORMS, *PASTE_VARIANTS)
+    unknown = [r for r in rungs if split_rung(r)[0] not in HEAD_LADDER or split_rung(r)[1] not in forms]
     if unknown:
         raise ValueError(f"unknown rungs {unknown}; valid: {', '.join(HEAD_LADDER)}, "
-                         f"each optionally @{'|'.join(SS2_FORMS)}")
+                         f"each optionally @{'|'.join(forms[1:])}")
 
 
 def versus_baseline(per_rung: dict[str, dict]) -> dict[str, dict[str, dict]]:

@@ -64,6 +64,10 @@ def _problems(config: ml_collections.ConfigDict, info: DatasetInfo, num_devices:
     if config.eval_every_epochs <= 0:
         yield f"eval_every_epochs={config.eval_every_epochs} must be positive"
     channels = info.image_shape[2]
+    scale = config.loss.get("paste_clean_scale", 1)
+    if scale >= 1 and (info.image_shape[0] % scale or info.image_shape[1] % scale):
+        yield (f"loss.paste_clean_scale={scale} must divide the image size {info.image_shape[0]}x"
+               f"{info.image_shape[1]} (--config.loss.paste_clean_scale=S)")
     for field in ("mean", "std"):
         values = tuple(config.dataset[field])
         if len(values) not in (1, channels):  # one value stands for every channel
@@ -133,6 +137,8 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "model.saol.att_width": (1, _INF, True, False),
     "model.saol.mid_width": (1, _INF, True, False),
     **{f"loss.{weight}": (0.0, _INF, True, False) for weight in WEIGHT_TO_TERM},
+    "loss.paste_clean_fraction": (0.0, 1.0, True, True),
+    "loss.paste_clean_scale": (1, _INF, True, False),
     "num_epochs": (0.0, _INF, True, False),  # 0 with num_train_steps > 0; both unset is refused below
     "profile_steps": (0, _INF, True, False),
     "num_devices": (0, _INF, True, False),

@@ -37,7 +37,21 @@ MODEL_HEADS: dict[str, str] = {"gap": "gap", "gap_ms": "gap_ms", "saol": "saol",
 # tools which build a train step without a recipe (benchmarks) run the same values; nothing below
 # the config has a default of its own. `paste` was chosen by an earlier study that the README
 # withdraws; the target-benchmark study (README) is to re-make the choice on validation data.
-BASE_LOSS: dict[str, float | str] = {**HEAD_LADDER["saol_ss_sd"], "ss2_form": "paste"}
+# `paste_clean_fraction` and `paste_clean_scale` (saol_jax.paste_targets) make `paste`'s extra
+# forward pass cheaper; 1 and 1 run the full pass.
+BASE_LOSS: dict[str, float | str] = {**HEAD_LADDER["saol_ss_sd"], "ss2_form": "paste",
+                                     "paste_clean_fraction": 1.0, "paste_clean_scale": 1}
+
+# Rung suffixes (`RUNG@variant`) that select a cheaper `paste` target, as the `config.loss` fields
+# they set; any other suffix is an SS-2 form (saol_jax.losses.SS2_FORMS).
+PASTE_VARIANTS: dict[str, dict[str, float | str]] = {
+    # Every target from the mixed image's own forward: no extra pass.
+    "paste_self": {"ss2_form": "paste", "paste_clean_fraction": 0.0},
+    # The un-mixed pass on a quarter of the examples and their partners (half the rows).
+    "paste_quarter": {"ss2_form": "paste", "paste_clean_fraction": 0.25},
+    # The un-mixed pass at half the resolution (a quarter of the pixels).
+    "paste_halfres": {"ss2_form": "paste", "paste_clean_scale": 2},
+}
 
 
 def apply_head(config: ml_collections.ConfigDict, head: str) -> None:
@@ -46,6 +60,11 @@ def apply_head(config: ml_collections.ConfigDict, head: str) -> None:
         raise ValueError(f"head must be one of {', '.join(HEAD_LADDER)}, got {head!r}")
     config.model.head = MODEL_HEADS[head]
     config.loss.update(HEAD_LADDER[head])  # other loss fields (ss2_form) are kept
+
+
+def rung_loss(form: str) -> dict[str, float | str]:
+    """The `config.loss` fields a rung's `@form` sets: a PASTE_VARIANTS entry, else `ss2_form=form`."""
+    return dict(PASTE_VARIANTS.get(form, {"ss2_form": form}))
 
 
 def split_rung(rung: str) -> tuple[str, str | None]:

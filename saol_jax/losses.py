@@ -52,6 +52,8 @@ __all__ = [
     "attention_loss",
     "mass_mix_loss",
     "pasted_attention_target",
+    "responsibility",
+    "cut_and_paste",
     "paste_loss",
     "mixed_only",
     "SS2_READINGS",
@@ -239,13 +241,36 @@ def pasted_attention_target(
     Returns:
       [B, Ho, Wo] float32 log T.
     """
+    log_resp = responsibility(log_attention, log_spatial, labels)
+    return cut_and_paste(log_resp, log_resp[partner], coverage)
+
+
+def responsibility(log_attention: jax.Array, log_spatial: jax.Array, labels: jax.Array) -> jax.Array:
+    """log R_ij = log(A_ij Y_ij[y] / ŷ[y]): each cell's share of the label's probability, no gradient.
+
+    Args:
+      log_attention: [B, Ho, Wo]; log_spatial: [B, Ho, Wo, K]; labels: [B] int.
+    Returns:
+      [B, Ho, Wo] float32 log R (R sums to 1 over cells).
+    """
     log_attention = jax.lax.stop_gradient(log_attention.astype(jnp.float32))
     log_spatial = jax.lax.stop_gradient(log_spatial.astype(jnp.float32))
     joint = log_attention + _pick(log_spatial, labels)
-    log_resp = joint - jax.nn.logsumexp(joint, axis=(1, 2), keepdims=True)
+    return joint - jax.nn.logsumexp(joint, axis=(1, 2), keepdims=True)
+
+
+def cut_and_paste(log_resp_own: jax.Array, log_resp_pasted: jax.Array, coverage: jax.Array) -> jax.Array:
+    """log T, T ∝ (1 - m_ij) R_own_ij + m_ij R_pasted_ij normalised over cells.
+
+    Args:
+      log_resp_own, log_resp_pasted: [B, Ho, Wo] log responsibilities of the own and the pasted image.
+      coverage: [B, Ho, Wo] m_ij.
+    Returns:
+      [B, Ho, Wo] float32 log T.
+    """
     m = coverage.astype(jnp.float32)
-    own = jnp.where(m < 1.0, jnp.log1p(-jnp.minimum(m, 1.0 - 1e-7)) + log_resp, -jnp.inf)
-    pasted = jnp.where(m > 0.0, jnp.log(jnp.maximum(m, 1e-30)) + log_resp[partner], -jnp.inf)
+    own = jnp.where(m < 1.0, jnp.log1p(-jnp.minimum(m, 1.0 - 1e-7)) + log_resp_own, -jnp.inf)
+    pasted = jnp.where(m > 0.0, jnp.log(jnp.maximum(m, 1e-30)) + log_resp_pasted, -jnp.inf)
     log_target = jnp.logaddexp(own, pasted)
     return log_target - jax.nn.logsumexp(log_target, axis=(1, 2), keepdims=True)
 

@@ -22,7 +22,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from saol_jax import cutmix as cutmix_lib
-from saol_jax import cutmix_eval, localization, losses
+from saol_jax import cutmix_eval, localization, losses, paste_targets
 from saol_jax.models import DTYPES
 from saol_jax.models.inputs import normalise
 from saol_jax.sharding import DATA_AXIS, replicated
@@ -59,6 +59,8 @@ class StepConfig:
     eval_cutmix_maps: bool
     dtype: jnp.dtype  # model.dtype
     grad_accum_steps: int  # micro-batches per optimiser step (see make_train_step)
+    paste_clean_fraction: float  # loss.paste_clean_fraction (saol_jax.paste_targets)
+    paste_clean_scale: int  # loss.paste_clean_scale (saol_jax.paste_targets)
     eval_group_size: int = 0  # CutMix partners for the CutMix-map eval: per-device eval batch (0: whole batch)
     grad_accum_unroll: bool | None = None  # micro-batches unrolled (True) or a loop; None: unrolled on CPU only
 
@@ -81,7 +83,7 @@ def step_config(
     )
     if not training:
         return StepConfig(loss_weights={}, ss2_form=None, cutmix_beta=0.0, cutmix_prob=0.0, cutmix_group_size=0,
-                          grad_accum_steps=1, **common)
+                          grad_accum_steps=1, paste_clean_fraction=1.0, paste_clean_scale=1, **common)
     micro_per_device = config.batch_size // (num_devices * config.grad_accum_steps)
     return StepConfig(
         loss_weights=losses.loss_weights(config.loss),
@@ -90,6 +92,8 @@ def step_config(
         cutmix_prob=config.cutmix.prob,
         cutmix_group_size=config.cutmix.group_size or micro_per_device,
         grad_accum_steps=config.grad_accum_steps,
+        paste_clean_fraction=float(config.loss.paste_clean_fraction),
+        paste_clean_scale=int(config.loss.paste_clean_scale),
         **common,
     )
 
@@ -144,7 +148,8 @@ def make_train_step(
     step so that a resumed run draws the same randomness. With SS-2 in a
     form of `losses.PASTED_TARGET_FORMS` the step first runs the model on
     the un-mixed batch (BN in train mode, its statistics discarded, no
-    gradient) for the target.
+    gradient) for the target; `cfg.paste_clean_fraction` and
+    `cfg.paste_clean_scale` make that pass cheaper (saol_jax.paste_targets).
 
     Gradient accumulation (`cfg.grad_accum_steps` = k > 1): one call is still
     one optimiser step on the global batch B (the schedule, `state.step`, the
@@ -187,23 +192,41 @@ def make_train_step(
         per_device = partner.shape[0] // devices
         return (partner // per_device) * (per_device // accum) + partner % (per_device // accum)
 
-    def pasted_target(params: nnx.State, batch_stats: nnx.State, micro, key: jax.Array) -> jax.Array:
-        """[b, Ho, Wo] log target of SS-2 'paste': the un-mixed micro-batch's maps, cut and pasted."""
+    def clean_responsibility(params: nnx.State, batch_stats: nnx.State, images: jax.Array, labels: jax.Array,
+                             key: jax.Array) -> jax.Array:
+        """[n, Ho, Wo] log R of the un-mixed `images` [n, H, W, C] (at 1 / paste_clean_scale resolution)."""
         model = nnx.merge(graphdef, params, batch_stats, copy=True)
-        clean = model(micro["clean"], rngs=nnx.Rngs(dropout=key))
-        return losses.pasted_attention_target(
-            clean["log_attention"], clean["log_spatial"], micro["labels"], micro["partner"], micro["coverage"]
-        )
+        clean = model(paste_targets.downsample(images, cfg.paste_clean_scale), rngs=nnx.Rngs(dropout=key))
+        log_resp = losses.responsibility(clean["log_attention"], clean["log_spatial"], labels)
+        return paste_targets.upsample_responsibility(log_resp, cfg.grid_hw)
+
+    def pasted_target(params: nnx.State, batch_stats: nnx.State, micro, key: jax.Array, rows: int):
+        """SS-2 'paste' from the un-mixed pass: [b, Ho, Wo] log target when every example gets one
+        (`rows` = the per-device batch), else [devices * 2 rows, Ho, Wo] log R of `clean_rows`."""
+        if rows == micro["labels"].shape[0] // devices:
+            log_resp = clean_responsibility(params, batch_stats, micro["clean"], micro["labels"], key)
+            return losses.cut_and_paste(log_resp, log_resp[micro["partner"]], micro["coverage"])
+        pick = functools.partial(paste_targets.clean_rows, partner=micro["partner"], rows=rows, devices=devices)
+        return clean_responsibility(params, batch_stats, pick(micro["clean"]), pick(micro["labels"]), key)
 
     def micro_step(params: nnx.State, carry, xs):
         """Gradient, loss terms and correct counts of one micro-batch; BN statistics carried."""
         grad_sum, batch_stats = carry
         micro, model_key = xs
-        ss2_target = pasted_target(params, batch_stats, micro, jax.random.fold_in(model_key, 1)) if paste else None
+        per_device = micro["labels"].shape[0] // devices
+        rows = paste_targets.clean_rows_per_device(cfg.paste_clean_fraction, per_device) if paste else 0
+        clean = pasted_target(params, batch_stats, micro, jax.random.fold_in(model_key, 1), rows) if rows else None
 
         def loss_fn(params):
             model = nnx.merge(graphdef, params, batch_stats, copy=True)
             outputs = model(micro["images"], rngs=nnx.Rngs(dropout=model_key))
+            ss2_target = clean
+            if paste and rows < per_device:
+                ss2_target = paste_targets.mixed_target(
+                    outputs["log_attention"], outputs["log_spatial"], micro["labels"], micro["partner_labels"],
+                    micro["coverage"])
+                if rows:
+                    ss2_target = paste_targets.fraction_target(clean, micro["coverage"], ss2_target, rows, devices)
             terms = losses.loss_terms(
                 outputs, micro["labels"], micro["partner_labels"], micro["lam"], micro["coverage"],
                 cfg.loss_weights, ss2_form=cfg.ss2_form, ss2_target=ss2_target,

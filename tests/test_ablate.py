@@ -13,6 +13,8 @@ from commands import run_command
 from configs import fashion_mnist
 import saol_jax
 from saol_jax import ablate, parallel_runs, report, results
+from saol_jax.config_check import check_fields
+from saol_jax.ladder import PASTE_VARIANTS
 
 RUNGS = ("gap", "saol", "saol_ss_sd@paste")  # the paste form also checks its extra forward pass in the trainer
 RECIPE = {"config": "configs/fashion_mnist.py:smoke", "overrides": {"dataset.name": "tiny"}}
@@ -183,6 +185,21 @@ def test_rungs_with_an_ss2_form():
     ablate.check_rungs(ablate.STUDY_RUNGS)
     with pytest.raises(ValueError, match="saol_ss@area"):
         ablate.check_rungs(["saol_ss@area"])
+
+
+
+@pytest.mark.parametrize("variant", sorted(PASTE_VARIANTS))
+def test_rungs_with_a_cheaper_paste_target(variant):
+    # A `paste` variant is a rung suffix that sets its loss fields; the others keep the recipe's value,
+    # and the result passes the config check.
+    base = smoke_config({"name": "tiny_shapes", "data_dir": None})
+    config = ablate.rung_config(base, f"saol_ss_sd@{variant}", seed=0)
+    ablate.check_rungs([f"saol_ss_sd@{variant}"])
+    assert config.loss.ss2_form == "paste"
+    for field in ("paste_clean_fraction", "paste_clean_scale"):
+        assert config.loss[field] == PASTE_VARIANTS[variant].get(field, base.loss[field])
+    assert config.loss.to_dict() != base.loss.to_dict()
+    check_fields(config)
 
 
 def test_versus_baseline_and_localisation_table():

@@ -138,6 +138,27 @@ def test_accelerator_script_tiny_without_tensorflow(tmp_path):
     summary = read(out / "accelerator.json")["parts"]
     assert summary["step_time"]["status"] == "ok" and summary["memory"]["status"] == "ok"
     assert summary["step_time"]["result"]["variants"].keys() == {"gap", "saol_ss_sd"}
+    # torch_peer runs where torch and torchvision import; it is skipped (and says so) or it ran.
+    assert summary["torch_peer"]["status"] in ("ok", "skipped:torch / torchvision not importable")
     assert summary["input_pipeline"]["result"] is None
     assert "| step_time | ok |" in (out / "accelerator.md").read_text()
     assert len(os.listdir(out)) <= 8
+
+
+def test_accelerator_summary_compares_jax_with_the_fastest_pytorch_mode(tmp_path):
+    step = {"workload": {"backbone": "resnet50", "image_size": 224, "dtype": "bfloat16", "batch": 256},
+            "devices": 1, "device_kind": "H200", "saol_over_gap_throughput": 0.8,
+            "variants": {"gap": {"img_per_s_median": 600.0},
+                         "saol_ss_sd": {"ss2_form": "paste", "img_per_s_median": 480.0},
+                         "saol_ss_sd@paste_self": {"ss2_form": "paste_self", "img_per_s_median": 570.0}}}
+    peer = {"workload": {"arch": "resnet50", "image_size": 224, "dtype": "bfloat16", "batch": 256},
+            "torch": "2.11", "variants": {"eager": {"img_per_s_median": 400.0},
+                                          "compile": {"img_per_s_median": 640.0}}}
+    for name, payload in (("step_time", step), ("torch_peer", peer)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(payload))
+    accelerator.summarise(str(tmp_path), {})
+    md = (tmp_path / "accelerator.md").read_text()
+    assert "| JAX GAP-FC / PyTorch compile GAP-FC | 0.938 |" in md
+    assert "| JAX SAOL+SS+SD (paste) / PyTorch compile GAP-FC | 0.750 |" in md
+    assert "SAOL+SS+SD (paste_self) img/s (/ GAP-FC) | 570.0 (0.950) |" in md
+    assert "PyTorch eager GAP-FC img/s" in md

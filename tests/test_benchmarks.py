@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
 from benchmarks import grad_accum, head_cost, memory, scaling, step_time
+from saol_jax import sharding
 from saol_jax.ladder import BASE_LOSS
 
 
@@ -132,6 +134,12 @@ def test_both_benchmarks_reject_unknown_rungs_and_forms(rungs, message, capsys):
             main(["--tiny", "--rungs", rungs])
         assert message in capsys.readouterr().err
     assert step_time.parse_rungs("gap_ms,saol@paste_mixed") == ("gap_ms", "saol@paste_mixed")
+    assert step_time.parse_rungs("gap,saol_ss_sd@paste_self") == ("gap", "saol_ss_sd@paste_self")
+    # A `paste` variant's step runs `paste` with the variant's fields, the recipes' values elsewhere.
+    loss = step_time.rung_loss_config("saol_ss_sd@paste_halfres")
+    assert (loss["ss2_form"], loss["paste_clean_scale"], loss["paste_clean_fraction"]) == (
+        "paste", 2, BASE_LOSS["paste_clean_fraction"])
+    assert step_time.rung_loss_config("saol_ss_sd") == BASE_LOSS
     with pytest.raises(ValueError, match="must include gap,saol_ss_sd"):  # the throughput ratio needs both
         step_time.parse_rungs("gap,saol_ss", step_time.VARIANTS)
 
@@ -173,3 +181,20 @@ def test_xla_option_values_are_typed(torch_ratio):
     options = "xla_cpu_use_onednn=true;--xla_cpu_prefer_vector_width=512;xla_cpu_max_isa=AVX2"
     parsed = {"xla_cpu_use_onednn": True, "xla_cpu_prefer_vector_width": 512, "xla_cpu_max_isa": "AVX2"}
     assert torch_ratio.parse_options(options) == parsed
+
+
+def test_paste_variants_train_with_targets_of_their_own():
+    # Each cheaper `paste` target runs in the real train step and trains the attention its own way
+    # from the same start (one device, so a quarter of its 16 examples is 4 rows). The attention
+    # starts uniform, where -sum T log A is log(cells) for every target; its first update is A - T,
+    # so the second step's SS-2 term tells the targets apart.
+    mesh = sharding.make_mesh(1)
+    ss2 = {}
+    for rung in ("saol_ss_sd@paste", "saol_ss_sd@paste_self", "saol_ss_sd@paste_quarter",
+                 "saol_ss_sd@paste_halfres"):
+        prepared, _ = step_time.prepare(step_time.TINY, rung, mesh)
+        state, _ = prepared.step(prepared.state, prepared.batch, prepared.key)
+        _, metrics = prepared.step(state, prepared.batch, prepared.key)
+        ss2[rung] = float(metrics["loss/ss2"])
+    assert all(math.isfinite(v) and v > 0 for v in ss2.values()), ss2
+    assert len({round(v, 6) for v in ss2.values()}) == len(ss2), ss2

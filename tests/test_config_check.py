@@ -32,6 +32,7 @@ BAD_CONFIGS = {
     "no-length": ({"num_train_steps": -1, "num_epochs": 0.0}, "set num_epochs or num_train_steps"),
     "unknown-augmentation": ({"dataset.augment": "nope"}, "dataset.augment='nope' is not one of cifar"),
     "negative-lr": ({"optim.lr": -1.0}, "optim.lr=-1.0 must be > 0"),
+    "paste-scale-not-dividing": ({"loss.paste_clean_scale": 5}, "loss.paste_clean_scale=5 must divide the image size"),
 }
 
 # One row per field: (field, bad value, the phrase of the message). Checked without dataset or devices.
@@ -70,6 +71,9 @@ BAD_FIELDS = [
     ("model.saol.mid_width", 0, "model.saol.mid_width=0 must be >= 1"),
     ("loss.ss1", -1.0, "loss.ss1=-1.0 must be >= 0"),
     ("loss.gap", -0.5, "loss.gap=-0.5 must be >= 0"),
+    ("loss.paste_clean_fraction", 1.5, "loss.paste_clean_fraction=1.5 must be in [0, 1]"),
+    ("loss.paste_clean_fraction", -0.25, "loss.paste_clean_fraction=-0.25 must be in [0, 1]"),
+    ("loss.paste_clean_scale", 0, "loss.paste_clean_scale=0 must be >= 1"),
     ("num_epochs", -1.0, "num_epochs=-1.0 must be >= 0"),
     ("profile_steps", -1, "profile_steps=-1 must be >= 0"),
     ("num_devices", -1, "num_devices=-1 must be >= 0"),

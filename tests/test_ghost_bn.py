@@ -125,7 +125,7 @@ def _train(ghost_bn_size: int, num_devices: int, steps: int = 2):
         loss_weights=losses.loss_weights(config.loss), ss2_form="renorm", mean=(0.5,), std=(0.25,),
         grid_hw=output_grid(graphdef, state, (12, 12, 3)),
         cutmix_beta=1.0, cutmix_prob=1.0, cutmix_group_size=2, eval_cutmix_maps=False, dtype=jnp.float32,
-        grad_accum_steps=1,
+        grad_accum_steps=1, paste_clean_fraction=1.0, paste_clean_scale=1,
     )
     state = jax.device_put(state, sharding.replicated(mesh))
     train_step = make_train_step(graphdef, tx, schedule, step_config, mesh)

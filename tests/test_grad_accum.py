@@ -37,6 +37,7 @@ def _two_steps(config, accum: int, batches: list[dict], unroll: bool | None = No
         loss_weights=losses.loss_weights(config.loss), ss2_form=config.loss.ss2_form, mean=(0.5,), std=(0.25,),
         grid_hw=(3, 3), cutmix_beta=1.0, cutmix_prob=config.cutmix.prob, cutmix_group_size=MICRO_PER_DEVICE,
         eval_cutmix_maps=False, dtype=jax.numpy.float32, grad_accum_steps=accum, grad_accum_unroll=unroll,
+        paste_clean_fraction=config.loss.paste_clean_fraction, paste_clean_scale=config.loss.paste_clean_scale,
     )
     train_step = make_train_step(graphdef, tx, schedule, step_config, mesh)
     for batch in batches:

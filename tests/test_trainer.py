@@ -164,7 +164,7 @@ def _one_step(num_devices: int, config: ml_collections.ConfigDict, batch: dict):
     step_config = StepConfig(
         loss_weights=losses.loss_weights(config.loss), ss2_form="renorm", mean=(0.5,), std=(0.25,), grid_hw=(3, 3),
         cutmix_beta=1.0, cutmix_prob=1.0, cutmix_group_size=2, eval_cutmix_maps=False, dtype=jax.numpy.float32,
-        grad_accum_steps=1,
+        grad_accum_steps=1, paste_clean_fraction=1.0, paste_clean_scale=1,
     )
     train_step = make_train_step(graphdef, tx, schedule, step_config, mesh)
     key = jax.random.key(3)
