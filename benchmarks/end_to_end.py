@@ -2,7 +2,7 @@
 
     python -m benchmarks.end_to_end [--tiny] [--dataset NAME] [--data_dir DIR] [--out PATH]
 
-Runs `saol_jax.trainer.train_and_evaluate` in a temporary workdir that is
+Runs `saol_jax.core.trainer.train_and_evaluate` in a temporary workdir that is
 deleted afterwards (`--tiny`: the recipe's `smoke` option). The training
 stack needs TensorFlow and a prepared dataset; where either is missing the
 JSON says why the run was skipped and the command still succeeds, so an
@@ -33,7 +33,7 @@ def run(*, tiny: bool, dataset: str | None, data_dir: str | None) -> dict:
         return {"skipped": f"{', '.join(missing)} not installed"}
     from configs import fashion_mnist
     from saol_jax import data
-    from saol_jax.trainer import train_and_evaluate
+    from saol_jax.core.trainer import train_and_evaluate
 
     config = fashion_mnist.get_config("smoke" if tiny else None)
     if dataset:

@@ -18,8 +18,8 @@ Options: dataset=cifar100|cifar10, shakedrop (bool), head=gap|gap_ms|saol|saol_s
 
 import ml_collections
 
-from saol_jax import recipe
-from saol_jax.options import Option
+from saol_jax.core import recipe
+from saol_jax.core.options import Option
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -16,7 +16,7 @@ Options: dataset=cifar100|cifar10, head=gap|gap_ms|saol|saol_ss|saol_ss_sd, hw=.
 
 import ml_collections
 
-from saol_jax import recipe
+from saol_jax.core import recipe
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -15,7 +15,7 @@ fragments of other items, light noise, the item's true box with each image;
 accuracy, the localisation of SAOL's attention, its spatial map of the
 true class, their product and the GAP-FC branch's CAM against the true
 boxes (`eval/loc_<map>_pointing|mass_ratio|maxboxacc_v2|maxboxacc_50|top1_loc|...`,
-saol_jax.localization).
+saol_jax.core.localisation).
 
 Sized for: a 2-core CPU VM split into 8 CPU devices (`num_cpu_devices`), a
 ResNet-10 with four stages of 16/32/64/128 channels (output grid 8x8),
@@ -31,7 +31,7 @@ Options (after a colon): `head=gap|gap_ms|saol|saol_ss|saol_ss_sd`, `smoke`, `hw
 
 import ml_collections
 
-from saol_jax import recipe
+from saol_jax.core import recipe
 from saol_jax.data import carved_splits
 
 

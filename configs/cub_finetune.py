@@ -1,9 +1,9 @@
 """CUB-200-2011 fine-tuning of an ImageNet-pretrained ResNet-50 with SAOL (weakly supervised localisation).
 
-Command (torchvision's ImageNet weights converted first, see saol_jax/convert_torchvision.py;
+Command (torchvision's ImageNet weights converted first, see saol_jax/commands/convert_torchvision.py;
 CUB prepared by tfds, which downloads it from data.caltech.edu):
   python -m saol_jax.data.prepare --dataset caltech_birds2011 --data_dir ~/tensorflow_datasets
-  python -m saol_jax.convert_torchvision --weights resnet50.pth --arch resnet50 \
+  python -m saol_jax.commands.convert_torchvision --weights resnet50.pth --arch resnet50 \
       --out workdirs/resnet50_imagenet
   python -m saol_jax.train --config configs/cub_finetune.py --workdir workdirs/cub_r50
   ... --config.init_from=OTHER_DIR (the converted weights, or another run, elsewhere)
@@ -17,7 +17,7 @@ boxes) held out as `validation_split` for every choice, thresholds included
 tfds); evaluate on the 5,794 `test` images, each
 resized to 224x224 without cropping so that its one `bbox` stays valid, and
 report besides top-1 the localisation of SAOL's attention, spatial and
-product maps and the GAP-FC CAM (`eval/loc_*`, saol_jax.localization). Train:
+product maps and the GAP-FC CAM (`eval/loc_*`, saol_jax.core.localisation). Train:
 random-resized-crop 224 + flip, CutMix beta=1 p=0.5. The backbone comes from
 `init_from` (with 1000 ImageNet classes there, only the backbone is loaded; the
 SAOL head and the 200-class GAP-FC layer start fresh, and the run's log says so).
@@ -39,10 +39,10 @@ ResNet-18).
 
 import ml_collections
 
-from saol_jax import recipe
+from saol_jax.core import recipe
+from saol_jax.core.options import Option
 from saol_jax.data import carved_splits
 from saol_jax.models.inputs import IMAGENET_MEAN, IMAGENET_STD
-from saol_jax.options import Option
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
@@ -62,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.dataset.std = IMAGENET_STD
     c.model.backbone = options.arch
     c.model.saol.update({"att_width": 256, "mid_width": 256})
-    c.init_from = f"workdirs/{options.arch}_imagenet"  # python -m saol_jax.convert_torchvision --out
+    c.init_from = f"workdirs/{options.arch}_imagenet"  # python -m saol_jax.commands.convert_torchvision --out
     c.cutmix.prob = 0.5
     c.batch_size = 64
     c.eval_batch_size = 256

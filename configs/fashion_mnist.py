@@ -21,7 +21,7 @@ Options (after a colon): `head=gap|gap_ms|saol|saol_ss|saol_ss_sd`, `smoke`, `hw
 
 import ml_collections
 
-from saol_jax import recipe
+from saol_jax.core import recipe
 from saol_jax.data import carved_splits
 
 

@@ -26,10 +26,10 @@ Options: arch=resnet50|resnet101|resnet152, head=..., hw=..., smoke.
 
 import ml_collections
 
-from saol_jax import recipe
+from saol_jax.core import recipe
+from saol_jax.core.options import Option
 from saol_jax.data import carved_splits
 from saol_jax.models.inputs import IMAGENET_MEAN, IMAGENET_STD
-from saol_jax.options import Option
 
 ARCHS = ("resnet50", "resnet101", "resnet152")
 

@@ -19,7 +19,7 @@ position are drawn alike for the target and the distractors, so the
 largest bright component of the raw image, the mean-intensity map on the
 8x8 output grid sent through the localisation pipeline, a centred box of
 the mean size and a random item all stay at or below 0.27 box accuracy at
-IoU 0.5 (`python -m saol_jax.baselines`, results/benchmark_baselines/,
+IoU 0.5 (`python -m saol_jax.studies.baselines`, results/benchmark_baselines/,
 docs/method.md).
 
 Sized for: a 2-core CPU VM split into 8 CPU devices (`num_cpu_devices`), a
@@ -39,7 +39,7 @@ Options (after a colon): `head=gap|gap_ms|saol|saol_ss|saol_ss_sd`, `smoke`, `hw
 
 import ml_collections
 
-from saol_jax import recipe
+from saol_jax.core import recipe
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

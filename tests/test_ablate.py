@@ -12,7 +12,7 @@ import scipy.stats
 from commands import run_command
 from configs import fashion_mnist
 import saol_jax
-from saol_jax import ablate, report, results
+from saol_jax.studies import ablate, report, results
 
 RUNGS = ("gap", "saol", "saol_ss_sd@paste")  # the paste form also checks its extra forward pass in the trainer
 RECIPE = {"config": "configs/fashion_mnist.py:smoke", "overrides": {"dataset.name": "tiny"}}
@@ -231,7 +231,7 @@ def test_summary_statistics():
 
 def test_cli_rejects_an_unknown_rung(tmp_path):
     proc = run_command(
-        "ablate", ["--config", "configs/fashion_mnist.py:smoke", "--workdir", str(tmp_path), "--rungs", "gap,nope"],
+        "studies.ablate", ["--config", "configs/fashion_mnist.py:smoke", "--workdir", str(tmp_path), "--rungs", "gap,nope"],
         timeout=120,
     )
     assert proc.returncode != 0

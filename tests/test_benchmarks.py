@@ -7,7 +7,7 @@ import json
 import pytest
 
 from benchmarks import grad_accum, head_cost, memory, scaling, step_time
-from saol_jax.ladder import BASE_LOSS
+from saol_jax.core.ladder import BASE_LOSS
 
 
 def read(path) -> dict:

@@ -1,4 +1,4 @@
-"""saol_jax.evaluate (a saved step on any split) and saol_jax.predict (image files), on one tiny boxed run."""
+"""saol_jax.commands.evaluate (a saved step on any split) and saol_jax.commands.predict (image files), on one tiny boxed run."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 
 from commands import run_command
-from saol_jax import evaluate, predict, visualize
+from saol_jax.commands import evaluate, predict, visualize
+from saol_jax.core.metrics import final_eval, read_events
+from saol_jax.core.restore import NoCheckpointError, load_trained
+from saol_jax.core.trainer import train_and_evaluate
 from saol_jax.data import DatasetInfo
-from saol_jax.metrics import final_eval, read_events
-from saol_jax.restore import NoCheckpointError, load_trained
-from saol_jax.trainer import train_and_evaluate
 from test_trainer import tiny_config
 
 NUM_IMAGES = 8
@@ -108,7 +108,7 @@ def test_a_workdir_without_checkpoints_is_an_error(workdir, tmp_path):
 
 
 def test_the_command_writes_json_and_explains_a_bad_split_or_step(workdir):
-    done = run_command("evaluate", ["--workdir", workdir], timeout=COMMAND_TIMEOUT)
+    done = run_command("commands.evaluate", ["--workdir", workdir], timeout=COMMAND_TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     with open(os.path.join(workdir, "evaluate_test_step4.json"), encoding="utf-8") as f:
         written = json.load(f)
@@ -118,7 +118,7 @@ def test_the_command_writes_json_and_explains_a_bad_split_or_step(workdir):
 
     for args, message in ((["--split", "valid"], "has no split 'valid'; its splits: test, train"),
                           (["--step", "3"], "has no checkpoint at step 3; saved steps: 2, 4")):
-        done = run_command("evaluate", ["--workdir", workdir, *args], timeout=COMMAND_TIMEOUT)
+        done = run_command("commands.evaluate", ["--workdir", workdir, *args], timeout=COMMAND_TIMEOUT)
         assert done.returncode != 0
         last = done.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and message in last, done.stderr[-3000:]
@@ -177,7 +177,7 @@ def test_the_predict_command_prints_json_lines_and_writes_maps(workdir, png_dir,
     folder, _ = png_dir
     maps = tmp_path / "maps"
     extra = os.path.join(folder, "img_00.png")
-    done = run_command("predict", ["--workdir", workdir, folder, extra, "--top_k", "2", "--maps", str(maps)],
+    done = run_command("commands.predict", ["--workdir", workdir, folder, extra, "--top_k", "2", "--maps", str(maps)],
                        timeout=COMMAND_TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in done.stdout.strip().splitlines()]

@@ -18,9 +18,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from commands import REPO, smoke_args, start_command
-from saol_jax import checkpoint, faults, restore, trainer, workdir_lock
-from saol_jax.trainer import Preempted, train_and_evaluate
-from saol_jax.workdir_lock import WorkdirBusyError
+from saol_jax.core import checkpoint, faults, restore, trainer, workdir_lock
+from saol_jax.core.trainer import Preempted, train_and_evaluate
+from saol_jax.core.workdir_lock import WorkdirBusyError
 from test_resume_safety import _truncate_largest_file
 from test_trainer import read_metrics, tiny_config
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from saol_jax import localization as loc
+from saol_jax.core import localisation as loc
 
 # A 4x4 grid on a 16x16 image (4 pixels a cell). The box covers the top-left 2x2 cells.
 BOX = jnp.array([[0.0, 0.0, 0.5, 0.5]])
@@ -206,7 +206,7 @@ def test_class_maps_take_the_true_class_and_top1_the_prediction():
 
 
 def test_sweep_sums_of_two_batches_add_up_to_those_of_one():
-    from saol_jax import evaluation
+    from saol_jax.core import evaluation
 
     rng = np.random.default_rng(0)
     num = 6
@@ -242,7 +242,7 @@ def test_sweep_sums_of_two_batches_add_up_to_those_of_one():
 
 
 def test_summary_at_thresholds_chosen_on_another_split():
-    from saol_jax import evaluation
+    from saol_jax.core import evaluation
 
     # Two thresholds: this split is best at 0.0 for every level, the other at 0.01.
     hits = np.array([[4.0, 2.0], [3.0, 1.0], [2.0, 0.0]])

@@ -1,6 +1,6 @@
 """Where a trained SAOL model's two outputs differ: errors, calibration and disagreements.
 
-    python -m saol_jax.compare_heads --workdir DIR [--out FILE.json]
+    python -m saol_jax.commands.compare_heads --workdir DIR [--out FILE.json]
 
 A SAOL model has two classifiers: the SAOL output (`log_probs`, the
 attention-weighted spatial class distributions) and the GAP-FC branch
@@ -22,11 +22,11 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from saol_jax import data, paths
-from saol_jax.config_check import parse_flags_or_exit
-from saol_jax.restore import Trained, class_names, load_trained, output_path, read_config, use_run_devices
+from saol_jax import data
+from saol_jax.commands import cli
+from saol_jax.core.restore import Trained, class_names, load_trained, output_path, read_config, use_run_devices
 
 HEADS = ("saol", "gap")
 ECE_BINS = 15
@@ -192,8 +192,7 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.no_arguments(argv)
     args = flags.FLAGS
     use_run_devices(args.workdir)
     try:
@@ -201,11 +200,10 @@ def main(argv: list[str]) -> None:
     except NoSaolHeadError as error:
         raise SystemExit(f"error: {error}") from None
     out = output_path(args.out, args.workdir, REPORT_FILE)
-    paths.write_json(out, report)
-    print(table(report))
-    print(f"wrote {out}")
+    cli.write_report(out, report, table(report))
 
+
+run = cli.program(main, define_flags)  # console script saol-compare-heads
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main, flags_parser=parse_flags_or_exit)
+    run()

@@ -1,6 +1,6 @@
 """torchvision ResNet-18/34/50/101/152 weights -> this project's ImageNet ResNet v1.5 checkpoint.
 
-    python -m saol_jax.convert_torchvision --weights resnet50.pth --arch resnet50 --out workdirs/resnet50_imagenet
+    python -m saol_jax.commands.convert_torchvision --weights resnet50.pth --arch resnet50 --out workdirs/resnet50_imagenet
     python -m saol_jax.train --config configs/cub_finetune.py --workdir workdirs/cub \
         --config.init_from=workdirs/resnet50_imagenet
 
@@ -294,7 +294,7 @@ def write_checkpoint(out: str, params: dict, batch_stats: dict, arch: str, num_c
     """
     from flax import nnx
 
-    from saol_jax import checkpoint, paths
+    from saol_jax.core import checkpoint, paths
 
     with_fc = "gap_fc" in params
     model = build(arch, num_classes if with_fc else 1)
@@ -325,7 +325,7 @@ def write_checkpoint(out: str, params: dict, batch_stats: dict, arch: str, num_c
 # ---------------------------------------------------------------- command
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m saol_jax.convert_torchvision",
+        prog="python -m saol_jax.commands.convert_torchvision",
         description="Converts torchvision ResNet weights into a checkpoint directory for --config.init_from.",
     )
     parser.add_argument("--weights", required=True, help="torch.save'd state_dict (.pth/.pt) or .safetensors")

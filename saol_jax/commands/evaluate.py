@@ -1,19 +1,19 @@
 """Evaluates a saved checkpoint of a run on any split of its dataset, without training.
 
-    python -m saol_jax.evaluate --workdir DIR [--split SPLIT] [--step N] [--out FILE.json]
+    python -m saol_jax.commands.evaluate --workdir DIR [--split SPLIT] [--step N] [--out FILE.json]
 
-Reports what the trainer logs at an evaluation (`saol_jax.metrics`): top-1,
+Reports what the trainer logs at an evaluation (`saol_jax.core.metrics`): top-1,
 top-5 and loss of the SAOL output and of the GAP-FC branch, `eval/count`,
 on a dataset with true boxes the localisation scores of every map
 (`eval/loc_<map>_pointing|mass_ratio|maxboxacc_v2|maxboxacc_50|top1_loc|...`, see
-`saol_jax.localization`) and, when the run measures them, the CutMix-map
+`saol_jax.core.localisation`) and, when the run measures them, the CutMix-map
 figures. `--split` is `validation` (the run's `dataset.validation_split`,
 where choices are made), `test` (the run's eval split, the default) or any
 other split (or tfds split expression such as `train[:10%]`) of the run's
 dataset; a dataset's own split named `validation` or `test` that is not the
 run's is read with a slice such as `validation[:]`. `--step` is any saved
 checkpoint, default the newest. The same code as the trainer's evaluation
-computes the numbers (`saol_jax.evaluation`), so `test` at the last step
+computes the numbers (`saol_jax.core.evaluation`), so `test` at the last step
 gives the last eval event of the run's metrics.jsonl, and `validation` its
 last val event (under `eval/` names here). It prints the metrics and writes
 them as JSON with the split read and its role (default
@@ -25,13 +25,14 @@ from __future__ import annotations
 import re
 
 import jax
-from absl import app, flags
+from absl import flags
 
-from saol_jax import data, evaluation, paths, sharding
-from saol_jax.config_check import parse_flags_or_exit
+from saol_jax import data
+from saol_jax.commands import cli
+from saol_jax.core import evaluation, paths, sharding
+from saol_jax.core.restore import NoCheckpointError, UnknownStepError, load_trained, output_path, read_config, use_run_devices
 from saol_jax.data.info import num_examples
 from saol_jax.data.padded_eval import scores_boxes
-from saol_jax.restore import NoCheckpointError, UnknownStepError, load_trained, output_path, read_config, use_run_devices
 
 
 class UnknownSplitError(ValueError):
@@ -120,8 +121,7 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.no_arguments(argv)
     args = flags.FLAGS
     try:
         use_run_devices(args.workdir)
@@ -130,11 +130,10 @@ def main(argv: list[str]) -> None:
             data.DatasetNotFoundError, data.DatasetFormatError) as error:
         raise SystemExit(f"error: {error}") from None
     out = output_path(args.out, args.workdir, default_name(results["role"] or results["split"], results["step"]))
-    paths.write_json(out, results)
-    print(table(results))
-    print(f"wrote {out}")
+    cli.write_report(out, results, table(results))
 
+
+run = cli.program(main, define_flags)  # console script saol-evaluate
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main, flags_parser=parse_flags_or_exit)
+    run()

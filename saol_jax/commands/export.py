@@ -1,6 +1,6 @@
 """A trained model as one self-contained `jax.export` artefact that runs without this repository.
 
-    python -m saol_jax.export --workdir W [--out DIR] [--platforms cpu,cuda,tpu]
+    python -m saol_jax.commands.export --workdir W [--out DIR] [--platforms cpu,cuda,tpu]
 
 Writes DIR (default W/export):
   model.jax   the serialised inference function: uint8 images [B, H, W, C]
@@ -24,11 +24,11 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 
-from saol_jax import paths
-from saol_jax.config_check import parse_flags_or_exit
-from saol_jax.restore import Trained, class_names, load_trained, output_path
+from saol_jax.commands import cli
+from saol_jax.core import paths
+from saol_jax.core.restore import Trained, class_names, load_trained, output_path
 
 MODEL_FILE = "model.jax"
 INFO_FILE = "model.json"
@@ -109,13 +109,13 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.no_arguments(argv)
     args = flags.FLAGS
     out = write(args.workdir, args.out, args.platforms)
     print(f"wrote {paths.join(out, MODEL_FILE)} and {paths.join(out, INFO_FILE)}")
 
 
+run = cli.program(main, define_flags)  # console script saol-export
+
 if __name__ == "__main__":
-    define_flags()
-    app.run(main, flags_parser=parse_flags_or_exit)
+    run()

@@ -1,6 +1,6 @@
 """Classifies image files with a trained model: top-k classes, and optionally its maps as PNGs.
 
-    python -m saol_jax.predict --workdir DIR IMAGE_OR_DIR... [--top_k 5] [--maps MAPS_DIR]
+    python -m saol_jax.commands.predict --workdir DIR IMAGE_OR_DIR... [--top_k 5] [--maps MAPS_DIR]
         [--out FILE.json] [--step N] [--batch_size 32]
 
 Each JPEG or PNG file (a directory stands for its *.jpg, *.jpeg and *.png
@@ -15,7 +15,7 @@ them; a GAP-FC-only model (model.head == 'gap') gives GAP-FC probabilities.
 Without --out it prints one JSON object per image (JSON lines); with --out
 it writes them to one JSON file and prints a line per image. `--maps DIR`
 writes a PNG per image: the model's input, SAOL's attention over it and the
-spatial probability map of the top class (`saol_jax.visualize`); a
+spatial probability map of the top class (`saol_jax.commands.visualize`); a
 GAP-FC-only model has no attention, so it writes none and says so.
 """
 
@@ -31,10 +31,12 @@ import numpy as np
 from etils import epy
 from absl import app, flags
 
-from saol_jax import data, paths, visualize
-from saol_jax.config_check import parse_flags_or_exit
+from saol_jax import data
+from saol_jax.commands import cli
+from saol_jax.commands import visualize
+from saol_jax.core import paths
 from saol_jax.data.transforms import eval_transform
-from saol_jax.restore import (
+from saol_jax.core.restore import (
     NoCheckpointError, Trained, UnknownStepError, class_names, load_trained, use_run_devices,
 )
 
@@ -184,6 +186,7 @@ def main(argv: list[str]) -> None:
     print(f"wrote {out}")
 
 
+run = cli.program(main, define_flags)  # console script saol-predict
+
 if __name__ == "__main__":
-    define_flags()
-    app.run(main, flags_parser=parse_flags_or_exit)
+    run()

@@ -4,7 +4,7 @@ Fields are overridden with `--config.<field>=<value>`; a misspelt field is
 an error. Re-running the same command resumes from the workdir.
 
 Several processes (hosts of a TPU slice, SLURM tasks, or processes started
-by hand) run this same command; `saol_jax.distributed` joins them into one
+by hand) run this same command; `saol_jax.core.distributed` joins them into one
 run before any device is touched: detected on SLURM, GKE/Kubernetes and
 Open MPI, forced with `--distributed=on` (Cloud TPU VM slices), or given
 explicitly with `--coordinator_address=HOST:PORT --num_processes=N
@@ -22,42 +22,46 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from saol_jax import compilation_cache, distributed, faults, paths, sharding  # noqa: E402
-from saol_jax.config_check import parse_flags_or_exit  # noqa: E402
-from saol_jax.trainer import USER_ERRORS, train_and_evaluate  # noqa: E402
+from saol_jax.commands import cli  # noqa: E402
+from saol_jax.core import compilation_cache, distributed, faults, paths, sharding  # noqa: E402
+from saol_jax.core.trainer import USER_ERRORS, train_and_evaluate  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/fashion_mnist.py[:options].", lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the config; resumed if it exists.")
-flags.DEFINE_enum(
-    "distributed", "auto", list(distributed.MODES),
-    "Multi-process initialisation: auto (explicit settings or a detected cluster), on (always; jax "
-    "detects the cluster, e.g. Cloud TPU VM slices), off (single process).",
-)
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for bare multi-process clusters.")
-flags.DEFINE_integer("num_processes", None, "Number of processes, for bare multi-process clusters.")
-flags.DEFINE_integer("process_id", None, "This process's index, for bare multi-process clusters.")
-flags.DEFINE_integer(
-    "heartbeat_timeout", distributed.HEARTBEAT_TIMEOUT_S,
-    "Seconds without a heartbeat after which a process counts as lost and the others exit non-zero.",
-)
-flags.DEFINE_string(
-    "compilation_cache", compilation_cache.default_location(),
-    f"Folder of jax's persistent compilation cache, so a restart does not recompile; '{compilation_cache.OFF}' "
-    f"turns it off. Default: ${compilation_cache.ENV_VAR}, else {compilation_cache.DEFAULT_DIR}.",
-)
-flags.mark_flags_as_required(["config", "workdir"])
+
+def define_flags() -> None:
+    """Command-line flags; defined only when this module is the program."""
+    config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/fashion_mnist.py[:options].",
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the config; resumed if it exists.")
+    flags.DEFINE_enum(
+        "distributed", "auto", list(distributed.MODES),
+        "Multi-process initialisation: auto (explicit settings or a detected cluster), on (always; jax "
+        "detects the cluster, e.g. Cloud TPU VM slices), off (single process).",
+    )
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for bare multi-process clusters.")
+    flags.DEFINE_integer("num_processes", None, "Number of processes, for bare multi-process clusters.")
+    flags.DEFINE_integer("process_id", None, "This process's index, for bare multi-process clusters.")
+    flags.DEFINE_integer(
+        "heartbeat_timeout", distributed.HEARTBEAT_TIMEOUT_S,
+        "Seconds without a heartbeat after which a process counts as lost and the others exit non-zero.",
+    )
+    flags.DEFINE_string(
+        "compilation_cache", compilation_cache.default_location(),
+        f"Folder of jax's persistent compilation cache, so a restart does not recompile; '{compilation_cache.OFF}' "
+        f"turns it off. Default: ${compilation_cache.ENV_VAR}, else {compilation_cache.DEFAULT_DIR}.",
+    )
+    flags.mark_flags_as_required(["config", "workdir"])
+
 
 FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
     """Trains; whatever happens, the process then ends within faults.SHUTDOWN_GRACE_S with the right status."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    faults.configure_console(FLAGS.verbosity)
+    cli.no_arguments(argv)
+    cli.configure_console()
     faults.install_thread_hook()
     failure = None
     try:
@@ -108,5 +112,7 @@ def _train() -> None:
         print("final evaluation:", json.dumps({k: round(v, 4) for k, v in results.items()}))
 
 
+run = cli.program(main, define_flags)  # console script saol-train
+
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags_or_exit)
+    run()

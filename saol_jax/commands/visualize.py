@@ -1,6 +1,6 @@
 """PNG grids of what a trained SAOL model looks at.
 
-    python -m saol_jax.visualize --workdir DIR [--out DIR] [--num_images 8]
+    python -m saol_jax.commands.visualize --workdir DIR [--out DIR] [--num_images 8]
 
 Grids from the first eval images:
 - `attention_grid.png`: per image, the input, the attention map A overlaid,
@@ -10,11 +10,11 @@ Grids from the first eval images:
   class, and the cells where the pasted class wins;
 - `localisation_grid.png`, only when the eval split has true boxes (a
   top-level `bbox` feature): per image, the input, then the maps that
-  `saol_jax.localization` scores: SAOL's attention, SAOL's spatial map of the
+  `saol_jax.core.localisation` scores: SAOL's attention, SAOL's spatial map of the
   true class and the GAP-FC branch's CAM of the true class (the maps
   GT-known localisation scores), each min-max scaled, with the true box
   (solid) and the box the WSOL threshold rule derives from the map at
-  threshold `localization.DEFAULT_THRESHOLD` (dashed) and their IoU.
+  threshold `localisation.DEFAULT_THRESHOLD` (dashed) and their IoU.
 The first two need a SAOL head; a GAP-FC model (model.head == 'gap') gets
 only the localisation grid, with the input and the CAM.
 Overlays show the Ho x Wo output cells as blocks over the image.
@@ -28,15 +28,16 @@ import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from saol_jax import cutmix, cutmix_eval, data, localization, paths  # noqa: E402
-from saol_jax.config_check import parse_flags_or_exit  # noqa: E402
-from saol_jax.restore import Trained, class_names, load_trained, output_path, use_run_devices  # noqa: E402
+from saol_jax import data  # noqa: E402
+from saol_jax.commands import cli  # noqa: E402
+from saol_jax.core import cutmix, cutmix_eval, localisation, paths  # noqa: E402
+from saol_jax.core.restore import Trained, class_names, load_trained, output_path, use_run_devices  # noqa: E402
 
 BOX_SEED = 0
 BOX_BETA = 2.0  # boxes of about half the image most of the time
@@ -52,7 +53,7 @@ class Maps:
     images: np.ndarray  # [B, H, W, C] uint8
     labels: np.ndarray  # [B]
     boxes: np.ndarray | None  # [B, 4] normalised true boxes (ymin, xmin, ymax, xmax), None without
-    outputs: dict[str, np.ndarray]  # saol_jax.restore.Trained's outputs: SAOL's (if any), `gap_logits`, `cam`
+    outputs: dict[str, np.ndarray]  # saol_jax.core.restore.Trained's outputs: SAOL's (if any), `gap_logits`, `cam`
 
     @property
     def has_saol(self) -> bool:
@@ -76,8 +77,8 @@ class Maps:
         return np.asarray(jax.nn.softmax(self.outputs["gap_logits"], axis=-1))
 
     def cell_map(self, kind: str) -> np.ndarray:
-        """[B, Ho, Wo] the map `kind` of the true class, as saol_jax.localization scores it."""
-        return np.asarray(localization.cell_maps(self.outputs, kind, jnp.asarray(self.labels)))
+        """[B, Ho, Wo] the map `kind` of the true class, as saol_jax.core.localisation scores it."""
+        return np.asarray(localisation.cell_maps(self.outputs, kind, jnp.asarray(self.labels)))
 
 
 def eval_images(trained: Trained, num_images: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -96,14 +97,14 @@ def run_model(trained: Trained, images: np.ndarray, labels: np.ndarray, boxes: n
 
 
 def threshold_boxes(cell_maps: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
-    """[B, 4] normalised boxes the WSOL threshold rule of saol_jax.localization derives from maps [B, Ho, Wo]."""
-    heatmaps = np.asarray(localization.upsample_normalised(jnp.asarray(cell_maps), image_hw))
-    return np.stack([localization.threshold_box(h, localization.DEFAULT_THRESHOLD) for h in heatmaps])
+    """[B, 4] normalised boxes the WSOL threshold rule of saol_jax.core.localisation derives from maps [B, Ho, Wo]."""
+    heatmaps = np.asarray(localisation.upsample_normalised(jnp.asarray(cell_maps), image_hw))
+    return np.stack([localisation.threshold_box(h, localisation.DEFAULT_THRESHOLD) for h in heatmaps])
 
 
 def pixel_boxes(boxes: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
     """Normalised boxes [B, 4] -> int half-open pixel boxes (y0, x0, y1, x1), as `_draw_box` takes them."""
-    return np.asarray(localization.pixel_boxes(jnp.asarray(boxes), image_hw))
+    return np.asarray(localisation.pixel_boxes(jnp.asarray(boxes), image_hw))
 
 
 def paste_boxes(images: np.ndarray, key: jax.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -206,7 +207,7 @@ def cutmix_grid(maps: Maps, boxes: np.ndarray, partner: np.ndarray, names: list[
 
 
 def localisation_grid(maps: Maps, names: list[str], path: str) -> str:
-    """Input, then each map saol_jax.localization scores, with the true and the thresholded box, per image.
+    """Input, then each map saol_jax.core.localisation scores, with the true and the thresholded box, per image.
 
     Columns after the input: attention, spatial, CAM (only the CAM without a
     SAOL head); each map is min-max scaled over its cells.
@@ -226,7 +227,7 @@ def localisation_grid(maps: Maps, names: list[str], path: str) -> str:
             ax = axes[b, col]
             _overlay(ax, maps.images[b], cell_maps[b], float(cell_maps[b].max()), vmin=float(cell_maps[b].min()))
             _draw_box(ax, found_pixels[b], linestyle="--")
-            iou = localization.box_iou(found[b], maps.boxes[b])
+            iou = localisation.box_iou(found[b], maps.boxes[b])
             ax.set_title(f"{MAP_TITLES[kind]} of {names[maps.labels[b]]}\nIoU {iou:.2f}", fontsize=8)
     for row, true_box in zip(axes, pixel_boxes(maps.boxes, image_hw)):
         for ax in row:
@@ -278,13 +279,13 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.no_arguments(argv)
     args = flags.FLAGS
     use_run_devices(args.workdir)
     print("\n".join(write_grids(args.workdir, args.out, num_images=args.num_images)))
 
 
+run = cli.program(main, define_flags)  # console script saol-visualize
+
 if __name__ == "__main__":
-    define_flags()
-    app.run(main, flags_parser=parse_flags_or_exit)
+    run()

@@ -1,6 +1,6 @@
 """Weakly supervised object localisation (WSOL) of a trained model on a tfds dataset with boxes.
 
-    python -m saol_jax.wsol --workdir DIR --dataset caltech_birds2011 [--data_dir D] [--split test]
+    python -m saol_jax.commands.wsol --workdir DIR --dataset caltech_birds2011 [--data_dir D] [--split test]
         [--threshold_split 'train[-5000:]'] [--map attention|spatial|product|cam]
         [--component largest|all] [--out FILE]
 
@@ -9,7 +9,7 @@ Methods Right", CVPR 2020, with the box rule of CAM and CutMix): each image
 is resized to the model input (no crop, so normalised boxes keep their
 meaning); the map of the TRUE class on the Ho x Wo output grid is upsampled
 bilinearly to the input size and min-max normalised; for every threshold of
-`localization.SWEEP_THRESHOLDS`, pixels >= it are kept and the predicted box
+`localisation.SWEEP_THRESHOLDS`, pixels >= it are kept and the predicted box
 bounds the largest 4-connected component of them (or all of them). Box
 accuracy at IoU level d is the share of images whose box has IoU >= d with a
 ground-truth box.
@@ -30,7 +30,7 @@ Maps: `attention` (SAOL's A, one map whatever the class), `spatial`
 branch's class activation map; works for GAP-FC-only models too). Besides
 the boxes it reports pointing accuracy and the map's mass in the box over
 the box's area share, of the true class's map (definitions in
-`saol_jax.localization`). The dataset needs (image, label) supervised keys
+`saol_jax.core.localisation`). The dataset needs (image, label) supervised keys
 and a top-level box feature (`--bbox_key`, default `bbox`: a tfds
 BBoxFeature, normalised [ymin, xmin, ymax, xmax], or a sequence of them;
 with several boxes the best IoU counts).
@@ -47,12 +47,12 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epy
 import tensorflow_datasets as tfds
-from absl import app, flags
+from absl import flags
 
-from saol_jax import data, paths
-from saol_jax.config_check import parse_flags_or_exit
+from saol_jax import data
+from saol_jax.commands import cli
 from saol_jax.data import preprocess
-from saol_jax.localization import (
+from saol_jax.core.localisation import (
     MAPS,
     SWEEP_THRESHOLDS,
     cell_maps,
@@ -64,7 +64,7 @@ from saol_jax.localization import (
     sweep_sums,
     upsample_normalised,
 )
-from saol_jax.restore import Trained, load_trained, output_path, read_config, use_run_devices
+from saol_jax.core.restore import Trained, load_trained, output_path, read_config, use_run_devices
 
 with epy.lazy_imports():  # TensorFlow only where tf.data runs
     import tensorflow as tf
@@ -122,7 +122,7 @@ def split_sums(
     trained: Trained, scores: Callable[..., tuple], split: str, bbox_key: str, component: str, batch_size: int, max_examples: int,
 ) -> Sums:
     """Summed scores of one split: `count`, `correct`, `pointing`, `mass_ratio` and the map's
-    `localization.sweep_sums` (`scores` is the jitted forward of `evaluate`)."""
+    `localisation.sweep_sums` (`scores` is the jitted forward of `evaluate`)."""
     no_images = sweep_sums(np.zeros((0, len(SWEEP_THRESHOLDS))), np.zeros(0, bool))
     totals: Sums = {"count": 0.0, "correct": 0.0, "pointing": 0.0, "mass_ratio": 0.0, **no_images}
     stream = examples(trained, split, bbox_key)
@@ -148,7 +148,7 @@ def report(tuning: Sums, scored: Sums) -> dict:
     """The scores of a split (`scored`) at the operating thresholds chosen on another (`tuning`).
 
     Returns `count`, `top1_cls`, `pointing`, `mass_ratio`, the
-    `localization.sweep_figures` at the chosen thresholds (`maxboxacc_v2`,
+    `localisation.sweep_figures` at the chosen thresholds (`maxboxacc_v2`,
     `maxboxacc_<level>`, `threshold_<level>`, `top1_loc`, and the mean IoU as
     `mean_iou`), `gt_known_loc` (= `maxboxacc_50`), `threshold_count` (the
     tuning split's images), and `oracle`: the figures at the scored split's
@@ -192,7 +192,7 @@ def evaluate(
     """MaxBoxAccV2, GT-known and top-1 localisation, top-1 classification, mean IoU, pointing and mass
     ratio of one map on `split`, at the thresholds chosen on `threshold_split` (see `report`).
 
-    Scores as in `saol_jax.localization`; with several boxes per image the
+    Scores as in `saol_jax.core.localisation`; with several boxes per image the
     IoU takes the best box, pointing and mass ratio the first. Raises
     ThresholdSplitError without a threshold split (none given and no
     `dataset.validation_split` in the run's config, or `dataset` another
@@ -264,8 +264,7 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.no_arguments(argv)
     args = flags.FLAGS
     use_run_devices(args.workdir)
     try:
@@ -277,11 +276,10 @@ def main(argv: list[str]) -> None:
     except ThresholdSplitError as error:
         raise SystemExit(f"error: {error}") from None
     out = output_path(args.out, args.workdir, f"wsol_{args.map}.json")
-    paths.write_json(out, results)
-    print(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    cli.write_report(out, results, json.dumps(results, indent=2))
 
+
+run = cli.program(main, define_flags)  # console script saol-wsol
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main, flags_parser=parse_flags_or_exit)
+    run()

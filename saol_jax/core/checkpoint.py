@@ -24,7 +24,7 @@ from etils import epath
 from flax import nnx, traverse_util
 from jax.experimental import multihost_utils
 
-from saol_jax import paths
+from saol_jax.core import paths
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ def load_weights(
     if not paths.exists(directory):  # Checkpointer would create it
         raise FileNotFoundError(
             f"init_from: {directory} does not exist: give the --workdir of a training run, or the --out "
-            "of `python -m saol_jax.convert_torchvision` (converted torchvision weights)"
+            "of `python -m saol_jax.commands.convert_torchvision` (converted torchvision weights)"
         )
     checkpointer = Checkpointer(directory, async_save=False)
     try:

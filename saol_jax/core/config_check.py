@@ -11,14 +11,13 @@ import os
 from collections.abc import Sequence
 
 import ml_collections
-from absl import flags
 
-from saol_jax import paths
+from saol_jax.core import paths
+from saol_jax.core.losses import SS2_FORMS, WEIGHT_TO_TERM
+from saol_jax.core.optim import SCHEDULES
 from saol_jax.data import BACKENDS, DatasetInfo
 from saol_jax.data.transforms import AUGMENTATIONS
-from saol_jax.losses import SS2_FORMS, WEIGHT_TO_TERM
 from saol_jax.models import BACKBONES, DTYPES, HEADS
-from saol_jax.optim import SCHEDULES
 
 
 class ConfigError(ValueError):
@@ -174,22 +173,6 @@ def _field_problems(config: ml_collections.ConfigDict):
             if not (above and below):  # NaN fails both
                 yield (f"{name}={item!r} must be {_interval(low, high, low_closed, high_closed)} "
                        f"(--config.{name}=X)")
-
-
-def parse_flags_or_exit(argv: Sequence[str]) -> list[str]:
-    """absl flag parsing for the command lines: a bad flag, recipe option or `--config.*` override
-    ends the program with one `error:` line instead of a traceback."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as error:
-        message = str(error)
-        if "Traceback (most recent call last)" in message:  # config_flags quotes the recipe's traceback
-            lines = [line for line in message.splitlines() if line.strip()]
-            message = f"{lines[0].rstrip(': ')}: {lines[-1]}"
-        raise SystemExit(f"error: {message}\nPass --helpfull to see the flags.") from None
-    except (AttributeError, KeyError, TypeError, ValueError) as error:
-        message = str(error).strip("'\"").replace("\\n", " ").replace("\\'", "'")
-        raise SystemExit(f"error: bad --config override: {message}") from None
 
 
 def check_workdir(workdir: str) -> None:

@@ -4,10 +4,10 @@ This is not object localisation: the box is the pasted patch, not an
 object, and with area-mixed CutMix targets the classification loss is
 optimal exactly when the attention mass in the box equals the box's area
 share, so these figures measure how the model splits the mixed label.
-Localisation against true object boxes is `saol_jax.localization`.
+Localisation against true object boxes is `saol_jax.core.localisation`.
 
 On an image whose box region came from a partner image (see
-`saol_jax.cutmix`), the box cells are those at least half covered by it
+`saol_jax.core.cutmix`), the box cells are those at least half covered by it
 (coverage m >= 0.5). Two measures:
 
 - partner IoU: IoU between the cells where the partner class's spatial

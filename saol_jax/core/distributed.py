@@ -26,7 +26,7 @@ Failures: every process sends the coordination service a heartbeat; when one
 falls silent for `heartbeat_timeout_s` (a crashed host, kill -9) the service
 declares it dead and the others exit non-zero with jax's message, rather than
 waiting in a collective. A SIGTERM to any process is a pre-emption notice
-that jax's preemption service shares with all of them (saol_jax.trainer).
+that jax's preemption service shares with all of them (saol_jax.core.trainer).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Eval metrics of a model over padded eval batches: one implementation for the trainer and the tools.
 
-`eval_metrics` runs an eval step (`saol_jax.train_step.make_eval_step`)
+`eval_metrics` runs an eval step (`saol_jax.core.train_step.make_eval_step`)
 over batches, adds up its masked sums (with the host side of the box scores,
-`saol_jax.localization.iou_sums`, whose threshold sweeps are arrays) and
+`saol_jax.core.localisation.iou_sums`, whose threshold sweeps are arrays) and
 turns them into the `eval/*` figures that metrics.jsonl records (see
-`saol_jax.metrics`). `eval_step_for` builds
-that step for a restored model (`saol_jax.restore.Trained`).
+`saol_jax.core.metrics`). `eval_step_for` builds
+that step for a restored model (`saol_jax.core.restore.Trained`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from saol_jax import cutmix_eval, localization, sharding
-from saol_jax.restore import Trained
-from saol_jax.train_step import make_eval_step, step_config
+from saol_jax.core import cutmix_eval, localisation, sharding
+from saol_jax.core.restore import Trained
+from saol_jax.core.train_step import make_eval_step, step_config
 
 EvalStep = Callable[[nnx.State, nnx.State, Mapping[str, jax.Array]], dict[str, jax.Array]]
 
@@ -41,7 +41,7 @@ def add_sums(totals: Mapping[str, Any], sums: Mapping[str, Any]) -> Totals:
 
 def summarise(totals: Mapping[str, Any], thresholds: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
     """Summed eval sums -> `eval/<name>` means over the counted examples, `eval/count`, the box
-    scores of `localization.sweep_summary` and the `eval/cutmix_*` figures of
+    scores of `localisation.sweep_summary` and the `eval/cutmix_*` figures of
     `cutmix_eval.cutmix_metrics` when the sums hold them.
 
     `thresholds` maps a localisation map to the [L] operating thresholds chosen
@@ -51,9 +51,9 @@ def summarise(totals: Mapping[str, Any], thresholds: Mapping[str, np.ndarray] | 
     totals = dict(totals)
     count = totals.pop("count", 0.0)
     located = {name: totals.pop(name) for name in cutmix_eval.SUM_KEYS if name in totals}
-    swept = {name: totals.pop(name) for name in list(totals) if localization.is_sweep_sum(name)}
+    swept = {name: totals.pop(name) for name in list(totals) if localisation.is_sweep_sum(name)}
     results = {f"eval/{name}": value / max(count, 1.0) for name, value in totals.items()}
-    results.update({f"eval/{k}": v for k, v in localization.sweep_summary(swept, count, thresholds).items()})
+    results.update({f"eval/{k}": v for k, v in localisation.sweep_summary(swept, count, thresholds).items()})
     results["eval/count"] = count
     if located:
         results.update({f"eval/cutmix_{k}": v for k, v in cutmix_eval.cutmix_metrics(located).items()})
@@ -64,9 +64,9 @@ def chosen_thresholds(results: Mapping[str, float], prefix: str = "eval") -> dic
     """Each map's [L] operating thresholds in an eval summary (`<prefix>/loc_<map>_threshold_<level>`;
     `val` for the trainer's validation lines), to score another split at:
     `summarise(test_totals, chosen_thresholds(validation_results))`."""
-    levels = [localization.level_name(level) for level in localization.IOU_LEVELS]
+    levels = [localisation.level_name(level) for level in localisation.IOU_LEVELS]
     return {kind: np.array([results[f"{prefix}/loc_{kind}_threshold_{level}"] for level in levels])
-            for kind in localization.MAPS if f"{prefix}/loc_{kind}_maxboxacc_v2" in results}
+            for kind in localisation.MAPS if f"{prefix}/loc_{kind}_maxboxacc_v2" in results}
 
 
 def eval_metrics(
@@ -86,7 +86,7 @@ def eval_metrics(
     """
     totals: Totals = {}
     for batch in batches:
-        totals = add_sums(totals, localization.iou_sums(fetch(eval_step(params, batch_stats, batch))))
+        totals = add_sums(totals, localisation.iou_sums(fetch(eval_step(params, batch_stats, batch))))
     return summarise(totals, thresholds)
 
 

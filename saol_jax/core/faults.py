@@ -26,7 +26,7 @@ import traceback
 
 import jax
 
-from saol_jax import paths
+from saol_jax.core import paths
 
 SHUTDOWN_GRACE_S = 30.0
 LOG_FILE = "train.log"

@@ -1,7 +1,7 @@
 """The ablation ladder: GAP-FC, SAOL, SAOL + SS, SAOL + SS + SD (docs/method.md §8), and its controls.
 
 Each rung is a model head and the weights of the loss terms (docs/method.md §7);
-recipes select one with `:head=RUNG`, `saol_jax.ablate` trains them all.
+recipes select one with `:head=RUNG`, `saol_jax.studies.ablate` trains them all.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ HEAD_LADDER: dict[str, dict[str, float]] = {
 MODEL_HEADS: dict[str, str] = {"gap": "gap", "gap_ms": "gap_ms", "saol": "saol", "saol_ss": "saol",
                                "saol_ss_sd": "saol"}
 
-# The recipes' base `config.loss` (saol_jax.recipe.base_config): the full ladder's weights and the
-# SS-2 form (saol_jax.losses.SS2_FORMS). It lives here, where ml_collections is not needed, so that
+# The recipes' base `config.loss` (saol_jax.core.recipe.base_config): the full ladder's weights and the
+# SS-2 form (saol_jax.core.losses.SS2_FORMS). It lives here, where ml_collections is not needed, so that
 # tools which build a train step without a recipe (benchmarks) run the same values; nothing below
 # the config has a default of its own. `paste` was chosen by an earlier study that the README
 # withdraws; the target-benchmark study (README) is to re-make the choice on validation data.

@@ -44,12 +44,12 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.ndimage
 
-from saol_jax.cutmix import cell_coverage
+from saol_jax.core.cutmix import cell_coverage
 
 MAPS = ("attention", "spatial", "product", "cam")
 SAOL_MAPS = ("attention", "spatial", "product")
 IOU_THRESHOLD = 0.5  # the IoU level of GT-known and top-1 localisation
-DEFAULT_THRESHOLD = 0.2  # the box a picture draws (saol_jax.visualize); scores sweep every threshold
+DEFAULT_THRESHOLD = 0.2  # the box a picture draws (saol_jax.commands.visualize); scores sweep every threshold
 # MaxBoxAccV2 (Choe et al., "Evaluating Weakly Supervised Object Localization Methods Right",
 # CVPR 2020): box accuracy at every map threshold of a sweep, at each of these IoU levels.
 IOU_LEVELS = (0.3, 0.5, 0.7)
@@ -115,7 +115,7 @@ def mass_ratio(maps: jax.Array, boxes: jax.Array, image_hw: tuple[int, int]) -> 
     Args:
       maps: [B, Ho, Wo]; boxes: [B, 4] normalised; image_hw: the input size,
         at whose pixels the box edges are rounded before each cell's covered
-        fraction is computed exactly (`saol_jax.cutmix.cell_coverage`).
+        fraction is computed exactly (`saol_jax.core.cutmix.cell_coverage`).
     Returns:
       The ratio, 0 for an empty box.
     """

@@ -28,7 +28,7 @@ covered by the pasted box, y_A / y_B the own / pasted labels:
   responsibility for each image's label, R_ij = A_ij Y_ij[y] / ŷ[y], cut by
   the box, T ∝ (1-m) R^A + m R^B[partner], and the loss is the
   cross-entropy -Σ T log A. It needs one extra forward pass of the un-mixed
-  batch per train step (done in `saol_jax.train_step`).
+  batch per train step (done in `saol_jax.core.train_step`).
 - ``paste_mixed`` (:func:`mixed_only`): ``paste`` on the mixed examples
   only. On an un-mixed image T is the model's own responsibility map, and
   ``paste``'s gradient on the attention scores equals the classification
@@ -290,7 +290,7 @@ def distillation_loss(teacher_log_probs: jax.Array, student_logits: jax.Array) -
 
 def loss_weights(loss_config: Mapping[str, object]) -> dict[str, float]:
     """The term weights of a config's `loss` field (which also holds `ss2_form`): every one of
-    WEIGHT_TO_TERM, read from the config, which is their only default (saol_jax.ladder.BASE_LOSS)."""
+    WEIGHT_TO_TERM, read from the config, which is their only default (saol_jax.core.ladder.BASE_LOSS)."""
     missing = [name for name in WEIGHT_TO_TERM if name not in loss_config]
     if missing:
         raise ValueError(f"the loss config lacks the weights {missing} (it needs {list(WEIGHT_TO_TERM)})")

@@ -16,7 +16,7 @@ metrics.jsonl holds one JSON object per event with keys:
            `train/img_per_s`;
   eval:    `eval/<head>_top1`, `eval/<head>_top5`, `eval/<head>_loss` for
            head in {saol, gap}, `eval/count` (examples evaluated);
-           on a dataset with true boxes (saol_jax.localization), for map in
+           on a dataset with true boxes (saol_jax.core.localisation), for map in
            {attention, spatial, product} (SAOL) and cam (GAP-FC), each of
            the true class: `eval/loc_<map>_pointing`,
            `eval/loc_<map>_mass_ratio`, and over a sweep of box thresholds
@@ -28,7 +28,7 @@ metrics.jsonl holds one JSON object per event with keys:
            0.5, 0.7; GT-known localisation is `maxboxacc_50`), and at the
            IoU-0.5 threshold `eval/loc_<map>_top1_loc` and `eval/loc_<map>_iou`;
            with a SAOL head, how its maps follow the pasted box on CutMix'ed
-           eval images (saol_jax.cutmix_eval; a check of label mixing, not
+           eval images (saol_jax.core.cutmix_eval; a check of label mixing, not
            localisation): `eval/cutmix_partner_iou`,
            `eval/cutmix_att_mass_in_box`, `eval/cutmix_box_area_share`,
            `eval/cutmix_att_box_concentration`.
@@ -46,7 +46,7 @@ from collections.abc import Mapping
 import jax
 import tqdm
 
-from saol_jax import paths
+from saol_jax.core import paths
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A recipe's `get_config(arg)` receives what follows the colon in
 `--config configs/<recipe>.py:<arg>`, a comma-separated list of typed
-options (saol_jax.options): the common `smoke` (shrink to seconds on CPU),
+options (saol_jax.core.options): the common `smoke` (shrink to seconds on CPU),
 `head=gap|gap_ms|saol|saol_ss|saol_ss_sd` (the ablation ladder) and
 `hw=<variant>` (batch size for the hardware, learning rate scaled
 linearly), plus the recipe's own. Recipes import only this library, so a
@@ -15,9 +15,9 @@ from typing import NamedTuple
 
 import ml_collections
 
+from saol_jax.core.ladder import BASE_LOSS, HEAD_LADDER, apply_head
+from saol_jax.core.options import Option, parse_options
 from saol_jax.data import carved_splits, default_dataset_config
-from saol_jax.ladder import BASE_LOSS, HEAD_LADDER, apply_head
-from saol_jax.options import Option, parse_options
 
 class Hardware(NamedTuple):
     """A hardware variant: its global batch (the learning rate follows it linearly) and its
@@ -82,8 +82,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.ghost_bn_size = 0
 
     c.cutmix = ml_collections.ConfigDict({"beta": 1.0, "prob": 0.5, "group_size": 0})
-    # Loss weights of the full ladder and the SS-2 form `ss2_form` (one of saol_jax.losses.SS2_FORMS):
-    # saol_jax.ladder.BASE_LOSS, the only default of these fields.
+    # Loss weights of the full ladder and the SS-2 form `ss2_form` (one of saol_jax.core.losses.SS2_FORMS):
+    # saol_jax.core.ladder.BASE_LOSS, the only default of these fields.
     c.loss = ml_collections.ConfigDict(BASE_LOSS)
 
     c.optim = ml_collections.ConfigDict()
@@ -99,7 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.batch_size = 64
     # > 1: each optimiser step averages the gradients of this many micro-batches of
-    # batch_size / grad_accum_steps (a recipe's global batch on fewer devices; saol_jax.train_step).
+    # batch_size / grad_accum_steps (a recipe's global batch on fewer devices; saol_jax.core.train_step).
     c.grad_accum_steps = 1
     c.eval_batch_size = 256
     c.num_epochs = 300.0

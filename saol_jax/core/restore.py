@@ -9,7 +9,8 @@ import jax
 import ml_collections
 from flax import nnx
 
-from saol_jax import checkpoint, data, paths, sharding
+from saol_jax import data
+from saol_jax.core import checkpoint, paths, sharding
 from saol_jax.models import DTYPES, build_model, normalise
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import ml_collections
 
-from saol_jax import paths
+from saol_jax.core import paths
 
 IDENTITY_FILE = "run.json"
 # Top-level config fields that do not change what the steps taken so far trained. The
@@ -81,7 +81,7 @@ def check_same_run(workdir: str, current: dict[str, Any]) -> None:
 
 def _defaults_of(fields: set[str]) -> dict[str, Any]:
     """The base config's values of the flattened `fields` it has."""
-    from saol_jax import recipe  # the recipe imports config machinery this module does not otherwise need
+    from saol_jax.core import recipe  # the recipe imports config machinery this module does not otherwise need
 
     defaults = _flatten(recipe.base_config().to_dict())
     return {key: defaults[key] for key in fields if key in defaults}

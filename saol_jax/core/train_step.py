@@ -21,11 +21,11 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from saol_jax import cutmix as cutmix_lib
-from saol_jax import cutmix_eval, localization, losses
+from saol_jax.core import cutmix as cutmix_lib
+from saol_jax.core import cutmix_eval, localisation, losses
+from saol_jax.core.sharding import DATA_AXIS, replicated
 from saol_jax.models import DTYPES
 from saol_jax.models.inputs import normalise
-from saol_jax.sharding import DATA_AXIS, replicated
 
 if TYPE_CHECKING:  # the accelerator image runs this module without ml_collections
     import ml_collections
@@ -45,7 +45,7 @@ class StepConfig:
     """Static settings of the train step, read from the config once.
 
     Fields that mirror a config field have no default here: the config's
-    value (saol_jax.recipe.base_config) is the only one.
+    value (saol_jax.core.recipe.base_config) is the only one.
     """
 
     loss_weights: Mapping[str, float]
@@ -283,8 +283,8 @@ def make_eval_step(
     masked sums (top-1/top-5 correct and cross-entropy of each head, and the
     example `count`) for the caller to accumulate and divide. When the batch
     has true boxes (`bbox` [B, 4], normalised) it also holds
-    `localization.box_scores` of every map (the caller passes the result
-    through `localization.iou_sums`). With `eval_cutmix_maps` and a SAOL
+    `localisation.box_scores` of every map (the caller passes the result
+    through `localisation.iou_sums`). With `eval_cutmix_maps` and a SAOL
     head it holds the sums of `cutmix_eval.cutmix_sums` on CutMix'ed copies
     of the images.
     """
@@ -302,13 +302,13 @@ def make_eval_step(
             sums[f"{head}_loss"] = jnp.sum(nll * weight)
             sums.update(_accuracy_metrics(head, scores, labels, weight))
         if "bbox" in batch:
-            sums.update(localization.box_scores(outputs, labels, batch["bbox"], batch["mask"], images.shape[1:3]))
+            sums.update(localisation.box_scores(outputs, labels, batch["bbox"], batch["mask"], images.shape[1:3]))
         if cfg.eval_cutmix_maps and "log_attention" in outputs:
             sums.update(cutmix_map_sums(model, images, labels, batch["mask"]))
         return sums
 
     def cutmix_map_sums(model, images, labels, mask):
-        """SAOL's maps on eval images CutMix'ed with a fixed key (see saol_jax.cutmix_eval)."""
+        """SAOL's maps on eval images CutMix'ed with a fixed key (see saol_jax.core.cutmix_eval)."""
         mixed = cutmix_lib.cutmix(
             jax.random.key(EVAL_CUTMIX_SEED), images, grid_hw=cfg.grid_hw, beta=1.0, prob=1.0,
             group_size=cfg.eval_group_size or None,

@@ -20,14 +20,13 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from saol_jax import (
-    checkpoint, data, evaluation, faults, optim, paths, profiling, run_identity, sharding, workdir_lock,
-)
-from saol_jax.config_check import ConfigError, check_config, check_workdir
-from saol_jax.metrics import MetricWriter, Progress, final_eval
+from saol_jax import data
+from saol_jax.core import checkpoint, evaluation, faults, optim, paths, profiling, run_identity, sharding, workdir_lock
+from saol_jax.core.config_check import ConfigError, check_config, check_workdir
+from saol_jax.core.metrics import MetricWriter, Progress, final_eval
+from saol_jax.core.prefetch import DevicePrefetcher
+from saol_jax.core.train_step import create_train_state, make_eval_step, make_train_step, output_grid, step_config
 from saol_jax.models import build_model
-from saol_jax.prefetch import DevicePrefetcher
-from saol_jax.train_step import create_train_state, make_eval_step, make_train_step, output_grid, step_config
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def _with_resolved_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A copy of `config` whose user-given paths are absolute (or URLs): see saol_jax.paths."""
+    """A copy of `config` whose user-given paths are absolute (or URLs): see saol_jax.core.paths."""
     config = ml_collections.ConfigDict(config.to_dict())
     config.init_from = paths.resolve_optional(config.init_from)
     config.dataset.data_dir = paths.resolve_optional(config.dataset.data_dir)

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from saol_jax import paths
+from saol_jax.core import paths
 
 log = logging.getLogger(__name__)
 

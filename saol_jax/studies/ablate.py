@@ -1,6 +1,6 @@
 """The ablation ladder over several seeds: GAP-FC, SAOL, SAOL + SS, SAOL + SS + SD, each SS-2 form.
 
-    python -m saol_jax.ablate --config configs/cluttered_fashion_mnist.py --seeds 5 [--workdir DIR]
+    python -m saol_jax.studies.ablate --config configs/cluttered_fashion_mnist.py --seeds 5 [--workdir DIR]
         [--results DIR] [--rungs gap,saol,saol_ss@renorm,...] [--config.field=value ...]
 
 A rung is a ladder head (`gap`, `gap_ms`, `saol`, `saol_ss`, `saol_ss_sd`), optionally
@@ -21,17 +21,17 @@ GAP-FC baseline with Welch's t-test across seeds; the rung chosen on the
 validation split; for every SAOL rung how many cells its attention spreads
 over; for rungs that train both outputs how they differ (calibration, NLL,
 disagreements, and the paired t-test of their errors over all classes and per
-class; these from `saol_jax.compare_heads`, kept in each run's
+class; these from `saol_jax.commands.compare_heads`, kept in each run's
 `compare_heads.json`); and, on a dataset with boxes, the localisation of each
 map and its difference from the baseline's CAM), `ablation.png` and
 `ablation.json` to the workdir. A difference is called significant only at
-p < 0.05 after Holm's correction across the rows of its table (saol_jax.stats);
+p < 0.05 after Holm's correction across the rows of its table (saol_jax.studies.stats);
 comparisons with fewer than 5 seeds a side are flagged.
 
 Each finished run's result file (recipe, config, rung, seed, step, every final
 metric) and the study's statistics go to `--results` (default
 `results/<recipe>-<workdir name>`; format in results/README.md), from which
-`python -m saol_jax.report` renders the tables.
+`python -m saol_jax.studies.report` renders the tables.
 """
 
 from __future__ import annotations
@@ -54,14 +54,16 @@ from ml_collections import config_flags
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from saol_jax import compare_heads, faults, paths, sharding, stats  # noqa: E402
-from saol_jax import results as results_files  # noqa: E402
-from saol_jax.config_check import parse_flags_or_exit  # noqa: E402
-from saol_jax.ladder import HEAD_LADDER, MODEL_HEADS, apply_head, split_rung  # noqa: E402
-from saol_jax.localization import MAPS  # noqa: E402
-from saol_jax.losses import SS2_FORMS, SS2_READINGS  # noqa: E402
-from saol_jax.metrics import read_events  # noqa: E402
-from saol_jax.trainer import USER_ERRORS, train_and_evaluate  # noqa: E402
+from saol_jax.commands import cli  # noqa: E402
+from saol_jax.commands import compare_heads  # noqa: E402
+from saol_jax.core import paths, sharding  # noqa: E402
+from saol_jax.core.ladder import HEAD_LADDER, MODEL_HEADS, apply_head, split_rung  # noqa: E402
+from saol_jax.core.localisation import MAPS  # noqa: E402
+from saol_jax.core.losses import SS2_FORMS, SS2_READINGS  # noqa: E402
+from saol_jax.core.metrics import read_events  # noqa: E402
+from saol_jax.core.trainer import USER_ERRORS, train_and_evaluate  # noqa: E402
+from saol_jax.studies import results as results_files  # noqa: E402
+from saol_jax.studies import stats  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +86,7 @@ STUDY_RUNGS = (
 # compare_heads scores of each output, and of their disagreements, in the two-outputs table.
 TWO_OUTPUT_SCORES = {"ece": "ECE", "nll": "NLL"}
 DISAGREEMENT_SCORES = {"rate": "disagree (%)", "saol_right": "SAOL right (%)", "gap_right": "GAP-FC right (%)"}
-# Column titles, and order, of the known localisation scores (saol_jax.localization); the tables show
+# Column titles, and order, of the known localisation scores (saol_jax.core.localisation); the tables show
 # every score the runs have, others under their metric name after these.
 LOC_SCORES = {"maxboxacc_v2": "MaxBoxAccV2", "maxboxacc_50": "GT-known loc (MaxBoxAcc@0.5)",
               "top1_loc": "top-1 loc", "pointing": "pointing", "mass_ratio": "mass / area", "iou": "mean IoU"}
@@ -324,7 +326,7 @@ def run_ladder(
     """Trains every (rung, seed), then writes the table, plot and JSON; returns the JSON payload.
 
     With `results_dir`, also writes each run's result file and the study's statistics there
-    (saol_jax.results); `recipe` (the recipe file and its command-line overrides) goes in each.
+    (saol_jax.studies.results); `recipe` (the recipe file and its command-line overrides) goes in each.
     """
     check_rungs(rungs)
     workdir = paths.resolve(workdir)
@@ -402,7 +404,7 @@ def seed_warnings(payload: dict) -> list[str]:
 
 
 def _sections(payload: dict) -> dict[str, list[str]]:
-    """The tables of `markdown`, by section name (saol_jax.report renders any of them)."""
+    """The tables of `markdown`, by section name (saol_jax.studies.report renders any of them)."""
     seeds, rungs = payload["seeds"], payload["rungs"]
     has_val = any("val_top1_error" in entry for entry in rungs.values())
     splits = ("test", "val") if has_val else ("test",)
@@ -440,7 +442,7 @@ def _sections(payload: dict) -> dict[str, list[str]]:
         located = {rung: entry[key] for rung, entry in rungs.items() if entry.get(key)}
         if located:
             scores = _score_columns(located)
-            lines = [f"Localisation against the true boxes (saol_jax.localization), {split} split, "
+            lines = [f"Localisation against the true boxes (saol_jax.core.localisation), {split} split, "
                      "mean ± std over seeds:", "",
                      *_header(["rung", "map", *(f"{LOC_SCORES.get(s, s)}, {split}" for s in scores)])]
             for rung, values in located.items():
@@ -488,7 +490,7 @@ def _two_outputs_sections(payload: dict) -> dict[str, list[str]]:
         return {}
     score_titles = [f"{title} {OUTPUTS[head].split()[0]}" for title in TWO_OUTPUT_SCORES.values()
                     for head in compare_heads.HEADS]
-    lines = ["The two outputs of the rungs that train both (saol_jax.compare_heads on the eval split), "
+    lines = ["The two outputs of the rungs that train both (saol_jax.commands.compare_heads on the eval split), "
              "mean ± std over seeds; the right shares are of the images where they disagree:", "",
              *_header(["rung", *score_titles, *DISAGREEMENT_SCORES.values()])]
     for rung, summary in both.items():
@@ -562,9 +564,8 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    faults.configure_console(flags.FLAGS.verbosity)
+    cli.no_arguments(argv)
+    cli.configure_console()
     try:
         check_rungs(flags.FLAGS.rungs)
     except ValueError as error:
@@ -583,6 +584,7 @@ def main(argv: list[str]) -> None:
     print(f"wrote ablation.md, ablation.png and ablation.json in {workdir}, the result files in {results_dir}")
 
 
+run = cli.program(main, define_flags)  # console script saol-ablate
+
 if __name__ == "__main__":
-    define_flags()
-    app.run(main, flags_parser=parse_flags_or_exit)
+    run()

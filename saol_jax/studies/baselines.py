@@ -1,10 +1,10 @@
 """Class-agnostic localisation baselines on a tfds dataset with boxes: what a benchmark gives away.
 
-    python -m saol_jax.baselines --dataset target_fashion_mnist [--data_dir D] [--split validation]
+    python -m saol_jax.studies.baselines --dataset target_fashion_mnist [--data_dir D] [--split validation]
         [--tune_split validation] [--train_split train] [--grid 8] [--out FILE]
 
 None of them knows the class; a benchmark where the class decides the
-location keeps them all low. Scores follow `saol_jax.localization`
+location keeps them all low. Scores follow `saol_jax.core.localisation`
 (box accuracy at IoU 0.3 / 0.5 / 0.7 over the threshold sweep, MaxBoxAccV2
 their mean):
   raw_image       the image (as a fraction of 255) >= t, a binary opening,
@@ -32,11 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.ndimage
 import tensorflow_datasets as tfds
-from absl import app, flags
+from absl import flags
 
-from saol_jax import data, paths
-from saol_jax.config_check import parse_flags_or_exit
-from saol_jax.localization import (
+from saol_jax import data
+from saol_jax.commands import cli
+from saol_jax.core import paths
+from saol_jax.core.localisation import (
     IOU_LEVELS,
     SWEEP_THRESHOLDS,
     accuracy_at,
@@ -243,8 +244,7 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.no_arguments(argv)
     args = flags.FLAGS
     if args.grid < 1:
         raise SystemExit(f"error: --grid must be positive, got {args.grid}")
@@ -259,6 +259,7 @@ def main(argv: list[str]) -> None:
         print(f"wrote {args.out}")
 
 
+run = cli.program(main, define_flags)  # console script saol-baselines
+
 if __name__ == "__main__":
-    define_flags()
-    app.run(main, flags_parser=parse_flags_or_exit)
+    run()

@@ -1,20 +1,20 @@
 """A study's tables rendered from its result files, and markdown files kept equal to them.
 
-    python -m saol_jax.report --study results/NAME [--sections error,versus]   print the tables
-    python -m saol_jax.report --update FILE [--root results]    rewrite FILE's marked regions
-    python -m saol_jax.report --check FILE [--root results]     one line per mismatch, exit 1 if any
+    python -m saol_jax.studies.report --study results/NAME [--sections error,versus]   print the tables
+    python -m saol_jax.studies.report --update FILE [--root results]    rewrite FILE's marked regions
+    python -m saol_jax.studies.report --check FILE [--root results]     one line per mismatch, exit 1 if any
 
 A marked region of a markdown file holds the tables of one study, the folder
 NAME under the results root (format in results/README.md); SECTIONs (comma
-separated, any of saol_jax.ablate.SECTIONS, default all) pick the tables. A
-NAME ending in `.json` is a `saol_jax.baselines` report, rendered as its
+separated, any of saol_jax.studies.ablate.SECTIONS, default all) pick the tables. A
+NAME ending in `.json` is a `saol_jax.studies.baselines` report, rendered as its
 table (no sections):
 
     <!-- results: NAME [SECTION,...] -->
     ...
     <!-- /results -->
 
-The numbers are computed from the run files alone (saol_jax.ablate.study_payload),
+The numbers are computed from the run files alone (saol_jax.studies.ablate.study_payload),
 so a table that `--check` accepts is the one its files give.
 """
 
@@ -25,10 +25,11 @@ import re
 import sys
 from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
 
-from saol_jax import ablate, baselines, paths, results
-from saol_jax.config_check import parse_flags_or_exit
+from saol_jax.commands import cli
+from saol_jax.core import paths
+from saol_jax.studies import ablate, baselines, results
 
 OPEN = re.compile(r"<!-- results: (?P<name>[^\s>]+)(?: (?P<sections>[\w,]+))? -->\n")
 CLOSE = "<!-- /results -->"
@@ -107,8 +108,7 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.no_arguments(argv)
     args = flags.FLAGS
     if sum(x is not None for x in (args.study, args.update, args.check)) != 1:
         sys.exit("error: give one of --study, --update or --check")
@@ -128,6 +128,7 @@ def main(argv: list[str]) -> None:
         sys.exit(f"error: {error}")
 
 
+run = cli.program(main, define_flags)  # console script saol-report
+
 if __name__ == "__main__":
-    define_flags()
-    app.run(main, flags_parser=parse_flags_or_exit)
+    run()

@@ -1,7 +1,7 @@
 """The result files of a study (results/README.md): one JSON file per finished run, one with the statistics.
 
     <results>/<rung>/seed<seed>.json   one run: recipe, config, rung, seed, step, every final metric
-    <results>/study.json               the study's summaries and tests (saol_jax.ablate)
+    <results>/study.json               the study's summaries and tests (saol_jax.studies.ablate)
 
 Written with sorted keys, two-space indent, floats as Python's shortest exact
 repr and non-finite numbers as null, so writing the same results twice gives
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 import saol_jax
-from saol_jax import paths
+from saol_jax.core import paths
 
 FORMAT = 1
 STUDY_FILE = "study.json"
