@@ -51,7 +51,7 @@ def png_dir(trained, tmp_path_factory) -> tuple[str, np.ndarray]:
 
 
 def test_newest_step_on_the_eval_split_equals_the_trainers_final_eval(workdir):
-    results = evaluate.evaluate(workdir)
+    results = evaluate.evaluate_checkpoint(workdir)
     logged = final_eval(read_events(workdir), 4)
     assert results["step"] == 4 and (results["split"], results["role"]) == ("test", "test")
     measured = {k: v for k, v in results.items() if k.startswith("eval/")}
@@ -64,23 +64,23 @@ def test_newest_step_on_the_eval_split_equals_the_trainers_final_eval(workdir):
 
 def test_an_older_step_and_the_train_split(workdir):
     newest = final_eval(read_events(workdir), 4)
-    older = evaluate.evaluate(workdir, step=2)
+    older = evaluate.evaluate_checkpoint(workdir, step=2)
     assert older["step"] == 2 and older["eval/count"] == newest["eval/count"] == 30
     assert older["eval/saol_loss"] != pytest.approx(newest["eval/saol_loss"])
-    train = evaluate.evaluate(workdir, split="train")
+    train = evaluate.evaluate_checkpoint(workdir, split="train")
     assert train["split"] == "train" and train["eval/count"] == 96
     assert 0.0 <= train["eval/loc_attention_maxboxacc_50"] <= 1.0
 
 
 def test_the_validation_role_reads_the_runs_carve_and_equals_its_val_event(workdir):
-    results = evaluate.evaluate(workdir, split="validation")
+    results = evaluate.evaluate_checkpoint(workdir, split="validation")
     assert (results["split"], results["role"], results["eval/count"]) == ("train[90%:]", "validation", 10)
     logged = final_eval(read_events(workdir), 4, "val")
     assert {f"val/{k[len('eval/'):]}" for k in results if k.startswith("eval/")} == set(logged)
     for name, value in logged.items():
         measured = results[f"eval/{name[len('val/'):]}"]
         assert measured == pytest.approx(value, rel=1e-5, abs=1e-6, nan_ok=True), name
-    assert evaluate.evaluate(workdir, split="train[90%:]")["role"] == "validation"
+    assert evaluate.evaluate_checkpoint(workdir, split="train[90%:]")["role"] == "validation"
     # The test split's box scores are taken at the thresholds the validation split chose.
     tested = final_eval(read_events(workdir), 4)
     for kind in ("attention", "cam"):
@@ -103,7 +103,7 @@ def test_split_roles_resolve_to_the_runs_splits():
 def test_a_workdir_without_checkpoints_is_an_error(workdir, tmp_path):
     shutil.copy(os.path.join(workdir, "config.json"), tmp_path / "config.json")
     with pytest.raises(NoCheckpointError, match="no checkpoints"):
-        evaluate.evaluate(str(tmp_path))
+        evaluate.evaluate_checkpoint(str(tmp_path))
     assert not os.path.exists(tmp_path / "checkpoints")
 
 

@@ -236,7 +236,7 @@ def test_sweep_sums_of_two_batches_add_up_to_those_of_one():
     assert one.keys() == two.keys() and any(loc.is_sweep_sum(k) for k in one)
     for name in one:
         np.testing.assert_allclose(two[name], one[name], rtol=1e-6, err_msg=name)
-    summary = evaluation.summarise({**one, "count": 5.0})
+    summary = evaluation.metrics_from_sums({**one, "count": 5.0})
     assert summary["eval/loc_attention_maxboxacc_v2"] == pytest.approx(
         loc.max_box_accuracy(one["loc_attention_sweep_hits"] / 5.0)[1])
 
@@ -250,11 +250,11 @@ def test_summary_at_thresholds_chosen_on_another_split():
               "loc_cam_sweep_iou": np.array([2.0, 1.0])}
     own = {"eval/loc_cam_threshold_30": 0.0, "eval/loc_cam_threshold_50": 0.0, "eval/loc_cam_threshold_70": 0.0}
     other = {k: 0.01 for k in own} | {"eval/loc_cam_maxboxacc_v2": 0.0}
-    at_own = evaluation.summarise(totals)
+    at_own = evaluation.metrics_from_sums(totals)
     assert {k: at_own[k] for k in own} == own
     assert at_own["eval/loc_cam_maxboxacc_v2"] == pytest.approx(0.75)
     assert at_own["eval/loc_cam_top1_loc"] == 0.5 and at_own["eval/loc_cam_iou"] == 0.5
-    at_other = evaluation.summarise(totals, evaluation.chosen_thresholds(other))
+    at_other = evaluation.metrics_from_sums(totals, evaluation.chosen_thresholds(other))
     assert at_other["eval/loc_cam_maxboxacc_50"] == 0.25 and at_other["eval/loc_cam_maxboxacc_v2"] == 0.25
     assert at_other["eval/loc_cam_top1_loc"] == 0.25 and at_other["eval/count"] == 4.0
 

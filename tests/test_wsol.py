@@ -22,7 +22,7 @@ NUM_TEST = 20
 
 def test_bad_settings_fail_before_loading_anything(tmp_path):
     with pytest.raises(ValueError, match="component"):
-        wsol.evaluate(str(tmp_path), component="convex")
+        wsol.score_wsol(str(tmp_path), component="convex")
 
 
 def hand_made_sums(count: int, best: int, correct: int) -> dict:
@@ -134,7 +134,7 @@ def test_offline_evaluator_agrees_with_the_training_evaluation(workdir):
     # threshold split is that split, so both report the same figures.
     with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
         final = [json.loads(line) for line in f if '"eval"' in line][-1]
-    results = wsol.evaluate(workdir, kind="spatial", batch_size=8)
+    results = wsol.score_wsol(workdir, kind="spatial", batch_size=8)
     assert results["split"] == "test" and results["threshold_split"] == "train[90%:]"
     assert results["count"] == NUM_TEST and 0 < results["threshold_count"] < 64
     for name in ("maxboxacc_v2", "maxboxacc_50", "threshold_50", "top1_loc"):
@@ -146,13 +146,13 @@ def test_offline_evaluator_agrees_with_the_training_evaluation(workdir):
     assert results["gt_known_loc"] == results["maxboxacc_50"] <= results["oracle"]["maxboxacc_50"]
     assert results["top1_loc"] <= min(results["gt_known_loc"], results["top1_cls"])
     # Another held-out split, named: its own thresholds.
-    named = wsol.evaluate(workdir, kind="spatial", threshold_split="train", batch_size=8)
+    named = wsol.score_wsol(workdir, kind="spatial", threshold_split="train", batch_size=8)
     assert named["threshold_split"] == "train" and named["threshold_count"] == 64
     assert named["oracle"] == results["oracle"]
 
 
 def test_product_map_of_a_saol_model(workdir):
-    results = wsol.evaluate(workdir, kind="product", threshold_split="train", batch_size=8, max_examples=8)
+    results = wsol.score_wsol(workdir, kind="product", threshold_split="train", batch_size=8, max_examples=8)
     assert results["map"] == "product" and results["count"] == 8 and results["threshold_count"] == 8
     assert 0.0 <= results["pointing"] <= 1.0 and results["mass_ratio"] >= 0.0
 
@@ -167,12 +167,12 @@ def test_a_threshold_split_is_needed_and_must_be_held_out(workdir, tmp_path):
     with open(os.path.join(no_validation, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f)
     with pytest.raises(wsol.ThresholdSplitError, match="validation_split"):
-        wsol.evaluate(no_validation, max_examples=2)
+        wsol.score_wsol(no_validation, max_examples=2)
     with pytest.raises(wsol.ThresholdSplitError, match="held-out"):
-        wsol.evaluate(workdir, split="test", threshold_split="test", max_examples=2)
+        wsol.score_wsol(workdir, split="test", threshold_split="test", max_examples=2)
     # Another dataset than the run's: the run's validation split says nothing about it.
     with pytest.raises(wsol.ThresholdSplitError, match="is not the run's dataset"):
-        wsol.evaluate(workdir, dataset="caltech_birds2011", max_examples=2)
+        wsol.score_wsol(workdir, dataset="caltech_birds2011", max_examples=2)
     proc = run_command("commands.wsol", ["--workdir", no_validation, "--max_examples", "2"], timeout=300)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no split to choose the box thresholds on")

@@ -26,7 +26,7 @@ from absl import flags
 
 from saol_jax import data
 from saol_jax.commands import cli
-from saol_jax.core.restore import Trained, class_names, load_trained, output_path, read_config, use_run_devices
+from saol_jax.core.restore import RestoredModel, class_names, load_trained, output_path, read_config, use_run_devices
 
 HEADS = ("saol", "gap")
 ECE_BINS = 15
@@ -118,7 +118,7 @@ def attention_spread(cells: np.ndarray, labels: np.ndarray, names: Sequence[str]
     return {"mean": float(cells.mean()), "per_class": dict(zip(names, per_class.tolist()))}
 
 
-def eval_outputs(trained: Trained) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+def eval_outputs(trained: RestoredModel) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Over the whole eval split, padded rows dropped: log-probabilities [N, K] of each head in
     `HEADS`, the attention's effective cells [N] (`attention_cells`) and the labels [N]."""
 

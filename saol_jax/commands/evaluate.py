@@ -62,7 +62,7 @@ def resolve_split(workdir: str, info: data.DatasetInfo, split: str) -> tuple[str
     return split, next((role for role, name in roles.items() if name == split), None)
 
 
-def evaluate(workdir: str, split: str | None = None, step: int | None = None) -> dict:
+def evaluate_checkpoint(workdir: str, split: str | None = None, step: int | None = None) -> dict:
     """{'workdir', 'dataset', 'split', 'role', 'step', 'eval/...': value} of the checkpoint at
     `step` (default: the newest) on `split` (default 'test', the run's eval split; see
     `resolve_split`). `role` is 'validation', 'test' or None. The test role's box scores are at
@@ -125,7 +125,7 @@ def main(argv: list[str]) -> None:
     args = flags.FLAGS
     try:
         use_run_devices(args.workdir)
-        results = evaluate(args.workdir, args.split, args.step)
+        results = evaluate_checkpoint(args.workdir, args.split, args.step)
     except (FileNotFoundError, NoCheckpointError, UnknownSplitError, UnknownStepError,
             data.DatasetNotFoundError, data.DatasetFormatError) as error:
         raise SystemExit(f"error: {error}") from None

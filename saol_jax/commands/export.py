@@ -28,7 +28,7 @@ from absl import flags
 
 from saol_jax.commands import cli
 from saol_jax.core import paths
-from saol_jax.core.restore import Trained, class_names, load_trained, output_path
+from saol_jax.core.restore import RestoredModel, class_names, load_trained, output_path
 
 MODEL_FILE = "model.jax"
 INFO_FILE = "model.json"
@@ -46,7 +46,7 @@ USAGE = (
 )
 
 
-def inference_function(trained: Trained) -> Callable[[jax.Array], dict[str, jax.Array]]:
+def inference_function(trained: RestoredModel) -> Callable[[jax.Array], dict[str, jax.Array]]:
     """uint8 images -> the OUTPUTS the model has, float32, with `trained`'s weights as constants."""
 
     def infer(images: jax.Array) -> dict[str, jax.Array]:
@@ -60,14 +60,14 @@ def inference_function(trained: Trained) -> Callable[[jax.Array], dict[str, jax.
     return infer
 
 
-def export_model(trained: Trained, platforms: Sequence[str] = DEFAULT_PLATFORMS) -> jax.export.Exported:
+def export_model(trained: RestoredModel, platforms: Sequence[str] = DEFAULT_PLATFORMS) -> jax.export.Exported:
     """`inference_function(trained)` exported for `platforms`, with a symbolic batch dimension."""
     (batch,) = jax.export.symbolic_shape("batch")
     images = jax.ShapeDtypeStruct((batch, *trained.info.image_shape), jnp.uint8)
     return jax.export.export(jax.jit(inference_function(trained)), platforms=tuple(platforms))(images)
 
 
-def describe(trained: Trained, exported: jax.export.Exported) -> dict:
+def describe(trained: RestoredModel, exported: jax.export.Exported) -> dict:
     """The JSON next to the artefact: what goes in, what comes out, how to call it."""
     avals = exported.out_tree.unflatten(exported.out_avals)
     outputs = {

@@ -37,7 +37,7 @@ from saol_jax.commands import visualize
 from saol_jax.core import paths
 from saol_jax.data.transforms import eval_transform
 from saol_jax.core.restore import (
-    NoCheckpointError, Trained, UnknownStepError, class_names, load_trained, use_run_devices,
+    NoCheckpointError, RestoredModel, UnknownStepError, class_names, load_trained, use_run_devices,
 )
 
 with epy.lazy_imports():  # TensorFlow only where tf.data runs
@@ -66,7 +66,7 @@ def image_files(inputs: Sequence[str]) -> list[str]:
     return files
 
 
-def load_image(path: str, trained: Trained) -> np.ndarray:
+def load_image(path: str, trained: RestoredModel) -> np.ndarray:
     """The file at `path` as the model's uint8 input [H, W, C], through the evaluation transform."""
     shape = trained.info.image_shape
     try:
@@ -121,7 +121,7 @@ def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start:start + size]
 
 
-def predict(trained: Trained, files: Sequence[str], *, top_k: int = 5, maps_dir: str | None = None,
+def predict(trained: RestoredModel, files: Sequence[str], *, top_k: int = 5, maps_dir: str | None = None,
             batch_size: int = 32) -> list[dict]:
     """`predictions` for each file, with its `image` path (and `map`, the PNG written to `maps_dir`).
 

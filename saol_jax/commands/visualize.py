@@ -37,7 +37,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from saol_jax import data  # noqa: E402
 from saol_jax.commands import cli  # noqa: E402
 from saol_jax.core import cutmix, cutmix_eval, localisation, paths  # noqa: E402
-from saol_jax.core.restore import Trained, class_names, load_trained, output_path, use_run_devices  # noqa: E402
+from saol_jax.core.restore import RestoredModel, class_names, load_trained, output_path, use_run_devices  # noqa: E402
 
 BOX_SEED = 0
 BOX_BETA = 2.0  # boxes of about half the image most of the time
@@ -53,7 +53,7 @@ class Maps:
     images: np.ndarray  # [B, H, W, C] uint8
     labels: np.ndarray  # [B]
     boxes: np.ndarray | None  # [B, 4] normalised true boxes (ymin, xmin, ymax, xmax), None without
-    outputs: dict[str, np.ndarray]  # saol_jax.core.restore.Trained's outputs: SAOL's (if any), `gap_logits`, `cam`
+    outputs: dict[str, np.ndarray]  # saol_jax.core.restore.RestoredModel's outputs: SAOL's (if any), `gap_logits`, `cam`
 
     @property
     def has_saol(self) -> bool:
@@ -81,7 +81,7 @@ class Maps:
         return np.asarray(localisation.cell_maps(self.outputs, kind, jnp.asarray(self.labels)))
 
 
-def eval_images(trained: Trained, num_images: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def eval_images(trained: RestoredModel, num_images: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """The first `num_images` eval images (uint8 [N, H, W, C]), labels [N] and true boxes [N, 4] (or None)."""
     batch = next(data.eval_batches(trained.config.dataset, global_batch_size=num_images,
                                    process_index=0, process_count=1))
@@ -90,7 +90,7 @@ def eval_images(trained: Trained, num_images: int) -> tuple[np.ndarray, np.ndarr
     return batch["image"][keep], batch["label"][keep], boxes
 
 
-def run_model(trained: Trained, images: np.ndarray, labels: np.ndarray, boxes: np.ndarray | None = None) -> Maps:
+def run_model(trained: RestoredModel, images: np.ndarray, labels: np.ndarray, boxes: np.ndarray | None = None) -> Maps:
     """The model's outputs on `images`, with the images, labels and true boxes."""
     outputs = jax.device_get(trained.forward(jnp.asarray(images)))
     return Maps(images=np.asarray(images), labels=np.asarray(labels), boxes=boxes, outputs=outputs)

@@ -64,7 +64,7 @@ from saol_jax.core.localisation import (
     sweep_sums,
     upsample_normalised,
 )
-from saol_jax.core.restore import Trained, load_trained, output_path, read_config, use_run_devices
+from saol_jax.core.restore import RestoredModel, load_trained, output_path, read_config, use_run_devices
 
 with epy.lazy_imports():  # TensorFlow only where tf.data runs
     import tensorflow as tf
@@ -82,7 +82,7 @@ def predicted_class(outputs: Mapping[str, jax.Array], head: str) -> jax.Array:
     return jnp.argmax(scores, axis=-1)
 
 
-def examples(trained: Trained, split: str, bbox_key: str) -> Iterator[tuple[np.ndarray, int, np.ndarray]]:
+def examples(trained: RestoredModel, split: str, bbox_key: str) -> Iterator[tuple[np.ndarray, int, np.ndarray]]:
     """(uint8 image at the model's input size, label, boxes [N, 4]) for each example of `split`."""
     builder = data.open_builder(trained.config.dataset)
     image_key, label_key = data.feature_keys(builder, trained.config.dataset)
@@ -119,10 +119,10 @@ Sums = dict[str, "float | np.ndarray"]
 
 
 def split_sums(
-    trained: Trained, scores: Callable[..., tuple], split: str, bbox_key: str, component: str, batch_size: int, max_examples: int,
+    trained: RestoredModel, scores: Callable[..., tuple], split: str, bbox_key: str, component: str, batch_size: int, max_examples: int,
 ) -> Sums:
     """Summed scores of one split: `count`, `correct`, `pointing`, `mass_ratio` and the map's
-    `localisation.sweep_sums` (`scores` is the jitted forward of `evaluate`)."""
+    `localisation.sweep_sums` (`scores` is the jitted forward of `score_wsol`)."""
     no_images = sweep_sums(np.zeros((0, len(SWEEP_THRESHOLDS))), np.zeros(0, bool))
     totals: Sums = {"count": 0.0, "correct": 0.0, "pointing": 0.0, "mass_ratio": 0.0, **no_images}
     stream = examples(trained, split, bbox_key)
@@ -175,7 +175,7 @@ def report(tuning: Sums, scored: Sums) -> dict:
     }
 
 
-def evaluate(
+def score_wsol(
     workdir: str,
     *,
     dataset: str | None = None,
@@ -268,7 +268,7 @@ def main(argv: list[str]) -> None:
     args = flags.FLAGS
     use_run_devices(args.workdir)
     try:
-        results = evaluate(
+        results = score_wsol(
             args.workdir, dataset=args.dataset, data_dir=args.data_dir, split=args.split,
             threshold_split=args.threshold_split, bbox_key=args.bbox_key, kind=args.map,
             component=args.component, head=args.head, batch_size=args.batch_size, max_examples=args.max_examples,

@@ -5,7 +5,7 @@ over batches, adds up its masked sums (with the host side of the box scores,
 `saol_jax.core.localisation.iou_sums`, whose threshold sweeps are arrays) and
 turns them into the `eval/*` figures that metrics.jsonl records (see
 `saol_jax.core.metrics`). `eval_step_for` builds
-that step for a restored model (`saol_jax.core.restore.Trained`).
+that step for a restored model (`saol_jax.core.restore.RestoredModel`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from saol_jax.core import cutmix_eval, localisation, sharding
-from saol_jax.core.restore import Trained
+from saol_jax.core.restore import RestoredModel
 from saol_jax.core.train_step import make_eval_step, step_config
 
 EvalStep = Callable[[nnx.State, nnx.State, Mapping[str, jax.Array]], dict[str, jax.Array]]
@@ -39,7 +39,7 @@ def add_sums(totals: Mapping[str, Any], sums: Mapping[str, Any]) -> Totals:
     return result
 
 
-def summarise(totals: Mapping[str, Any], thresholds: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
+def metrics_from_sums(totals: Mapping[str, Any], thresholds: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
     """Summed eval sums -> `eval/<name>` means over the counted examples, `eval/count`, the box
     scores of `localisation.sweep_summary` and the `eval/cutmix_*` figures of
     `cutmix_eval.cutmix_metrics` when the sums hold them.
@@ -63,7 +63,7 @@ def summarise(totals: Mapping[str, Any], thresholds: Mapping[str, np.ndarray] | 
 def chosen_thresholds(results: Mapping[str, float], prefix: str = "eval") -> dict[str, np.ndarray]:
     """Each map's [L] operating thresholds in an eval summary (`<prefix>/loc_<map>_threshold_<level>`;
     `val` for the trainer's validation lines), to score another split at:
-    `summarise(test_totals, chosen_thresholds(validation_results))`."""
+    `metrics_from_sums(test_totals, chosen_thresholds(validation_results))`."""
     levels = [localisation.level_name(level) for level in localisation.IOU_LEVELS]
     return {kind: np.array([results[f"{prefix}/loc_{kind}_threshold_{level}"] for level in levels])
             for kind in localisation.MAPS if f"{prefix}/loc_{kind}_maxboxacc_v2" in results}
@@ -82,12 +82,12 @@ def eval_metrics(
     `batches` are the eval step's inputs (padded, with `mask`), already on
     the step's devices; `fetch` copies its replicated output to the host;
     `thresholds`: the box scores' operating thresholds chosen on another
-    split (see `summarise`).
+    split (see `metrics_from_sums`).
     """
     totals: Totals = {}
     for batch in batches:
         totals = add_sums(totals, localisation.iou_sums(fetch(eval_step(params, batch_stats, batch))))
-    return summarise(totals, thresholds)
+    return metrics_from_sums(totals, thresholds)
 
 
 def eval_mesh(config, num_devices: int | None = None) -> Mesh:
@@ -97,7 +97,7 @@ def eval_mesh(config, num_devices: int | None = None) -> Mesh:
     return sharding.make_mesh(math.gcd(min(available, jax.device_count()), config.eval_batch_size))
 
 
-def eval_step_for(trained: Trained, mesh: Mesh) -> EvalStep:
+def eval_step_for(trained: RestoredModel, mesh: Mesh) -> EvalStep:
     """The trainer's eval step for `trained`'s model and config on `mesh` (training-only settings unused)."""
     config, shape = trained.config, trained.info.image_shape
     probe = jax.ShapeDtypeStruct((1, *shape), jax.numpy.uint8)

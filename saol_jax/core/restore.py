@@ -15,7 +15,7 @@ from saol_jax.models import DTYPES, build_model, normalise
 
 
 @dataclasses.dataclass
-class Trained:
+class RestoredModel:
     """A restored model in eval mode.
 
     `apply(params, batch_stats, images)` is a pure function of uint8 images
@@ -85,7 +85,7 @@ def saved_steps(workdir: str) -> list[int]:
     return steps
 
 
-def load_weights(
+def load_workdir_weights(
     workdir: str, params: nnx.State, batch_stats: nnx.State, step: int | None = None
 ) -> tuple[int, nnx.State, nnx.State]:
     """(step, params, batch_stats) of the checkpoint at `step` (default: the newest) of `workdir`.
@@ -102,7 +102,7 @@ def load_weights(
     return step, *checkpoint.load_weights(directory, params, batch_stats, step=step)
 
 
-def class_names(trained: Trained) -> list[str]:
+def class_names(trained: RestoredModel) -> list[str]:
     """The dataset's class names, or the class indices where its label feature has none."""
     builder = data.open_builder(trained.config.dataset)
     _, label_key = data.feature_keys(builder, trained.config.dataset)
@@ -113,12 +113,12 @@ def class_names(trained: Trained) -> list[str]:
 
 def load_trained(
     workdir: str, dataset_overrides: Mapping[str, object] | None = None, step: int | None = None
-) -> Trained:
+) -> RestoredModel:
     """Rebuilds the model of `workdir` and loads the weights of its checkpoint at `step` (default: newest).
 
     `dataset_overrides` replace fields of the run's `config.dataset` (e.g. a
     `data_dir` on another machine) before the dataset info is read. Raises
-    NoCheckpointError or UnknownStepError (see `load_weights`).
+    NoCheckpointError or UnknownStepError (see `load_workdir_weights`).
     """
     workdir = paths.resolve(workdir)
     config = read_config(workdir)
@@ -130,7 +130,7 @@ def load_trained(
         )
     model.eval()
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    step, params, batch_stats = load_weights(workdir, params, batch_stats, step)
+    step, params, batch_stats = load_workdir_weights(workdir, params, batch_stats, step)
     mean, std = tuple(config.dataset.mean), tuple(config.dataset.std)
     dtype = DTYPES[config.model.dtype]
 
@@ -138,5 +138,5 @@ def load_trained(
         model = nnx.merge(graphdef, params, batch_stats, copy=True)
         return model(normalise(images, mean, std, dtype), with_cam=True)
 
-    return Trained(config=config, info=info, params=params, batch_stats=batch_stats, apply=apply,
+    return RestoredModel(config=config, info=info, params=params, batch_stats=batch_stats, apply=apply,
                    graphdef=graphdef, step=step)

@@ -134,7 +134,7 @@ def make_train_step(
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
-    cfg: StepConfig,
+    settings: StepConfig,
     mesh: Mesh,
 ) -> Callable[[TrainState, Mapping[str, jax.Array], jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """Returns `train_step(state, batch, key) -> (state, metrics)`, jitted, state donated.
@@ -146,7 +146,7 @@ def make_train_step(
     the un-mixed batch (BN in train mode, its statistics discarded, no
     gradient) for the target.
 
-    Gradient accumulation (`cfg.grad_accum_steps` = k > 1): one call is still
+    Gradient accumulation (`settings.grad_accum_steps` = k > 1): one call is still
     one optimiser step on the global batch B (the schedule, `state.step`, the
     data position and the logged metrics count optimiser steps), but the
     forward and backward passes run over k micro-batches of B / k in a
@@ -164,14 +164,14 @@ def make_train_step(
     each micro-batch. Metrics: loss terms averaged over micro-batches,
     accuracies over the whole batch, `grad_norm` of the averaged gradient.
     The micro-batches run as a loop, which keeps one micro-batch's
-    activations live, except on CPU (`cfg.grad_accum_unroll`): XLA:CPU runs
+    activations live, except on CPU (`settings.grad_accum_unroll`): XLA:CPU runs
     the loop's body about 12x slower than the same work unrolled
     (`benchmarks/grad_accum.py`), and host memory is seldom the limit there.
     """
-    paste = cfg.ss2_form in losses.PASTED_TARGET_FORMS and cfg.loss_weights.get("ss2", 0.0) != 0.0
-    accum = cfg.grad_accum_steps
+    paste = settings.ss2_form in losses.PASTED_TARGET_FORMS and settings.loss_weights.get("ss2", 0.0) != 0.0
+    accum = settings.grad_accum_steps
     devices = mesh.devices.size
-    unroll = cfg.grad_accum_unroll
+    unroll = settings.grad_accum_unroll
     if unroll is None:
         unroll = mesh.devices.flat[0].platform == "cpu"
     micro_sharding = NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))
@@ -206,7 +206,7 @@ def make_train_step(
             outputs = model(micro["images"], rngs=nnx.Rngs(dropout=model_key))
             terms = losses.loss_terms(
                 outputs, micro["labels"], micro["partner_labels"], micro["lam"], micro["coverage"],
-                cfg.loss_weights, ss2_form=cfg.ss2_form, ss2_target=ss2_target,
+                settings.loss_weights, ss2_form=settings.ss2_form, ss2_target=ss2_target,
             )
             return terms["total"], (terms, outputs, nnx.state(model, nnx.BatchStat))
 
@@ -221,15 +221,15 @@ def make_train_step(
         mix_key, model_key = jax.random.split(jax.random.fold_in(key, state.step))
         # One micro-batch keeps the step's key: without accumulation a step draws as it always did.
         model_keys = jax.random.split(model_key, accum) if accum > 1 else model_key[None]
-        images = normalise(batch["image"], cfg.mean, cfg.std, cfg.dtype)
+        images = normalise(batch["image"], settings.mean, settings.std, settings.dtype)
         labels = batch["label"]
         mixed = cutmix_lib.cutmix(
             mix_key,
             images,
-            grid_hw=cfg.grid_hw,
-            beta=cfg.cutmix_beta,
-            prob=cfg.cutmix_prob,
-            group_size=cfg.cutmix_group_size,
+            grid_hw=settings.grid_hw,
+            beta=settings.cutmix_beta,
+            prob=settings.cutmix_prob,
+            group_size=settings.cutmix_group_size,
         )
         micro = {
             "images": mixed.images, "labels": labels, "partner_labels": labels[mixed.partner],
@@ -274,7 +274,7 @@ def _head_scores(outputs: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
 
 
 def make_eval_step(
-    graphdef: nnx.GraphDef, cfg: StepConfig, mesh: Mesh
+    graphdef: nnx.GraphDef, settings: StepConfig, mesh: Mesh
 ) -> Callable[[nnx.State, nnx.State, Mapping[str, jax.Array]], dict[str, jax.Array]]:
     """Returns `eval_step(params, batch_stats, batch) -> sums`, jitted.
 
@@ -291,7 +291,7 @@ def make_eval_step(
 
     def eval_step(params: nnx.State, batch_stats: nnx.State, batch: Mapping[str, jax.Array]):
         model = nnx.merge(graphdef, params, batch_stats, copy=True)
-        images = normalise(batch["image"], cfg.mean, cfg.std, cfg.dtype)
+        images = normalise(batch["image"], settings.mean, settings.std, settings.dtype)
         outputs = model(images, with_cam="bbox" in batch)
         labels = batch["label"]
         weight = batch["mask"].astype(jnp.float32)
@@ -303,15 +303,15 @@ def make_eval_step(
             sums.update(_accuracy_metrics(head, scores, labels, weight))
         if "bbox" in batch:
             sums.update(localisation.box_scores(outputs, labels, batch["bbox"], batch["mask"], images.shape[1:3]))
-        if cfg.eval_cutmix_maps and "log_attention" in outputs:
+        if settings.eval_cutmix_maps and "log_attention" in outputs:
             sums.update(cutmix_map_sums(model, images, labels, batch["mask"]))
         return sums
 
     def cutmix_map_sums(model, images, labels, mask):
         """SAOL's maps on eval images CutMix'ed with a fixed key (see saol_jax.core.cutmix_eval)."""
         mixed = cutmix_lib.cutmix(
-            jax.random.key(EVAL_CUTMIX_SEED), images, grid_hw=cfg.grid_hw, beta=1.0, prob=1.0,
-            group_size=cfg.eval_group_size or None,
+            jax.random.key(EVAL_CUTMIX_SEED), images, grid_hw=settings.grid_hw, beta=1.0, prob=1.0,
+            group_size=settings.eval_group_size or None,
         )
         outputs = model(mixed.images)
         return cutmix_eval.cutmix_sums(

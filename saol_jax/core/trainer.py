@@ -363,7 +363,7 @@ class _Run:
 
     def _evaluate_split(self, step: int, role: str, thresholds=None) -> dict[str, float]:
         """Top-1/top-5 and loss of both heads (and box scores, at `thresholds` if given, else at the
-        split's own best; see `evaluation.summarise`) over the whole split of `role` ('validation' |
+        split's own best; see `evaluation.metrics_from_sums`) over the whole split of `role` ('validation' |
         'test'), logged as event EVENTS[role] with that prefix and the split it read."""
         split, kind = data.roles(self.info)[role], EVENTS[role]
         host_batches = data.host_eval_batches(self.config.dataset, global_batch_size=self.config.eval_batch_size,

@@ -180,10 +180,10 @@ def summarise_two_outputs(reports: Sequence[dict]) -> dict:
     top-1 error of the SAOL output minus the GAP-FC output (points), over all classes and per class,
     with its paired t-test (Holm's correction across the classes), and the attention's effective
     cells, likewise."""
-    summary = {f"{head}_{score}": summarise([r[head][score] for r in reports])
+    summary = {f"{head}_{score}": over_seeds([r[head][score] for r in reports])
                for score in TWO_OUTPUT_SCORES for head in compare_heads.HEADS}
     for key in DISAGREEMENT_SCORES:
-        summary[key] = summarise([100.0 * r["disagreement"][key] for r in reports])
+        summary[key] = over_seeds([100.0 * r["disagreement"][key] for r in reports])
     names = list(reports[0]["class_counts"])
     pairs = {"all": ([100.0 * r["saol"]["top1_error"] for r in reports],
                      [100.0 * r["gap"]["top1_error"] for r in reports]),
@@ -192,13 +192,13 @@ def summarise_two_outputs(reports: Sequence[dict]) -> dict:
     summary["error_test"] = {**tested({"all": pairs["all"]}, stats.paired),
                              **tested({name: pairs[name] for name in names}, stats.paired)}
     summary["attention_cells"] = {
-        "all": summarise([r["attention_cells"]["mean"] for r in reports]),
-        **{name: summarise([r["attention_cells"]["per_class"][name] for r in reports]) for name in names},
+        "all": over_seeds([r["attention_cells"]["mean"] for r in reports]),
+        **{name: over_seeds([r["attention_cells"]["per_class"][name] for r in reports]) for name in names},
     }
     return summary
 
 
-def summarise(values: Sequence[float]) -> dict[str, float]:
+def over_seeds(values: Sequence[float]) -> dict[str, float]:
     mean, std = stats.mean_std(values)
     return {"mean": mean, "std": std}
 
@@ -287,17 +287,17 @@ def study_payload(records: Sequence[dict]) -> dict:
         runs = [run_entry(r) for r in sorted(records, key=lambda r: r["seed"]) if r["rung"] == rung]
         entry = {
             "runs": runs,
-            "top1_error": {out: summarise([r["top1_error"][out] for r in runs]) for out in runs[0]["top1_error"]},
-            "localisation": {name: summarise([r["localisation"][name] for r in runs])
+            "top1_error": {out: over_seeds([r["top1_error"][out] for r in runs]) for out in runs[0]["top1_error"]},
+            "localisation": {name: over_seeds([r["localisation"][name] for r in runs])
                              for name in runs[0]["localisation"]},
         }
         if all("val_top1_error" in r for r in runs):
-            entry["val_top1_error"] = {out: summarise([r["val_top1_error"][out] for r in runs])
+            entry["val_top1_error"] = {out: over_seeds([r["val_top1_error"][out] for r in runs])
                                        for out in runs[0]["val_top1_error"]}
-            entry["val_localisation"] = {name: summarise([r["val_localisation"][name] for r in runs])
+            entry["val_localisation"] = {name: over_seeds([r["val_localisation"][name] for r in runs])
                                          for name in runs[0]["val_localisation"]}
         if "attention_cells" in runs[0]:
-            entry["attention_cells"] = summarise([r["attention_cells"] for r in runs])
+            entry["attention_cells"] = over_seeds([r["attention_cells"] for r in runs])
         if "two_outputs" in runs[0]:
             entry["two_outputs"] = summarise_two_outputs([r["two_outputs"] for r in runs])
         per_rung[rung] = entry

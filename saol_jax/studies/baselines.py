@@ -137,7 +137,7 @@ BASELINE_TITLES = {"raw_image": "raw image, largest bright component", "intensit
 
 
 def markdown(report: dict) -> str:
-    """The baselines of one `evaluate` report as a markdown table: box accuracy per IoU level and its
+    """The baselines of one `score_baselines` report as a markdown table: box accuracy per IoU level and its
     mean (swept baselines at the thresholds chosen on the tuning split), pointing and mass ratio."""
     levels = [f"{level:g}" for level in IOU_LEVELS]
     lines = [f"Class-agnostic baselines, {report['dataset']} {report['split']} ({report['count']} images; "
@@ -183,7 +183,7 @@ def gray(images: list[np.ndarray]) -> np.ndarray:
     return np.round(np.stack(images).astype(np.float32).mean(axis=-1)).astype(np.uint8)
 
 
-def evaluate(dataset: str, *, data_dir: str | None = None, split: str = "validation",
+def score_baselines(dataset: str, *, data_dir: str | None = None, split: str = "validation",
              tune_split: str = "validation", train_split: str = "train", grid: int = 8) -> dict:
     """Every baseline's scores on `split` of `dataset` (thresholds tuned on `tune_split`)."""
     config = data.default_dataset_config()
@@ -249,7 +249,7 @@ def main(argv: list[str]) -> None:
     if args.grid < 1:
         raise SystemExit(f"error: --grid must be positive, got {args.grid}")
     try:
-        results = evaluate(args.dataset, data_dir=args.data_dir, split=args.split, tune_split=args.tune_split,
+        results = score_baselines(args.dataset, data_dir=args.data_dir, split=args.split, tune_split=args.tune_split,
                            train_split=args.train_split, grid=args.grid)
     except (ValueError, data.DatasetNotFoundError, data.DatasetFormatError) as error:
         raise SystemExit(f"error: {error}") from None
