@@ -46,10 +46,18 @@ def program(main: Callable[[list[str]], None], define_flags: Callable[[], None] 
     return run
 
 
-def no_arguments(argv: list[str]) -> None:
-    """The commands take flags only: a stray positional argument is a usage error."""
+def define_run_flags(out_help: str, workdir_help: str = "A training run's workdir.") -> None:
+    """`--workdir` (required: the trained run a command reads) and `--out` (where its output goes)."""
+    flags.DEFINE_string("workdir", None, workdir_help)
+    flags.DEFINE_string("out", None, out_help)
+    flags.mark_flag_as_required("workdir")
+
+
+def arguments(argv: list[str]) -> flags.FlagValues:
+    """The parsed flags; a stray positional argument is a usage error (`predict` reads its own)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    return flags.FLAGS
 
 
 def configure_console() -> None:

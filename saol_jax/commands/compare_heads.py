@@ -22,7 +22,6 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags
 
 from saol_jax import data
 from saol_jax.commands import cli
@@ -186,14 +185,11 @@ def table(report: Mapping) -> str:
 
 def define_flags() -> None:
     """Command-line flags; defined only when this module is the program."""
-    flags.DEFINE_string("workdir", None, "A training run's workdir (a SAOL model).")
-    flags.DEFINE_string("out", None, "JSON file (default WORKDIR/compare_heads.json).")
-    flags.mark_flag_as_required("workdir")
+    cli.define_run_flags("JSON file (default WORKDIR/compare_heads.json).", "A training run's workdir (a SAOL model).")
 
 
 def main(argv: list[str]) -> None:
-    cli.no_arguments(argv)
-    args = flags.FLAGS
+    args = cli.arguments(argv)
     use_run_devices(args.workdir)
     try:
         report = compare(args.workdir)

@@ -112,17 +112,14 @@ def table(results: dict) -> str:
 
 def define_flags() -> None:
     """Command-line flags; defined only when this module is the program."""
-    flags.DEFINE_string("workdir", None, "A training run's workdir.")
+    cli.define_run_flags("JSON file (default WORKDIR/evaluate_<role or split>_step<N>.json).")
     flags.DEFINE_string("split", None, "validation (the run's validation split), test (its eval split, the "
                         "default) or any split expression of the run's dataset.")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
-    flags.DEFINE_string("out", None, "JSON file (default WORKDIR/evaluate_<role or split>_step<N>.json).")
-    flags.mark_flag_as_required("workdir")
 
 
 def main(argv: list[str]) -> None:
-    cli.no_arguments(argv)
-    args = flags.FLAGS
+    args = cli.arguments(argv)
     try:
         use_run_devices(args.workdir)
         results = evaluate_checkpoint(args.workdir, args.split, args.step)

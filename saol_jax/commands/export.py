@@ -102,15 +102,12 @@ def write(workdir: str, out: str | None = None, platforms: Sequence[str] = DEFAU
 
 def define_flags() -> None:
     """Command-line flags; defined only when this module is the program."""
-    flags.DEFINE_string("workdir", None, "A training run's workdir.")
-    flags.DEFINE_string("out", None, "Output folder (default WORKDIR/export).")
+    cli.define_run_flags("Output folder (default WORKDIR/export).")
     flags.DEFINE_list("platforms", list(DEFAULT_PLATFORMS), "Platforms the artefact runs on.")
-    flags.mark_flag_as_required("workdir")
 
 
 def main(argv: list[str]) -> None:
-    cli.no_arguments(argv)
-    args = flags.FLAGS
+    args = cli.arguments(argv)
     out = write(args.workdir, args.out, args.platforms)
     print(f"wrote {paths.join(out, MODEL_FILE)} and {paths.join(out, INFO_FILE)}")
 

@@ -151,13 +151,11 @@ def line(record: dict) -> str:
 
 def define_flags() -> None:
     """Command-line flags; defined only when this module is the program."""
-    flags.DEFINE_string("workdir", None, "A training run's workdir.")
+    cli.define_run_flags("JSON file for the predictions (default: JSON lines on stdout).")
     flags.DEFINE_integer("top_k", 5, "Classes listed per image.", lower_bound=1)
     flags.DEFINE_string("maps", None, "Folder for one PNG per image: attention and top-class spatial map.")
-    flags.DEFINE_string("out", None, "JSON file for the predictions (default: JSON lines on stdout).")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
     flags.DEFINE_integer("batch_size", 32, "Images per forward pass.", lower_bound=1)
-    flags.mark_flag_as_required("workdir")
 
 
 def main(argv: list[str]) -> None:

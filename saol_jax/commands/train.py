@@ -60,7 +60,7 @@ FLAGS = flags.FLAGS
 
 def main(argv: list[str]) -> None:
     """Trains; whatever happens, the process then ends within faults.SHUTDOWN_GRACE_S with the right status."""
-    cli.no_arguments(argv)
+    cli.arguments(argv)
     cli.configure_console()
     faults.install_thread_hook()
     failure = None

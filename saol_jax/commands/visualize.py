@@ -272,15 +272,12 @@ def write_grids(workdir: str, out_dir: str | None = None, *, num_images: int = 8
 
 def define_flags() -> None:
     """Command-line flags; defined only when this module is the program."""
-    flags.DEFINE_string("workdir", None, "A training run's workdir.")
-    flags.DEFINE_string("out", None, "Output folder (default WORKDIR/visualize).")
+    cli.define_run_flags("Output folder (default WORKDIR/visualize).")
     flags.DEFINE_integer("num_images", 8, "Eval images shown, one row each.")
-    flags.mark_flag_as_required("workdir")
 
 
 def main(argv: list[str]) -> None:
-    cli.no_arguments(argv)
-    args = flags.FLAGS
+    args = cli.arguments(argv)
     use_run_devices(args.workdir)
     print("\n".join(write_grids(args.workdir, args.out, num_images=args.num_images)))
 

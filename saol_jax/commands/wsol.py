@@ -245,7 +245,7 @@ def score_wsol(
 
 def define_flags() -> None:
     """Command-line flags; defined only when this module is the program."""
-    flags.DEFINE_string("workdir", None, "A training run's workdir.")
+    cli.define_run_flags("JSON file (default WORKDIR/wsol_<map>.json).")
     flags.DEFINE_string("dataset", None, "tfds name (default: the run's dataset).")
     flags.DEFINE_string("data_dir", None, "tfds data_dir (default: the run's).")
     flags.DEFINE_string("split", None, "Split to score (default: the run's eval split).")
@@ -259,13 +259,10 @@ def define_flags() -> None:
                       "Output whose class is used (auto: SAOL when present).")
     flags.DEFINE_integer("batch_size", 64, "Images per forward pass.")
     flags.DEFINE_integer("max_examples", 0, "Examples used of each split (0: all).")
-    flags.DEFINE_string("out", None, "JSON file (default WORKDIR/wsol_<map>.json).")
-    flags.mark_flag_as_required("workdir")
 
 
 def main(argv: list[str]) -> None:
-    cli.no_arguments(argv)
-    args = flags.FLAGS
+    args = cli.arguments(argv)
     use_run_devices(args.workdir)
     try:
         results = score_wsol(

@@ -564,7 +564,7 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    cli.no_arguments(argv)
+    cli.arguments(argv)
     cli.configure_console()
     try:
         check_rungs(flags.FLAGS.rungs)

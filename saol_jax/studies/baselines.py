@@ -244,8 +244,7 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    cli.no_arguments(argv)
-    args = flags.FLAGS
+    args = cli.arguments(argv)
     if args.grid < 1:
         raise SystemExit(f"error: --grid must be positive, got {args.grid}")
     try:

@@ -108,8 +108,7 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    cli.no_arguments(argv)
-    args = flags.FLAGS
+    args = cli.arguments(argv)
     if sum(x is not None for x in (args.study, args.update, args.check)) != 1:
         sys.exit("error: give one of --study, --update or --check")
     try:
