@@ -31,22 +31,22 @@ class Hardware(NamedTuple):
 # v5litepod-16 (v5e) is `tpu_v5e_16`, v6e-8 is `tpu_v6e_8`. One device per
 # chip, except v4, whose types count TensorCores, two per chip: v4-32 has 16
 # devices. Per chip: 128 images on v4 and v6e (32 GiB of HBM), 64 on v5e
-# (16 GiB), and at most 4096 in all (as on v4-128), within the range where
-# linear scaling with warm-up holds.
+# (16 GiB), and at most MAX_BATCH in all (as on v4-128), within the range
+# where linear scaling with warm-up holds.
+MAX_BATCH = 4096
+
+
+def _tpu_slice(per_chip: int, chips: int) -> Hardware:
+    return Hardware(batch=min(per_chip * chips, MAX_BATCH), devices=chips)
+
+
 HARDWARE: dict[str, Hardware] = {
     "cpu": Hardware(batch=64, devices=1),
     "gpu1": Hardware(batch=64, devices=1),
     "gpu8": Hardware(batch=512, devices=8),
-    "tpu_v4_8": Hardware(batch=512, devices=4),
-    "tpu_v4_32": Hardware(batch=2048, devices=16),
-    "tpu_v4_128": Hardware(batch=4096, devices=64),
-    "tpu_v5e_8": Hardware(batch=512, devices=8),
-    "tpu_v5e_16": Hardware(batch=1024, devices=16),
-    "tpu_v5e_32": Hardware(batch=2048, devices=32),
-    "tpu_v5e_64": Hardware(batch=4096, devices=64),
-    "tpu_v6e_8": Hardware(batch=1024, devices=8),
-    "tpu_v6e_16": Hardware(batch=2048, devices=16),
-    "tpu_v6e_32": Hardware(batch=4096, devices=32),
+    **{f"tpu_v4_{cores}": _tpu_slice(128, cores // 2) for cores in (8, 32, 128)},
+    **{f"tpu_v5e_{chips}": _tpu_slice(64, chips) for chips in (8, 16, 32, 64)},
+    **{f"tpu_v6e_{chips}": _tpu_slice(128, chips) for chips in (8, 16, 32)},
 }
 
 # Options every recipe accepts.
