@@ -27,9 +27,9 @@ rate for every layer. Inputs are normalised with the ImageNet mean and std
 that torchvision's weights expect.
 Sized for: one GPU with 24 GB or more at batch 64 (`hw=gpu1`); `hw=gpu8` gives
 batch 512 and lr 0.08.
-Expected time: not measured by this project (no accelerator or CUB copy
-here); 50 epochs are about 4,700 steps of 64 images at 224x224.
-Expected accuracy: not measured here. For orientation only: ImageNet-pretrained
+Expected time: not measured by this project (it had no accelerator or CUB
+copy); 50 epochs are about 4,700 steps of 64 images at 224x224.
+Expected accuracy: no run of this recipe is in results/. For orientation only: ImageNet-pretrained
 ResNet-50s fine-tuned on CUB are commonly reported at about 85% top-1
 classification; this recipe has not been checked against that.
 Options: arch=resnet18|resnet34|resnet50|resnet101|resnet152, head=..., hw=...,
@@ -42,7 +42,6 @@ import ml_collections
 from saol_jax.core import recipe
 from saol_jax.core.options import Option
 from saol_jax.data import carved_splits
-from saol_jax.models.inputs import IMAGENET_MEAN, IMAGENET_STD
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
@@ -53,30 +52,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.dataset.name = "caltech_birds2011"
     c.dataset.train_split, c.dataset.validation_split = carved_splits(10)  # 5,395 / 599
     c.dataset.eval_split = "test"
-    c.dataset.image_size = 224
-    c.dataset.augment = "inception"
+    # ~6,000 images of varying size, decoded per epoch instead of cached
+    recipe.photo_input(c, options.arch, shuffle_buffer=6_000)
     c.dataset.eval_resize = False  # resize the whole image to 224x224: the true box stays valid
-    c.dataset.cache = False  # ~6,000 images of varying size: decoded per epoch instead of kept
-    c.dataset.shuffle_buffer = 6_000
-    c.dataset.mean = IMAGENET_MEAN
-    c.dataset.std = IMAGENET_STD
-    c.model.backbone = options.arch
-    c.model.saol.update({"att_width": 256, "mid_width": 256})
     c.init_from = f"workdirs/{options.arch}_imagenet"  # python -m saol_jax.commands.convert_torchvision --out
     c.cutmix.prob = 0.5
     c.batch_size = 64
     c.eval_batch_size = 256
-    c.num_epochs = 50.0
-    c.optim.lr = 0.01
-    c.optim.schedule = "cosine"
-    c.optim.weight_decay = 1e-4
+    recipe.sgd_schedule(c, num_epochs=50.0, lr=0.01, weight_decay=1e-4)
     c.optim.warmup_epochs = 0.0
     c.log_every_steps = 50
     c.eval_every_epochs = 5.0
     c.checkpoint_every_steps = 500
     if options.smoke:
-        recipe.apply_smoke(c, "resnet18")
-        c.dataset.image_size = 64
-        c.dataset.cache = True
+        recipe.photo_smoke(c)
         c.init_from = ""  # from scratch unless --config.init_from names a converted ResNet-18
     return recipe.finalise(c, options)

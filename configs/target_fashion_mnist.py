@@ -26,14 +26,9 @@ Sized for: a 2-core CPU VM split into 8 CPU devices (`num_cpu_devices`), a
 ResNet-10 with four stages of 16/32/64/128 channels (output grid 8x8),
 2 epochs (312 steps of 128), one evaluation at the end, as the cluttered
 recipe but two thirds of its steps.
-Expected time: about 5 min wall on 2 idle cores, estimated, since the shared
-VM was never idle: the model, input size, batch and eval split size are
-those of the cluttered recipe, whose 468 steps take about 8 min idle
-(about 1 s a step with its evaluation), so 312 steps take about 5.3 min;
-cross-check, a 40-step run here used 1.9 CPU-seconds a step (steps 20-40,
-from /proc), about 1 s a step on 2 cores. Under a load average of 10-17 it
-ran at 6.7 s a step (35 min for the recipe).
-Expected accuracy: not measured yet; chance top-1 is 20%.
+Expected: the study's result files, results/target_fashion_mnist-study_target/
+(each run's accuracy, localisation and wall time), rendered in the README's
+"Localisation benchmark: target Fashion-MNIST"; chance top-1 is 20%.
 Options (after a colon): `head=gap|gap_ms|saol|saol_ss|saol_ss_sd`, `smoke`, `hw=...`.
 """
 

@@ -18,6 +18,7 @@ import ml_collections
 from saol_jax.core.ladder import BASE_LOSS, HEAD_LADDER, apply_head
 from saol_jax.core.options import Option, parse_options
 from saol_jax.data import carved_splits, default_dataset_config
+from saol_jax.models.inputs import IMAGENET_MEAN, IMAGENET_STD
 
 class Hardware(NamedTuple):
     """A hardware variant: its global batch (the learning rate follows it linearly) and its
@@ -219,3 +220,47 @@ def canvas_64_training(c: ml_collections.ConfigDict, *, num_epochs: float, smoke
     c.num_cpu_devices = 8
     if smoke:
         apply_smoke(c, "resnet_cifar", depth=10, widths=(8, 8, 16, 16))
+
+
+def sgd_schedule(c: ml_collections.ConfigDict, *, num_epochs: float, lr: float, weight_decay: float,
+                 decay_epochs: tuple[int, ...] = (), decay_factor: float | None = None) -> None:
+    """The run's length and its SGD: the learning rate times `decay_factor` (None: the base
+    config's) at each of `decay_epochs`, or a cosine decay without them."""
+    c.num_epochs = num_epochs
+    c.optim.lr = lr
+    c.optim.weight_decay = weight_decay
+    c.optim.schedule = "step" if decay_epochs else "cosine"
+    if decay_epochs:
+        c.optim.decay_epochs = tuple(decay_epochs)
+    if decay_factor is not None:
+        c.optim.decay_factor = decay_factor
+
+
+def fashion_mnist_input(c: ml_collections.ConfigDict, name: str, mean: float, std: float) -> None:
+    """A dataset of Fashion-MNIST's grayscale items (`name`, pixel `mean` and `std` of its train
+    split), CutMix its only augmentation; the last 10% of train held out as the validation split."""
+    c.dataset.name = name
+    c.dataset.train_split, c.dataset.validation_split = carved_splits(10)
+    c.dataset.augment = "none"
+    c.dataset.mean = (mean,)
+    c.dataset.std = (std,)
+
+
+def photo_input(c: ml_collections.ConfigDict, arch: str, *, shuffle_buffer: int) -> None:
+    """ImageNet-sized photos: 224x224 inception crops read uncached, ImageNet's normalisation, the
+    backbone `arch` with a SAOL head of width 256."""
+    c.dataset.image_size = 224
+    c.dataset.augment = "inception"
+    c.dataset.cache = False
+    c.dataset.shuffle_buffer = shuffle_buffer
+    c.dataset.mean = IMAGENET_MEAN
+    c.dataset.std = IMAGENET_STD
+    c.model.backbone = arch
+    c.model.saol.update({"att_width": 256, "mid_width": 256})
+
+
+def photo_smoke(c: ml_collections.ConfigDict) -> None:
+    """`apply_smoke` for the photo recipes: a ResNet-18 on 64x64 crops, cached."""
+    apply_smoke(c, "resnet18")
+    c.dataset.image_size = 64
+    c.dataset.cache = True
