@@ -15,7 +15,7 @@ run's is read with a slice such as `validation[:]`. `--step` is any saved
 checkpoint, default the newest. The same code as the trainer's evaluation
 computes the numbers (`saol_jax.core.evaluation`), so `test` at the last step
 gives the last eval event of the run's metrics.jsonl, and `validation` its
-last val event (under `eval/` names here). It prints the metrics and writes
+last val event (under `eval/` names in this command's output). It prints the metrics and writes
 them as JSON with the split read and its role (default
 `DIR/evaluate_<role or split>_step<N>.json`).
 """

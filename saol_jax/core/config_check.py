@@ -1,6 +1,6 @@
 """Checks a run's config against its dataset and devices before anything is compiled.
 
-Every mistake a newcomer can make in a config ends here as one `ConfigError`
+Every mistake a newcomer can make in a config ends in this module as one `ConfigError`
 whose message says what to change, instead of a traceback minutes into a
 run (or, worse, a run that silently does something else).
 """

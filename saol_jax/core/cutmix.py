@@ -1,6 +1,6 @@
 """CutMix on device: per-sample boxes, in-group partners, pasting and per-cell box coverage.
 
-Everything here is a pure, jit-able jax function. Random draws depend only on
+Every function of this module is a pure, jit-able jax function. Random draws depend only on
 (key, batch size, group size), never on how the batch is sharded, so a run on
 many devices and one on a single device with the same ``group_size`` give the
 same boxes, partners and mixed images.

@@ -33,7 +33,7 @@ MODEL_HEADS: dict[str, str] = {"gap": "gap", "gap_ms": "gap_ms", "saol": "saol",
                                "saol_ss_sd": "saol"}
 
 # The recipes' base `config.loss` (saol_jax.core.recipe.base_config): the full ladder's weights and the
-# SS-2 form (saol_jax.core.losses.SS2_FORMS). It lives here, where ml_collections is not needed, so that
+# SS-2 form (saol_jax.core.losses.SS2_FORMS). It lives in this module, which needs no ml_collections, so that
 # tools which build a train step without a recipe (benchmarks) run the same values; nothing below
 # the config has a default of its own. `paste` was chosen by an earlier study that the README
 # withdraws; the target-benchmark study (README) is to re-make the choice on validation data.

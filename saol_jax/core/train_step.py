@@ -44,7 +44,7 @@ class TrainState(struct.PyTreeNode):
 class StepConfig:
     """Static settings of the train step, read from the config once.
 
-    Fields that mirror a config field have no default here: the config's
+    Fields that mirror a config field have no default in StepConfig: the config's
     value (saol_jax.core.recipe.base_config) is the only one.
     """
 

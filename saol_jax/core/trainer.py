@@ -282,7 +282,7 @@ class _Run:
         return last_eval
 
     def _checked_global_batch(self, host_batch: dict[str, np.ndarray], split: str = "training") -> dict[str, jax.Array]:
-        """The global batch on the mesh; out-of-range labels (NaN losses much later) stop the run here."""
+        """The global batch on the mesh; out-of-range labels (NaN losses much later) stop the run at this batch."""
         labels = host_batch["label"]
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= self.info.num_classes:

@@ -104,7 +104,7 @@ class WorkdirLock:
             beat = dataclasses.replace(self.holder, heartbeat=time.time())
             try:
                 paths.write_text(self.path, json.dumps(dataclasses.asdict(beat)))
-            except OSError as error:  # a full disk must not kill the run from here; the next beat retries
+            except OSError as error:  # a full disk must not kill the run from the heartbeat thread; the next beat retries
                 log.warning("could not refresh the workdir lock %s: %s", self.path, error)
 
     def release(self) -> None:

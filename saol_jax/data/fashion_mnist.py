@@ -122,7 +122,7 @@ def prepare_from_idx_files(builder: tfds.core.DatasetBuilder, source_dir: str, h
         missing = missing_source_files(source_dir)
         if missing:
             raise FileNotFoundError(f"Fashion-MNIST idx files not found: {', '.join(missing)}; {INSTALL_HINT}{hint}")
-        with tempfile.TemporaryDirectory() as scratch:  # tfds creates a download dir it does not need here
+        with tempfile.TemporaryDirectory() as scratch:  # tfds creates a download dir that idx builders do not use
             builder.download_and_prepare(
                 download_dir=scratch, download_config=tfds.download.DownloadConfig(try_download_gcs=False)
             )
