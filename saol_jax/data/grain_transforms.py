@@ -82,16 +82,6 @@ def pca_lighting(image: np.ndarray, alpha_std: float, rng: np.random.Generator) 
     return image + np.asarray(IMAGENET_EIGVEC) @ (alpha * np.asarray(IMAGENET_EIGVAL))
 
 
-def resize_center_crop(image: np.ndarray, size: int, crop_fraction: float = 0.875) -> np.ndarray:
-    """Resizes the shorter side to round(size / crop_fraction), then takes the central size x size crop."""
-    shorter = round(size / crop_fraction)
-    height, width = image.shape[:2]
-    scale = shorter / min(height, width)
-    new_h, new_w = max(round(height * scale), shorter), max(round(width * scale), shorter)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    return resize(image, (new_h, new_w))[top:top + size, left:left + size]
-
-
 def inception_train(image: np.ndarray, rng: np.random.Generator, size: int, jitter: float = 0.0,
                     lighting: float = 0.0) -> np.ndarray:
     """Random-resized-crop to `size`, flip, optional colour jitter and PCA lighting; uint8 in and out."""
@@ -104,6 +94,16 @@ def inception_train(image: np.ndarray, rng: np.random.Generator, size: int, jitt
     if lighting > 0:
         out = pca_lighting(out, lighting, rng)
     return to_uint8(out * 255.0)
+
+
+def resize_center_crop(image: np.ndarray, size: int, crop_fraction: float = 0.875) -> np.ndarray:
+    """Resizes the shorter side to round(size / crop_fraction), then takes the central size x size crop."""
+    shorter = round(size / crop_fraction)
+    height, width = image.shape[:2]
+    scale = shorter / min(height, width)
+    new_h, new_w = max(round(height * scale), shorter), max(round(width * scale), shorter)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return resize(image, (new_h, new_w))[top:top + size, left:left + size]
 
 
 def _fitter(native: tuple[int | None, ...], shape: tuple[int, int, int]) -> Callable[[np.ndarray], np.ndarray]:
