@@ -85,3 +85,15 @@ def test_code_map_names_every_module():
     files = {os.path.relpath(path, REPO).replace(os.sep, "/") for path in MODULES.values()}
     assert not sorted(files - named), f"modules missing from the code map: {sorted(files - named)}"
     assert not sorted(named - files), f"the code map names modules that do not exist: {sorted(named - files)}"
+
+
+def test_console_scripts_name_callables():
+    import importlib
+    import tomllib
+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    assert {"saol-train", "saol-evaluate", "saol-ablate"} <= set(scripts)
+    for name, target in scripts.items():
+        module, _, attribute = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), attribute, None)), f"{name} = {target}"
