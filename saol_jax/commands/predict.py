@@ -32,13 +32,12 @@ from etils import epy
 from absl import app, flags
 
 from saol_jax import data
-from saol_jax.commands import cli
-from saol_jax.commands import visualize
+from saol_jax.commands import cli, visualize
 from saol_jax.core import paths
-from saol_jax.data.transforms import eval_transform
 from saol_jax.core.restore import (
     NoCheckpointError, RestoredModel, UnknownStepError, class_names, load_trained, use_run_devices,
 )
+from saol_jax.data.transforms import eval_transform
 
 with epy.lazy_imports():  # TensorFlow only where tf.data runs
     import tensorflow as tf

@@ -51,7 +51,6 @@ from absl import flags
 
 from saol_jax import data
 from saol_jax.commands import cli
-from saol_jax.data import preprocess
 from saol_jax.core.localisation import (
     MAPS,
     SWEEP_THRESHOLDS,
@@ -65,6 +64,7 @@ from saol_jax.core.localisation import (
     upsample_normalised,
 )
 from saol_jax.core.restore import RestoredModel, load_trained, output_path, read_config, use_run_devices
+from saol_jax.data import preprocess
 
 with epy.lazy_imports():  # TensorFlow only where tf.data runs
     import tensorflow as tf

@@ -54,8 +54,7 @@ from ml_collections import config_flags
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from saol_jax.commands import cli  # noqa: E402
-from saol_jax.commands import compare_heads  # noqa: E402
+from saol_jax.commands import cli, compare_heads  # noqa: E402
 from saol_jax.core import paths, sharding  # noqa: E402
 from saol_jax.core.ladder import HEAD_LADDER, MODEL_HEADS, apply_head, split_rung  # noqa: E402
 from saol_jax.core.localisation import MAPS  # noqa: E402
