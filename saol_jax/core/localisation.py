@@ -254,9 +254,14 @@ def operating_thresholds(accuracy: np.ndarray, thresholds=SWEEP_THRESHOLDS) -> n
     return np.asarray(thresholds, np.float64)[np.argmax(np.asarray(accuracy), axis=-1)]
 
 
+def threshold_index(threshold: float, thresholds=SWEEP_THRESHOLDS) -> int:
+    """The index of the sweep's threshold nearest `threshold` (one chosen on another split)."""
+    return int(np.argmin(np.abs(np.asarray(thresholds) - threshold)))
+
+
 def accuracy_at(accuracy: np.ndarray, chosen: np.ndarray, thresholds=SWEEP_THRESHOLDS) -> np.ndarray:
     """[L, T] box accuracy, [L] chosen thresholds -> [L] the accuracy of each level at its threshold."""
-    index = [int(np.argmin(np.abs(np.asarray(thresholds) - t))) for t in np.asarray(chosen)]
+    index = [threshold_index(t, thresholds) for t in np.asarray(chosen)]
     return np.asarray(accuracy, np.float64)[np.arange(len(index)), index]
 
 
@@ -308,7 +313,7 @@ def sweep_figures(
     accuracy = np.asarray(sums["sweep_hits"], np.float64) / max(count, 1.0)
     chosen = operating_thresholds(accuracy, thresholds) if chosen is None else np.asarray(chosen, np.float64)
     per_level = accuracy_at(accuracy, chosen, thresholds)
-    at = int(np.argmin(np.abs(np.asarray(thresholds) - chosen[list(iou_levels).index(IOU_THRESHOLD)])))
+    at = threshold_index(chosen[list(iou_levels).index(IOU_THRESHOLD)], thresholds)
     figures = {"maxboxacc_v2": float(per_level.mean())}
     for level, value, threshold in zip(iou_levels, per_level, chosen):
         figures[f"maxboxacc_{level_name(level)}"] = float(value)

@@ -48,6 +48,7 @@ from saol_jax.core.localisation import (
     operating_thresholds,
     pointing,
     sweep_ious,
+    threshold_index,
     upsample_normalised,
 )
 
@@ -116,7 +117,7 @@ def sweep_report(ious: np.ndarray, tune_ious: np.ndarray, thresholds=SWEEP_THRES
     best, v2 = max_box_accuracy(accuracy)
     chosen = operating_thresholds(box_hits(tune_ious) / len(tune_ious), thresholds)
     at_tuned = accuracy_at(accuracy, chosen, thresholds)
-    at_half = int(np.argmin(np.abs(np.asarray(thresholds) - chosen[IOU_LEVELS.index(0.5)])))
+    at_half = threshold_index(chosen[IOU_LEVELS.index(0.5)], thresholds)
     return {
         "max_box_acc": _by_level(best),
         "max_box_acc_v2": v2,
