@@ -3,7 +3,7 @@
     python -m benchmarks.end_to_end [--tiny] [--recipe configs/NAME.py] [--backend tfdata|grain]
                                     [--dataset NAME] [--data_dir DIR] [--out PATH]
 
-Runs `saol_jax.trainer.train_and_evaluate` in a temporary workdir that is
+Runs `saol_jax.core.trainer.train_and_evaluate` in a temporary workdir that is
 deleted afterwards (`--tiny`: the recipe's `smoke` option; `--backend`: the
 input path, default the recipe's). The time to the first evaluation is that
 of the first `val` or `eval` event in the run's metrics.jsonl, counted from
@@ -48,8 +48,8 @@ def run(*, tiny: bool, dataset: str | None, data_dir: str | None, recipe: str = 
     if missing:
         return {"skipped": f"{', '.join(missing)} not installed"}
     from saol_jax import data
-    from saol_jax.metrics import read_events
-    from saol_jax.trainer import train_and_evaluate
+    from saol_jax.core.metrics import read_events
+    from saol_jax.core.trainer import train_and_evaluate
 
     module = importlib.import_module("configs." + os.path.splitext(os.path.basename(recipe))[0])
     config = module.get_config("smoke" if tiny else None)
@@ -108,6 +108,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main()
-    from saol_jax import faults
+    from saol_jax.core import faults
 
     faults.exit_within(0, 5.0)  # orbax's threads can keep a finished process alive; the JSON is written

@@ -3,7 +3,7 @@
     python -m benchmarks.grad_accum [--devices 8] [--accum 1,2,4] [--rung saol_ss_sd@paste] [--batch 128]
         [--backbone resnet_cifar] [--backbone_kwargs JSON] [--image_size 28] [--channels 1] [--tiny] [--out PATH]
 
-Every k runs the real sharded train step (`saol_jax.train_step`) on the same
+Every k runs the real sharded train step (`saol_jax.core.train_step`) on the same
 model and batch in one process, timed in alternation (`step_time`); k > 1
 both as a loop over the micro-batches (what accelerators run) and unrolled
 (what CPUs run). It is the same arithmetic in smaller pieces, so the CPU
@@ -27,7 +27,7 @@ import re
 
 from benchmarks import default_out, format_table, write_json
 from benchmarks.step_time import TINY, Workload, frozen_kwargs, prepare, time_alternating
-from saol_jax import sharding
+from saol_jax.core import sharding
 
 COLLECTIVES = ("all-reduce", "all-gather", "all-to-all", "collective-permute", "reduce-scatter")
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%(\S+) .*\{\s*$", re.M)

@@ -4,7 +4,7 @@
                                 [--tiny] [--out PATH]
 
 Rungs are named as in `benchmarks.step_time`: `<rung>[@<SS-2 form>]`, the recipes' default form
-(`saol_jax.ladder.BASE_LOSS`) where none is given; every row names the form its step ran.
+(`saol_jax.core.ladder.BASE_LOSS`) where none is given; every row names the form its step ran.
 
 Each figure is XLA's memory analysis of the real jitted train step
 (`benchmarks.step_time.prepare`: CutMix on device, every loss term of the
@@ -26,7 +26,7 @@ import jax
 
 from benchmarks import default_out, format_table, write_json
 from benchmarks.step_time import TINY, VARIANTS, Workload, parse_rungs, prepare, rung_form, rung_name
-from saol_jax import sharding
+from saol_jax.core import sharding
 
 SAOL_MEMORY_GOAL = ("resnet50", 0.05)  # the SAOL step needs <= 5% more memory than GAP-FC
 

@@ -26,7 +26,8 @@ import time
 from benchmarks import default_out, format_table, write_json
 from benchmarks.step_time import TINY, Workload, prepare
 from configs import fashion_mnist
-from saol_jax import data, sharding
+from saol_jax import data
+from saol_jax.core import sharding
 
 LOSS_STEPS = 3
 LOSS_RTOL = 1e-4

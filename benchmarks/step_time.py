@@ -3,7 +3,7 @@
     python -m benchmarks.step_time [--devices N] [--backbone resnet56] [--batch 64] [--tiny] [--out PATH]
         [--rungs gap,saol_ss_sd,saol_ss_sd@paste] [--backbone_kwargs JSON] [--channels C]
 
-Both variants run the real sharded train step (`saol_jax.train_step`, CutMix
+Both variants run the real sharded train step (`saol_jax.core.train_step`, CutMix
 on device, every loss term of their ablation rung, SGD update) on one fixed
 batch in the same process; repetitions alternate between the variants so
 that drifting machine load hits both alike. Compile time is reported apart.
@@ -12,10 +12,10 @@ machine it moves less with other processes' load than the wall time does.
 `--devices N` splits the CPU host into N devices (the global batch is
 sharded over them), which is what makes XLA's CPU convolutions fast.
 A rung `<rung>@<form>` uses that SS-2 form (`loss.ss2_form`), a rung without
-one the recipes' default (`saol_jax.ladder.BASE_LOSS`, what users run); every
+one the recipes' default (`saol_jax.core.ladder.BASE_LOSS`, what users run); every
 table row and JSON entry names the form its step ran. The forms of
 `losses.PASTED_TARGET_FORMS` add a forward pass of the un-mixed batch to every step;
-the `paste` variants of `saol_jax.ladder.PASTE_VARIANTS` (`saol_ss_sd@paste_self`) make it cheaper.
+the `paste` variants of `saol_jax.core.ladder.PASTE_VARIANTS` (`saol_ss_sd@paste_self`) make it cheaper.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ from flax import nnx
 
 from benchmarks import default_out, format_table, write_json
 from benchmarks.head_cost import model_config
-from saol_jax import optim, sharding
-from saol_jax.ladder import BASE_LOSS, HEAD_LADDER, MODEL_HEADS, PASTE_VARIANTS, rung_loss, split_rung
-from saol_jax.losses import SS2_FORMS
+from saol_jax.core import optim, sharding
+from saol_jax.core.ladder import BASE_LOSS, HEAD_LADDER, MODEL_HEADS, PASTE_VARIANTS, rung_loss, split_rung
+from saol_jax.core.losses import SS2_FORMS
+from saol_jax.core.train_step import StepConfig, create_train_state, make_train_step, output_grid
 from saol_jax.models import DTYPES, build_model
-from saol_jax.train_step import StepConfig, create_train_state, make_train_step, output_grid
 
 VARIANTS = ("gap", "saol_ss_sd")
 RUNG_FORMS = (*SS2_FORMS, *PASTE_VARIANTS)  # what may follow a rung's `@`

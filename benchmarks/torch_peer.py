@@ -8,7 +8,7 @@ One train step: uint8 images -> normalised float on the device, torchvision's
 ResNet-50 (global average pooling + FC) in channels-last memory format,
 autocast to `--dtype` (bfloat16 by default; float32 runs without autocast),
 cross-entropy on integer labels, backward, SGD with Nesterov momentum 0.9
-and coupled weight decay 1e-4 (PyTorch's SGD, as `saol_jax.optim.sgd`),
+and coupled weight decay 1e-4 (PyTorch's SGD, as `saol_jax.core.optim.sgd`),
 lr 0.1. One synthetic batch stays on the device, as in
 `benchmarks.step_time`. `--modes` runs eager PyTorch and/or the
 `torch.compile`d step; repetitions alternate between them and compile time

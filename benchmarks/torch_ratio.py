@@ -37,7 +37,7 @@ from torch import nn
 
 from benchmarks import default_out, format_table, machine, write_json
 from benchmarks.step_time import TINY, Workload, _optim_config, host_batch, prepare, time_alternating
-from saol_jax import sharding
+from saol_jax.core import sharding
 
 CIFAR_DEPTHS = {"resnet20": 20, "resnet56": 56, "resnet110": 110}
 CIFAR_WIDTHS = (16, 32, 64)

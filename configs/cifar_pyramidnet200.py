@@ -9,17 +9,17 @@ x0.1 at epochs 150 and 225, weight decay 1e-4, pad-4 crop + flip, CutMix
 beta=1 p=0.5. Optional ShakeDrop (linear schedule to 0.5).
 Sized for: one GPU (batch 64, 26.8M parameters); `hw=gpu8` for an 8-GPU host
 (batch 512, lr scaled linearly).
-Time: not measured by this project (no GPU here).
-Expected top-1 error on CIFAR-100 (CutMix paper, GAP-FC head): 16.45 without
-CutMix, 14.23 with CutMix, 13.81 with CutMix + ShakeDrop; SAOL reference runs
-are not reproduced here. Noise is about +-0.2.
+Time: not measured by this project (it had no GPU).
+Expected top-1 error on CIFAR-100 (published by the CutMix paper, GAP-FC head):
+16.45 without CutMix, 14.23 with CutMix, 13.81 with CutMix + ShakeDrop, noise
+about +-0.2; this project has not reproduced them (no run in results/).
 Options: dataset=cifar100|cifar10, shakedrop (bool), head=gap|gap_ms|saol|saol_ss|saol_ss_sd, hw=..., smoke.
 """
 
 import ml_collections
 
-from saol_jax import recipe
-from saol_jax.options import Option
+from saol_jax.core import recipe
+from saol_jax.core.options import Option
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -28,11 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.backbone = "pyramidnet200_a240"
     c.model.backbone_kwargs.shakedrop = 0.5 if options.shakedrop else 0.0
     c.batch_size = 64
-    c.num_epochs = 300.0
-    c.optim.lr = 0.25
-    c.optim.schedule = "step"
-    c.optim.decay_epochs = (150, 225)
-    c.optim.weight_decay = 1e-4
+    recipe.sgd_schedule(c, num_epochs=300.0, lr=0.25, decay_epochs=(150, 225), weight_decay=1e-4)
     if options.smoke:
         recipe.apply_smoke(c, "pyramidnet", depth=8, alpha=12, bottleneck=False,
                            shakedrop=c.model.backbone_kwargs.shakedrop)

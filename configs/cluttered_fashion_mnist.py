@@ -15,13 +15,13 @@ fragments of other items, light noise, the item's true box with each image;
 accuracy, the localisation of SAOL's attention, its spatial map of the
 true class, their product and the GAP-FC branch's CAM against the true
 boxes (`eval/loc_<map>_pointing|mass_ratio|maxboxacc_v2|maxboxacc_50|top1_loc|...`,
-saol_jax.localization).
+saol_jax.core.localisation).
 
 Sized for: a 2-core CPU VM split into 8 CPU devices (`num_cpu_devices`), a
 ResNet-10 with four stages of 16/32/64/128 channels (output grid 8x8),
 3 epochs (468 steps of 128), one evaluation at the end.
-Expected: about 8 min wall on the 2-core VM (an estimate from the
-withdrawn study's runs; no result file of them is kept).
+Expected: no figure is quoted; the withdrawn study's runs kept no result
+file (README, "The earlier study, withdrawn").
 Validation: the builder writes only train and test, so the last 10% of train
 (2,000 canvases) is held out as `validation_split`, where every choice (an
 option, a localisation threshold) is made; training reads the other 18,000
@@ -31,17 +31,12 @@ Options (after a colon): `head=gap|gap_ms|saol|saol_ss|saol_ss_sd`, `smoke`, `hw
 
 import ml_collections
 
-from saol_jax import recipe
-from saol_jax.data import carved_splits
+from saol_jax.core import recipe
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     options = recipe.recipe_options(arg)
     c = recipe.base_config()
-    c.dataset.name = "cluttered_fashion_mnist"
-    c.dataset.train_split, c.dataset.validation_split = carved_splits(10)  # 18,000 / 2,000
-    c.dataset.augment = "none"  # CutMix is the only augmentation, as in the Fashion-MNIST recipe
-    c.dataset.mean = (0.128,)
-    c.dataset.std = (0.243,)
+    recipe.fashion_mnist_input(c, "cluttered_fashion_mnist", mean=0.128, std=0.243)  # 18,000 / 2,000
     recipe.canvas_64_training(c, num_epochs=3.0, smoke=options.smoke)
     return recipe.finalise(c, options)

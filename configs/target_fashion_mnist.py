@@ -19,28 +19,23 @@ position are drawn alike for the target and the distractors, so the
 largest bright component of the raw image, the mean-intensity map on the
 8x8 output grid sent through the localisation pipeline, a centred box of
 the mean size and a random item all stay at or below 0.27 box accuracy at
-IoU 0.5 (`python -m saol_jax.baselines`, results/benchmark_baselines/,
+IoU 0.5 (`python -m saol_jax.studies.baselines`, results/benchmark_baselines/,
 docs/method.md).
 
 Sized for: a 2-core CPU VM split into 8 CPU devices (`num_cpu_devices`), a
 ResNet-10 with four stages of 16/32/64/128 channels (output grid 8x8),
 2 epochs (312 steps of 128), one evaluation at the end, as the cluttered
 recipe but two thirds of its steps.
-Expected time: about 5 min wall on 2 idle cores, estimated, since the shared
-VM was never idle: the model, input size, batch and eval split size are
-those of the cluttered recipe, whose 468 steps take about 8 min idle
-(about 1 s a step with its evaluation), so 312 steps take about 5.3 min;
-cross-check, a 40-step run here used 1.9 CPU-seconds a step (steps 20-40,
-from /proc), about 1 s a step on 2 cores. Under a load average of 10-17 it
-ran at 6.7 s a step (35 min for the recipe).
-Expected accuracy: not measured yet; chance top-1 is 20%.
+Expected: the study's result files, results/target_fashion_mnist-study_target/
+(each run's accuracy, localisation and wall time), rendered in the README's
+"Localisation benchmark: target Fashion-MNIST"; chance top-1 is 20%.
 Options (after a colon): `head=gap|gap_ms|saol|saol_ss|saol_ss_sd`, `smoke`, `hw=...`,
-`backbone=resnet|vit|convnext` (saol_jax.recipe_backbones: a small ViT or ConvNeXt instead of the ResNet).
+`backbone=resnet|vit|convnext` (saol_jax.core.recipe_backbones: a small ViT or ConvNeXt instead of the ResNet).
 """
 
 import ml_collections
 
-from saol_jax import recipe, recipe_backbones
+from saol_jax.core import recipe, recipe_backbones
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -1,5 +1,6 @@
-"""Runs the project's commands (`python -m saol_jax.<command>`) from the repository root, as a
-user would, on fake CPU devices."""
+"""Runs the project's commands (`python -m saol_jax.<command>`, <command> being `train`,
+`commands.evaluate`, `studies.ablate`, ...) from the repository root, as a user would, on fake CPU
+devices."""
 
 from __future__ import annotations
 

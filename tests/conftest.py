@@ -7,7 +7,7 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 
-from saol_jax.sharding import relax_cpu_collective_timeouts  # noqa: E402
+from saol_jax.core.sharding import relax_cpu_collective_timeouts  # noqa: E402
 
 relax_cpu_collective_timeouts()
 

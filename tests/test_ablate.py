@@ -12,9 +12,9 @@ import scipy.stats
 from commands import run_command
 from configs import fashion_mnist
 import saol_jax
-from saol_jax import ablate, parallel_runs, report, results
-from saol_jax.config_check import check_fields
-from saol_jax.ladder import PASTE_VARIANTS
+from saol_jax.studies import ablate, parallel_runs, report, results
+from saol_jax.core.config_check import check_fields
+from saol_jax.core.ladder import PASTE_VARIANTS
 
 RUNGS = ("gap", "saol", "saol_ss_sd@paste")  # the paste form also checks its extra forward pass in the trainer
 RECIPE = {"config": "configs/fashion_mnist.py:smoke", "overrides": {"dataset.name": "tiny"}}
@@ -205,8 +205,8 @@ def test_rungs_with_a_cheaper_paste_target(variant):
 def test_versus_baseline_and_localisation_table():
     def entry(errors, pointing=None):
         runs = [{"top1_error": {"gap": e}, "localisation": {}} for e in errors]
-        loc = {} if pointing is None else {"cam_pointing": ablate.summarise(pointing)}
-        return {"runs": runs, "top1_error": {"gap": ablate.summarise(errors)}, "localisation": loc}
+        loc = {} if pointing is None else {"cam_pointing": ablate.over_seeds(pointing)}
+        return {"runs": runs, "top1_error": {"gap": ablate.over_seeds(errors)}, "localisation": loc}
 
     base, better, same = entry([10.0, 10.2, 9.8]), entry([9.0, 9.1, 8.9], pointing=[0.5, 0.7]), entry([10.1, 9.6, 10.3])
     vs = ablate.versus_baseline({"gap": base, "saol_ss_sd": better, "saol_ss": same})
@@ -241,14 +241,14 @@ def test_localisation_leaves_out_an_untrained_cam():
 
 
 def test_summary_statistics():
-    assert ablate.summarise([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(2 ** 0.5)}
-    assert ablate._cell(ablate.summarise([5.0])) == "5.00"
+    assert ablate.over_seeds([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(2 ** 0.5)}
+    assert ablate._cell(ablate.over_seeds([5.0])) == "5.00"
     assert ablate._cell(None) == "n/a"
 
 
 def test_cli_rejects_an_unknown_rung(tmp_path):
     proc = run_command(
-        "ablate", ["--config", "configs/fashion_mnist.py:smoke", "--workdir", str(tmp_path), "--rungs", "gap,nope"],
+        "studies.ablate", ["--config", "configs/fashion_mnist.py:smoke", "--workdir", str(tmp_path), "--rungs", "gap,nope"],
         timeout=120,
     )
     assert proc.returncode != 0
@@ -275,12 +275,12 @@ def test_final_metrics_keep_what_the_run_logged_at_its_last_step(tmp_path):
 
 def test_the_choice_is_made_on_the_validation_split():
     def entry(val, test):
-        return {"top1_error": {"saol": ablate.summarise(test)}, "val_top1_error": {"saol": ablate.summarise(val)}}
+        return {"top1_error": {"saol": ablate.over_seeds(test)}, "val_top1_error": {"saol": ablate.over_seeds(val)}}
 
     # saol_ss is the better on the validation split, saol on the test split: saol_ss is chosen.
     chosen = ablate.choose({"saol": entry([20.0, 21.0], [18.0, 18.5]), "saol_ss": entry([19.0, 19.5], [19.0, 19.2])})
     assert chosen["rung"] == "saol_ss" and chosen["test_top1_error"]["mean"] == pytest.approx(19.1)
-    assert ablate.choose({"saol": {"top1_error": {"saol": ablate.summarise([18.0, 19.0])}}}) is None
+    assert ablate.choose({"saol": {"top1_error": {"saol": ablate.over_seeds([18.0, 19.0])}}}) is None
 
 
 def test_parallel_runs_give_the_sequential_results(ladder, tiny_dataset, tmp_path, monkeypatch, capsys):

@@ -13,8 +13,8 @@ import pytest
 from benchmarks import accelerator, carried, end_to_end, input_pipeline, memory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TF_FREE_MODULES = ("saol_jax.models", "saol_jax.losses", "saol_jax.cutmix", "saol_jax.train_step",
-                   "saol_jax.optim", "saol_jax.sharding", "benchmarks.step_time", "benchmarks.grad_accum",
+TF_FREE_MODULES = ("saol_jax.models", "saol_jax.core.losses", "saol_jax.core.cutmix", "saol_jax.core.train_step",
+                   "saol_jax.core.optim", "saol_jax.core.sharding", "benchmarks.step_time", "benchmarks.grad_accum",
                    "benchmarks.memory",
                    "benchmarks.end_to_end", "benchmarks.accelerator")
 # As on the accelerator hosts: these cannot be imported (a None entry in sys.modules makes

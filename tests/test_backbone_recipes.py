@@ -9,9 +9,9 @@ import pytest
 from flax import nnx
 
 from configs import fashion_mnist, target_fashion_mnist
-from saol_jax.config_check import check_fields
+from saol_jax.core.config_check import check_fields
 from saol_jax.models import build_model
-from saol_jax.trainer import train_and_evaluate
+from saol_jax.core.trainer import train_and_evaluate
 from test_trainer import LOSS_TERMS, read_metrics
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from commands import run_command
 
-from saol_jax import baselines as bl
-from saol_jax.localization import IOU_LEVELS
+from saol_jax.core.localisation import IOU_LEVELS
+from saol_jax.studies import baselines as bl
 
 
 def one_bright_item(top: int, left: int, side: int, size: int = 32) -> np.ndarray:
@@ -75,7 +75,7 @@ def test_command_on_a_tiny_dataset(tiny_boxed_dataset, tmp_path):
     out = tmp_path / "baselines.json"
     args = ["--dataset", tiny_boxed_dataset["name"], "--data_dir", tiny_boxed_dataset["data_dir"],
             "--split", "test", "--tune_split", "train", "--grid", "4", "--out", str(out)]
-    result = run_command("baselines", args, timeout=300)
+    result = run_command("studies.baselines", args, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["count"] == 30 and report["chance_top1"] == 0.25
@@ -86,6 +86,6 @@ def test_command_on_a_tiny_dataset(tiny_boxed_dataset, tmp_path):
     assert 0.0 <= report["intensity_map"]["pointing"] <= 1.0 and report["intensity_map"]["mass_ratio"] > 1.0
     assert "random_item" not in report  # the tiny dataset has no item boxes
 
-    bad = run_command("baselines", [*args[:4], "--split", "nope"], timeout=300)
+    bad = run_command("studies.baselines", [*args[:4], "--split", "nope"], timeout=300)
     assert bad.returncode != 0
     assert bad.stderr.strip().splitlines()[-1].startswith("error: tiny_boxed_shapes has no split 'nope'")

@@ -8,8 +8,8 @@ import math
 import pytest
 
 from benchmarks import grad_accum, head_cost, memory, scaling, step_time
-from saol_jax import sharding
-from saol_jax.ladder import BASE_LOSS
+from saol_jax.core import sharding
+from saol_jax.core.ladder import BASE_LOSS
 
 
 def read(path) -> dict:

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from commands import run_command
-from saol_jax import compare_heads, paths
-from saol_jax.metrics import read_events
-from saol_jax.trainer import train_and_evaluate
+from saol_jax.commands import compare_heads
+from saol_jax.core import paths
+from saol_jax.core.metrics import read_events
+from saol_jax.core.trainer import train_and_evaluate
 from test_trainer import tiny_config
 
 
@@ -108,7 +109,7 @@ def workdir(tiny_dataset, tmp_path_factory) -> str:
 
 
 def test_cli_errors_match_the_trainers_final_eval(workdir):
-    proc = run_command("compare_heads", ["--workdir", workdir], timeout=300)
+    proc = run_command("commands.compare_heads", ["--workdir", workdir], timeout=300)
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "top-1 error" in proc.stdout and "disagree on" in proc.stdout
     with open(os.path.join(workdir, "compare_heads.json"), encoding="utf-8") as f:

@@ -9,12 +9,12 @@ import os
 import ml_collections
 import pytest
 
-from saol_jax import losses
+from saol_jax.core import losses
+from saol_jax.core.ladder import BASE_LOSS, HEAD_LADDER, MODEL_HEADS
+from saol_jax.core.options import Option, parse_options
+from saol_jax.core.recipe import HARDWARE, LARGE_BATCH_FACTOR, LARGE_BATCH_WARMUP_EPOCHS, base_config
+from saol_jax.core.trainer import train_and_evaluate
 from saol_jax.data import carved_splits
-from saol_jax.ladder import BASE_LOSS, HEAD_LADDER, MODEL_HEADS
-from saol_jax.options import Option, parse_options
-from saol_jax.recipe import HARDWARE, LARGE_BATCH_FACTOR, LARGE_BATCH_WARMUP_EPOCHS, base_config
-from saol_jax.trainer import train_and_evaluate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(
@@ -57,7 +57,7 @@ def test_hardware_variant_scales_lr_linearly(recipe):
     scaled = load(recipe, "hw=gpu8")
     assert scaled.batch_size == HARDWARE["gpu8"].batch
     assert scaled.optim.base_batch_size == (base.optim.base_batch_size or base.batch_size)
-    from saol_jax.optim import scaled_learning_rate
+    from saol_jax.core.optim import scaled_learning_rate
 
     assert scaled_learning_rate(scaled.optim, scaled.batch_size) == pytest.approx(
         base.optim.lr * scaled.batch_size / base.batch_size

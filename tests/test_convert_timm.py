@@ -12,9 +12,9 @@ import pytest
 import torch
 from flax import nnx
 
-from saol_jax import checkpoint
-from saol_jax import convert_timm as ctimm
-from saol_jax.convert_torchvision import ConversionError, load_into
+from saol_jax.core import checkpoint
+from saol_jax.commands import convert_timm as ctimm
+from saol_jax.commands.convert_torchvision import ConversionError, load_into
 from saol_jax.models import build_model
 from test_trainer import flat_arrays
 from torch_timm_reference import ConvNeXt, VisionTransformer, randomise

@@ -12,8 +12,8 @@ import pytest
 import torch
 from flax import nnx
 
-from saol_jax import checkpoint
-from saol_jax import convert_torchvision as ct
+from saol_jax.commands import convert_torchvision as ct
+from saol_jax.core import checkpoint
 from test_trainer import flat_arrays
 from torch_resnet_reference import random_resnet
 

@@ -1,4 +1,4 @@
-"""Tests for saol_jax.cutmix: boxes, lambda, pasting, partners, coverage, jit and sharding."""
+"""Tests for saol_jax.core.cutmix: boxes, lambda, pasting, partners, coverage, jit and sharding."""
 
 import functools
 import math
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from saol_jax import cutmix as cm
+from saol_jax.core import cutmix as cm
 
 # Jitted entry points (one compile per configuration keeps the tests fast on CPU).
 _cutmix = jax.jit(cm.cutmix, static_argnames=("grid_hw", "beta", "prob", "group_size"))

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from saol_jax import cutmix, cutmix_eval
+from saol_jax.core import cutmix, cutmix_eval
 
 
 def log_spatial_from_winners(winners: np.ndarray, num_classes: int = 3) -> jax.Array:

@@ -5,7 +5,7 @@ read the same global batches (`dataset.host_shards=2`: process i of the
 two-process run reads share i, the single process reads both), so their
 losses and parameters must agree to float tolerance. The two-process run is
 then restarted with more steps and must resume from its shared checkpoint.
-Also unit tests of `saol_jax.distributed`'s decisions, from environment dicts.
+Also unit tests of `saol_jax.core.distributed`'s decisions, from environment dicts.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from commands import run_command, smoke_args, start_command
-from saol_jax import checkpoint, distributed
+from saol_jax.core import checkpoint, distributed
 
 LOSS_TERMS = ("saol_ce", "ss1", "ss2", "sd", "gap_ce", "total")
 TIMEOUT_S = 420

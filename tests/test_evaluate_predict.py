@@ -1,4 +1,4 @@
-"""saol_jax.evaluate (a saved step on any split) and saol_jax.predict (image files), on one tiny boxed run."""
+"""saol_jax.commands.evaluate (a saved step on any split) and saol_jax.commands.predict (image files), on one tiny boxed run."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 
 from commands import run_command
-from saol_jax import evaluate, predict, visualize
+from saol_jax.commands import evaluate, predict, visualize
+from saol_jax.core.metrics import final_eval, read_events
+from saol_jax.core.restore import NoCheckpointError, load_trained
+from saol_jax.core.trainer import train_and_evaluate
 from saol_jax.data import DatasetInfo
-from saol_jax.metrics import final_eval, read_events
-from saol_jax.restore import NoCheckpointError, load_trained
-from saol_jax.trainer import train_and_evaluate
 from test_trainer import tiny_config
 
 NUM_IMAGES = 8
@@ -51,7 +51,7 @@ def png_dir(trained, tmp_path_factory) -> tuple[str, np.ndarray]:
 
 
 def test_newest_step_on_the_eval_split_equals_the_trainers_final_eval(workdir):
-    results = evaluate.evaluate(workdir)
+    results = evaluate.evaluate_checkpoint(workdir)
     logged = final_eval(read_events(workdir), 4)
     assert results["step"] == 4 and (results["split"], results["role"]) == ("test", "test")
     measured = {k: v for k, v in results.items() if k.startswith("eval/")}
@@ -64,23 +64,23 @@ def test_newest_step_on_the_eval_split_equals_the_trainers_final_eval(workdir):
 
 def test_an_older_step_and_the_train_split(workdir):
     newest = final_eval(read_events(workdir), 4)
-    older = evaluate.evaluate(workdir, step=2)
+    older = evaluate.evaluate_checkpoint(workdir, step=2)
     assert older["step"] == 2 and older["eval/count"] == newest["eval/count"] == 30
     assert older["eval/saol_loss"] != pytest.approx(newest["eval/saol_loss"])
-    train = evaluate.evaluate(workdir, split="train")
+    train = evaluate.evaluate_checkpoint(workdir, split="train")
     assert train["split"] == "train" and train["eval/count"] == 96
     assert 0.0 <= train["eval/loc_attention_maxboxacc_50"] <= 1.0
 
 
 def test_the_validation_role_reads_the_runs_carve_and_equals_its_val_event(workdir):
-    results = evaluate.evaluate(workdir, split="validation")
+    results = evaluate.evaluate_checkpoint(workdir, split="validation")
     assert (results["split"], results["role"], results["eval/count"]) == ("train[90%:]", "validation", 10)
     logged = final_eval(read_events(workdir), 4, "val")
     assert {f"val/{k[len('eval/'):]}" for k in results if k.startswith("eval/")} == set(logged)
     for name, value in logged.items():
         measured = results[f"eval/{name[len('val/'):]}"]
         assert measured == pytest.approx(value, rel=1e-5, abs=1e-6, nan_ok=True), name
-    assert evaluate.evaluate(workdir, split="train[90%:]")["role"] == "validation"
+    assert evaluate.evaluate_checkpoint(workdir, split="train[90%:]")["role"] == "validation"
     # The test split's box scores are taken at the thresholds the validation split chose.
     tested = final_eval(read_events(workdir), 4)
     for kind in ("attention", "cam"):
@@ -103,12 +103,12 @@ def test_split_roles_resolve_to_the_runs_splits():
 def test_a_workdir_without_checkpoints_is_an_error(workdir, tmp_path):
     shutil.copy(os.path.join(workdir, "config.json"), tmp_path / "config.json")
     with pytest.raises(NoCheckpointError, match="no checkpoints"):
-        evaluate.evaluate(str(tmp_path))
+        evaluate.evaluate_checkpoint(str(tmp_path))
     assert not os.path.exists(tmp_path / "checkpoints")
 
 
 def test_the_command_writes_json_and_explains_a_bad_split_or_step(workdir):
-    done = run_command("evaluate", ["--workdir", workdir], timeout=COMMAND_TIMEOUT)
+    done = run_command("commands.evaluate", ["--workdir", workdir], timeout=COMMAND_TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     with open(os.path.join(workdir, "evaluate_test_step4.json"), encoding="utf-8") as f:
         written = json.load(f)
@@ -118,7 +118,7 @@ def test_the_command_writes_json_and_explains_a_bad_split_or_step(workdir):
 
     for args, message in ((["--split", "valid"], "has no split 'valid'; its splits: test, train"),
                           (["--step", "3"], "has no checkpoint at step 3; saved steps: 2, 4")):
-        done = run_command("evaluate", ["--workdir", workdir, *args], timeout=COMMAND_TIMEOUT)
+        done = run_command("commands.evaluate", ["--workdir", workdir, *args], timeout=COMMAND_TIMEOUT)
         assert done.returncode != 0
         last = done.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and message in last, done.stderr[-3000:]
@@ -177,7 +177,7 @@ def test_the_predict_command_prints_json_lines_and_writes_maps(workdir, png_dir,
     folder, _ = png_dir
     maps = tmp_path / "maps"
     extra = os.path.join(folder, "img_00.png")
-    done = run_command("predict", ["--workdir", workdir, folder, extra, "--top_k", "2", "--maps", str(maps)],
+    done = run_command("commands.predict", ["--workdir", workdir, folder, extra, "--top_k", "2", "--maps", str(maps)],
                        timeout=COMMAND_TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in done.stdout.strip().splitlines()]

@@ -1,4 +1,4 @@
-"""`python -m saol_jax.export`: an artefact that a bare jax process loads and runs like the model.
+"""`python -m saol_jax.commands.export`: an artefact that a bare jax process loads and runs like the model.
 
     nice -n 19 .venv/bin/python -m pytest -q tests/test_export.py
 """
@@ -16,8 +16,8 @@ import pytest
 
 from commands import run_command
 from saol_jax import data
-from saol_jax.restore import load_trained
-from saol_jax.trainer import train_and_evaluate
+from saol_jax.core.restore import load_trained
+from saol_jax.core.trainer import train_and_evaluate
 from test_trainer import tiny_config
 
 # Loads the artefact with only jax and numpy, runs it on the images twice (all of them and the
@@ -41,7 +41,7 @@ def exported(tiny_dataset, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("run"))
     train_and_evaluate(tiny_config(tiny_dataset, num_train_steps=2, eval_cutmix_maps=False), workdir)
     out = str(tmp_path_factory.mktemp("export"))
-    proc = run_command("export", ["--workdir", workdir, "--out", out], timeout=300)
+    proc = run_command("commands.export", ["--workdir", workdir, "--out", out], timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return workdir, out
 

@@ -18,9 +18,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from commands import REPO, smoke_args, start_command
-from saol_jax import checkpoint, faults, restore, trainer, workdir_lock
-from saol_jax.trainer import Preempted, train_and_evaluate
-from saol_jax.workdir_lock import WorkdirBusyError
+from saol_jax.core import checkpoint, faults, restore, trainer, workdir_lock
+from saol_jax.core.trainer import Preempted, train_and_evaluate
+from saol_jax.core.workdir_lock import WorkdirBusyError
 from test_resume_safety import _truncate_largest_file
 from test_trainer import read_metrics, tiny_config
 
@@ -141,7 +141,7 @@ def test_two_trainers_started_on_one_workdir(tiny_dataset, tmp_path):
 def test_watchdog_ends_a_process_whose_threads_hang(tmp_path):
     script = (
         "import threading, sys\n"
-        "from saol_jax import faults\n"
+        "from saol_jax.core import faults\n"
         "threading.Thread(target=threading.Event().wait).start()  # never ends, like orbax's after a failed save\n"
         "faults.exit_within(3, 2.0)\n"
         "sys.exit('error: something the user must fix')\n"
@@ -157,7 +157,7 @@ def test_watchdog_ends_a_process_whose_threads_hang(tmp_path):
 def test_exception_in_a_background_thread_ends_the_process_in_one_line():
     script = (
         "import threading, time\n"
-        "from saol_jax import faults\n"
+        "from saol_jax.core import faults\n"
         "faults.install_thread_hook()\n"
         "def fail():\n"
         "    raise RuntimeError('the reader lost its disk')\n"

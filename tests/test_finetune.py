@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from saol_jax import checkpoint, trainer
-from saol_jax import convert_torchvision as ct
+from saol_jax.commands import convert_torchvision as ct
+from saol_jax.core import checkpoint, trainer
 from saol_jax.models import build_model
 from test_trainer import flat_arrays, tiny_config
 from tfds_fixtures import write_tiny_dataset
@@ -45,7 +45,7 @@ def _initialised_run(config, workdir: str) -> dict[str, dict[tuple[str, ...], np
 
 def test_init_from_another_class_count_loads_the_backbone_only(source_run, six_classes, tmp_path, caplog):
     config = tiny_config(six_classes, init_from=source_run)
-    with caplog.at_level(logging.INFO, logger="saol_jax.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="saol_jax.core.checkpoint"):
         state = _initialised_run(config, str(tmp_path))
     fresh_model = build_model(config.model, num_classes=6, in_channels=3, rngs=nnx.Rngs(config.seed))
     fresh = {"params": flat_arrays(nnx.state(fresh_model, nnx.Param)),
@@ -78,7 +78,7 @@ def test_init_from_another_class_count_loads_the_backbone_only(source_run, six_c
 
 def test_init_from_same_classes_loads_the_heads_too(source_run, tiny_dataset, tmp_path, caplog):
     config = tiny_config(tiny_dataset, init_from=source_run)
-    with caplog.at_level(logging.INFO, logger="saol_jax.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="saol_jax.core.checkpoint"):
         state = _initialised_run(config, str(tmp_path))
     assert "initialised 0 arrays (none)" in caplog.text
     assert "(backbone, gap_fc, saol)" in caplog.text
@@ -126,7 +126,7 @@ def test_cub_recipe_smoke_trains_from_a_converted_checkpoint(tiny_boxed_dataset,
     config.num_train_steps = 2
     config.init_from = converted
     workdir = str(tmp_path / "run")
-    with caplog.at_level(logging.INFO, logger="saol_jax.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="saol_jax.core.checkpoint"):
         results = trainer.train_and_evaluate(config, workdir)
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("init_from"))
     backbone_arrays = len(ct._flatten(params["backbone"])) + len(ct._flatten(batch_stats["backbone"]))
@@ -142,6 +142,6 @@ def test_missing_init_from_names_the_converter(tmp_path):
     model = build_model(tiny_config({"name": "x", "data_dir": None}).model, num_classes=4, in_channels=3,
                         rngs=nnx.Rngs(0))
     missing = str(tmp_path / "never_converted" / "checkpoints")
-    with pytest.raises(FileNotFoundError, match="saol_jax.convert_torchvision"):
+    with pytest.raises(FileNotFoundError, match="saol_jax.commands.convert_torchvision"):
         checkpoint.load_weights(missing, nnx.state(model, nnx.Param), nnx.state(model, nnx.BatchStat))
     assert not os.path.exists(missing)

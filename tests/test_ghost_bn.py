@@ -16,10 +16,10 @@ import pytest
 from flax import nnx
 
 from configs import fashion_mnist
-from saol_jax import losses, optim, sharding
+from saol_jax.core import losses, optim, sharding
+from saol_jax.core.train_step import StepConfig, create_train_state, make_train_step, output_grid
 from saol_jax.models import build_model
 from saol_jax.models.norm import BatchNorm
-from saol_jax.train_step import StepConfig, create_train_state, make_train_step, output_grid
 
 DEVICES = 8
 PER_DEVICE = 4

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from saol_jax import losses, optim, sharding
+from saol_jax.core import losses, optim, sharding
+from saol_jax.core.train_step import StepConfig, create_train_state, make_train_step
+from saol_jax.core.trainer import train_and_evaluate
 from saol_jax.models import build_model
-from saol_jax.train_step import StepConfig, create_train_state, make_train_step
-from saol_jax.trainer import train_and_evaluate
 from test_trainer import LOSS_TERMS, read_metrics, tiny_config
 
 BATCH, DEVICES, ACCUM = 32, 8, 2

@@ -1,4 +1,4 @@
-"""Tests for saol_jax.losses: each term on hand-computed cases, masking, gradients, the loss dict."""
+"""Tests for saol_jax.core.losses: each term on hand-computed cases, masking, gradients, the loss dict."""
 
 import functools
 import math
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from saol_jax import losses as L
+from saol_jax.core import losses as L
 
 # A 2-class, 2x2-grid example used throughout: attention A and class-0 probabilities Y0 per cell.
 A = np.array([[0.1, 0.2], [0.3, 0.4]])

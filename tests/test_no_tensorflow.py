@@ -74,7 +74,7 @@ def test_train_resume_and_evaluate_without_tensorflow(tiny_dataset, tmp_path):
     assert want.keys() == got.keys()
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=str(name))
-    assert "wrote" in run("evaluate", ["--workdir", reference], env)
+    assert "wrote" in run("commands.evaluate", ["--workdir", reference], env)
     assert os.path.exists(os.path.join(reference, "evaluate_test_step4.json"))
 
 

@@ -43,10 +43,10 @@ def executed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("notebook")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     skipped = []
-    if importlib.util.find_spec("saol_jax.visualize") is None:
+    if importlib.util.find_spec("saol_jax.commands.visualize") is None:
         skipped = [c for c in nb.cells if "visualize" in c.metadata.get("tags", [])]
         nb.cells = [c for c in nb.cells if c not in skipped]
-        warnings.warn("saol_jax.visualize does not exist yet: the attention-map cell was not run")
+        warnings.warn("saol_jax.commands.visualize does not exist yet: the attention-map cell was not run")
     env = {
         "SAOL_REPO_DIR": REPO,
         "SAOL_DATA_DIR": str(tmp / "tfds"),
@@ -94,7 +94,7 @@ def test_notebook_trains_the_smoke_config_and_plots_its_curves(executed):
 def test_notebook_shows_the_attention_maps(executed):
     nb, tmp, skipped = executed
     if skipped:
-        pytest.skip("saol_jax.visualize does not exist yet")
+        pytest.skip("saol_jax.commands.visualize does not exist yet")
     cell = next(c for c in nb.cells if "visualize" in c.metadata.get("tags", []))
     assert _images(cell) >= 1
     for line in _text(cell).split():

@@ -1,12 +1,12 @@
-"""Tests for saol_jax.paste_targets: the cheaper `paste` targets reduce to `paste` where they should."""
+"""Tests for saol_jax.core.paste_targets: the cheaper `paste` targets reduce to `paste` where they should."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from saol_jax import losses as L
-from saol_jax import paste_targets as P
+from saol_jax.core import losses as L
+from saol_jax.core import paste_targets as P
 
 DEVICES, PER_DEVICE, GRID, K = 2, 4, (4, 4), 3
 B = DEVICES * PER_DEVICE

@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from saol_jax import sharding
-from saol_jax.prefetch import DevicePrefetcher
+from saol_jax.core import sharding
+from saol_jax.core.prefetch import DevicePrefetcher
 
 
 def host_batches(count: int | None, seed: int = 0):

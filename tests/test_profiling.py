@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from saol_jax.trainer import train_and_evaluate
+from saol_jax.core.trainer import train_and_evaluate
 from test_trainer import tiny_config
 
 

@@ -143,7 +143,7 @@ def test_notebook_snippet_runs_as_printed(quickstart_run, tmp_path):
 
 def test_visualize_command_on_the_quickstart_workdir(quickstart_run):
     cwd, env, workdir, _ = quickstart_run
-    argv = readme_command("saol_jax.visualize")
+    argv = readme_command("saol_jax.commands.visualize")
     argv = [sys.executable, *argv[1:]]
     argv[argv.index("--workdir") + 1] = os.path.relpath(workdir, cwd)
     out = run(argv, cwd, env)
@@ -181,7 +181,7 @@ def test_wsol_command_on_the_quickstart_workdir(quickstart_run, tmp_path):
     cwd, env, workdir, _ = quickstart_run
     _GrayBoxes(data_dir=str(tmp_path)).download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    argv = readme_command("saol_jax.wsol")
+    argv = readme_command("saol_jax.commands.wsol")
     argv = [sys.executable, *argv[1:]]
     argv[argv.index("--workdir") + 1] = os.path.relpath(workdir, cwd)
     # The quickstart run's Fashion-MNIST has no boxes (and the README's CUB needs a download); another
@@ -199,7 +199,7 @@ def test_wsol_command_on_the_quickstart_workdir(quickstart_run, tmp_path):
 
 def test_ablate_command_runs_from_the_fresh_directory(newcomer):
     cwd, env = newcomer
-    argv = as_smoke(readme_command("saol_jax.ablate"))
+    argv = as_smoke(readme_command("saol_jax.studies.ablate"))
     argv[argv.index("--seeds") + 1] = "1"  # one seed keeps the test short
     argv += ["--rungs", "gap,saol_ss_sd"]
     out = run(argv, cwd, env)

@@ -1,4 +1,4 @@
-"""saol_jax.report: tables rendered from hand-written result files into markdown, and checked against them."""
+"""saol_jax.studies.report: tables rendered from hand-written result files into markdown, and checked against them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import scipy.stats
 
 from commands import run_command
-from saol_jax import report, results
+from saol_jax.studies import report, results
 
 SEEDS = [0, 1, 2, 3, 4]
 RUNG = "saol_ss_sd@paste"
@@ -42,7 +42,7 @@ DOC = "# A document\n\nSome text.\n\n<!-- results: toy -->\nstale\n<!-- /results
 
 @pytest.fixture
 def root(tmp_path):
-    """A results root with the study `toy`: 5 seeds x 2 rungs, written by hand (not by saol_jax.results)."""
+    """A results root with the study `toy`: 5 seeds x 2 rungs, written by hand (not by saol_jax.studies.results)."""
     for rung, splits in METRICS.items():
         os.makedirs(tmp_path / "toy" / rung)
         for i, seed in enumerate(SEEDS):
@@ -142,7 +142,7 @@ def test_check_fails_on_an_edited_number(root, tmp_path):
     edited = text.replace(f"| gap | n/a | {old} |", f"| gap | n/a | {old.replace(old[:5], '22.00', 1)} |")
     assert edited != text
     doc.write_text(edited, encoding="utf-8")
-    proc = run_command("report", ["--check", str(doc), "--root", root], timeout=120)
+    proc = run_command("studies.report", ["--check", str(doc), "--root", root], timeout=120)
     assert proc.returncode == 1
     problems = [line for line in proc.stderr.splitlines() if line.startswith(str(doc))]
     line = text.splitlines().index(next(x for x in text.splitlines() if x.startswith("| gap | n/a |"))) + 1

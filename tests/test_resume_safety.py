@@ -13,10 +13,11 @@ import orbax.checkpoint as ocp
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from saol_jax import checkpoint, data, faults, trainer
-from saol_jax.metrics import MetricWriter, read_events
-from saol_jax.run_identity import RunChangedError
-from saol_jax.trainer import NonFiniteLossError, train_and_evaluate
+from saol_jax import data
+from saol_jax.core import checkpoint, faults, trainer
+from saol_jax.core.metrics import MetricWriter, read_events
+from saol_jax.core.run_identity import RunChangedError
+from saol_jax.core.trainer import NonFiniteLossError, train_and_evaluate
 from test_trainer import diverge, final_params, flat_arrays, tiny_config
 
 

@@ -1,4 +1,4 @@
-"""saol_jax.stats against scipy's t-tests and a Holm correction worked by hand."""
+"""saol_jax.studies.stats against scipy's t-tests and a Holm correction worked by hand."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from saol_jax import stats
+from saol_jax.studies import stats
 
 A = np.array([19.35, 19.90, 18.80, 19.62, 20.01])
 B = np.array([22.27, 22.05, 22.49, 21.80, 22.60, 22.31])

@@ -3,7 +3,7 @@
 import pytest
 from scipy import stats as scipy_stats
 
-from saol_jax import ablate, study_goals
+from saol_jax.studies import ablate, study_goals
 
 MAPS = ("attention", "spatial", "product", "cam")
 
@@ -16,10 +16,10 @@ def entry(errors, val_errors, loc, val_loc, outputs=("saol", "gap")):
              "val_localisation": {k: v[i] for k, v in val_loc.items()}}
             for i, e in enumerate(errors)]
     return {"runs": runs,
-            "top1_error": {out: ablate.summarise(errors) for out in outputs},
-            "localisation": {k: ablate.summarise(v) for k, v in loc.items()},
-            "val_top1_error": {out: ablate.summarise(val_errors) for out in outputs},
-            "val_localisation": {k: ablate.summarise(v) for k, v in val_loc.items()}}
+            "top1_error": {out: ablate.over_seeds(errors) for out in outputs},
+            "localisation": {k: ablate.over_seeds(v) for k, v in loc.items()},
+            "val_top1_error": {out: ablate.over_seeds(val_errors) for out in outputs},
+            "val_localisation": {k: ablate.over_seeds(v) for k, v in val_loc.items()}}
 
 
 def saol_loc(n, extent, pointing=0.95):

@@ -15,11 +15,11 @@ from flax import nnx
 
 from commands import smoke_args, start_command
 from configs import fashion_mnist
-from saol_jax import checkpoint, losses, optim, run_identity, sharding
+from saol_jax.core import checkpoint, losses, optim, run_identity, sharding
+from saol_jax.core.config_check import ConfigError
+from saol_jax.core.train_step import StepConfig, create_train_state, make_train_step, step_config
+from saol_jax.core.trainer import NonFiniteLossError, train_and_evaluate
 from saol_jax.models import build_model
-from saol_jax.train_step import StepConfig, create_train_state, make_train_step, step_config
-from saol_jax.config_check import ConfigError
-from saol_jax.trainer import NonFiniteLossError, train_and_evaluate
 
 LOSS_TERMS = ("saol_ce", "ss1", "ss2", "sd", "gap_ce", "total")
 

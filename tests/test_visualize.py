@@ -11,8 +11,8 @@ import pytest
 
 from commands import run_command
 from configs import fashion_mnist
-from saol_jax import visualize
-from saol_jax.trainer import train_and_evaluate
+from saol_jax.commands import visualize
+from saol_jax.core.trainer import train_and_evaluate
 
 
 PANEL_PIXELS = 220  # visualize.PANEL_INCHES at the 100 dpi of paths.save_figure
@@ -80,7 +80,7 @@ def test_threshold_boxes_bound_the_hot_cell():
 
 
 def test_cli_writes_to_the_workdir_by_default(workdir):
-    proc = run_command("visualize", ["--workdir", workdir, "--num_images", "2"], timeout=300)
+    proc = run_command("commands.visualize", ["--workdir", workdir, "--num_images", "2"], timeout=300)
     assert proc.returncode == 0, proc.stderr[-5000:]
     paths = proc.stdout.split()
     assert len(paths) == 2

@@ -1,4 +1,4 @@
-"""WSOL evaluator on a synthetic box dataset (the scores themselves: tests/test_localization.py)."""
+"""WSOL evaluator on a synthetic box dataset (the scores themselves: tests/test_localisation.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import tensorflow_datasets as tfds
 
 from commands import run_command
 from configs import fashion_mnist
-from saol_jax import localization, wsol
-from saol_jax.trainer import train_and_evaluate
+from saol_jax.commands import wsol
+from saol_jax.core import localisation
+from saol_jax.core.trainer import train_and_evaluate
 
 SIZE = 16
 NUM_TEST = 20
@@ -21,19 +22,19 @@ NUM_TEST = 20
 
 def test_bad_settings_fail_before_loading_anything(tmp_path):
     with pytest.raises(ValueError, match="component"):
-        wsol.evaluate(str(tmp_path), component="convex")
+        wsol.score_wsol(str(tmp_path), component="convex")
 
 
 def hand_made_sums(count: int, best: int, correct: int) -> dict:
     """Sums of a split of `count` images whose box accuracy peaks at threshold index `best` at every
     IoU level (all images located there, half as many one step away, none elsewhere), of which the
     first `correct` are classified right."""
-    num = len(localization.SWEEP_THRESHOLDS)
+    num = len(localisation.SWEEP_THRESHOLDS)
     ious = np.zeros((count, num))
     ious[:, best] = 0.8
     ious[: count // 2, best + 1] = 0.6
     return {"count": float(count), "correct": float(correct), "pointing": count / 4, "mass_ratio": 1.5 * count,
-            **localization.sweep_sums(ious, np.arange(count) < correct)}
+            **localisation.sweep_sums(ious, np.arange(count) < correct)}
 
 
 def test_thresholds_are_chosen_on_the_tuning_split_and_applied_to_the_scored_one():
@@ -122,7 +123,7 @@ def test_training_evaluation_reports_true_box_localisation(workdir):
         for metric in ("pointing", "maxboxacc_v2", "maxboxacc_30", "maxboxacc_50", "maxboxacc_70", "top1_loc", "iou"):
             assert 0.0 <= scores[metric] <= 1.0, (kind, metric)
         for level in ("30", "50", "70"):
-            assert scores[f"threshold_{level}"] in localization.SWEEP_THRESHOLDS
+            assert scores[f"threshold_{level}"] in localisation.SWEEP_THRESHOLDS
         assert scores["maxboxacc_30"] >= scores["maxboxacc_50"] >= scores["maxboxacc_70"]
         assert scores["top1_loc"] <= scores["maxboxacc_50"]
         assert scores["mass_ratio"] >= 0.0
@@ -133,7 +134,7 @@ def test_offline_evaluator_agrees_with_the_training_evaluation(workdir):
     # threshold split is that split, so both report the same figures.
     with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
         final = [json.loads(line) for line in f if '"eval"' in line][-1]
-    results = wsol.evaluate(workdir, kind="spatial", batch_size=8)
+    results = wsol.score_wsol(workdir, kind="spatial", batch_size=8)
     assert results["split"] == "test" and results["threshold_split"] == "train[90%:]"
     assert results["count"] == NUM_TEST and 0 < results["threshold_count"] < 64
     for name in ("maxboxacc_v2", "maxboxacc_50", "threshold_50", "top1_loc"):
@@ -145,13 +146,13 @@ def test_offline_evaluator_agrees_with_the_training_evaluation(workdir):
     assert results["gt_known_loc"] == results["maxboxacc_50"] <= results["oracle"]["maxboxacc_50"]
     assert results["top1_loc"] <= min(results["gt_known_loc"], results["top1_cls"])
     # Another held-out split, named: its own thresholds.
-    named = wsol.evaluate(workdir, kind="spatial", threshold_split="train", batch_size=8)
+    named = wsol.score_wsol(workdir, kind="spatial", threshold_split="train", batch_size=8)
     assert named["threshold_split"] == "train" and named["threshold_count"] == 64
     assert named["oracle"] == results["oracle"]
 
 
 def test_product_map_of_a_saol_model(workdir):
-    results = wsol.evaluate(workdir, kind="product", threshold_split="train", batch_size=8, max_examples=8)
+    results = wsol.score_wsol(workdir, kind="product", threshold_split="train", batch_size=8, max_examples=8)
     assert results["map"] == "product" and results["count"] == 8 and results["threshold_count"] == 8
     assert 0.0 <= results["pointing"] <= 1.0 and results["mass_ratio"] >= 0.0
 
@@ -166,20 +167,20 @@ def test_a_threshold_split_is_needed_and_must_be_held_out(workdir, tmp_path):
     with open(os.path.join(no_validation, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f)
     with pytest.raises(wsol.ThresholdSplitError, match="validation_split"):
-        wsol.evaluate(no_validation, max_examples=2)
+        wsol.score_wsol(no_validation, max_examples=2)
     with pytest.raises(wsol.ThresholdSplitError, match="held-out"):
-        wsol.evaluate(workdir, split="test", threshold_split="test", max_examples=2)
+        wsol.score_wsol(workdir, split="test", threshold_split="test", max_examples=2)
     # Another dataset than the run's: the run's validation split says nothing about it.
     with pytest.raises(wsol.ThresholdSplitError, match="is not the run's dataset"):
-        wsol.evaluate(workdir, dataset="caltech_birds2011", max_examples=2)
-    proc = run_command("wsol", ["--workdir", no_validation, "--max_examples", "2"], timeout=300)
+        wsol.score_wsol(workdir, dataset="caltech_birds2011", max_examples=2)
+    proc = run_command("commands.wsol", ["--workdir", no_validation, "--max_examples", "2"], timeout=300)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no split to choose the box thresholds on")
 
 
 def test_cli_writes_json_and_cam_works(workdir):
     out = os.path.join(workdir, "wsol_cam.json")
-    proc = run_command("wsol", ["--workdir", workdir, "--map", "cam", "--head", "gap", "--max_examples", "5",
+    proc = run_command("commands.wsol", ["--workdir", workdir, "--map", "cam", "--head", "gap", "--max_examples", "5",
                                 "--threshold_split", "train[:10]", "--batch_size", "4", "--out", out], timeout=300)
     assert proc.returncode == 0, proc.stderr[-5000:]
     printed, wrote = proc.stdout.rsplit("wrote ", 1)

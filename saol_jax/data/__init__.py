@@ -1,12 +1,17 @@
-"""Data: tfds input pipelines, preprocessing, and offline Fashion-MNIST preparation.
+"""Data: tfds input pipelines, preprocessing, and the offline datasets.
 
 One job a module: `discovery` (finding a prepared dataset, with errors that
 say how to prepare it), `info` (classes, input shape, splits), `config`
-(the `dataset` field's defaults), `transforms`, `train_stream` (the
-resumable train stream), `padded_eval` (equal eval batches on every host),
-`hosts` (which share of a split each process reads) and `tfdata` (shared
-tf.data settings); `grain_stream`, `grain_transforms` and `grain_source`
-are the TensorFlow-free path (`dataset.backend='grain'`).
+(the `dataset` field's defaults), `hosts` (which share of a split each
+process reads); the tf.data path: `transforms` (per-example transforms),
+`preprocess` (the seeded image operations), `train_stream` (the resumable
+train stream), `padded_eval` (equal eval batches on every host) and
+`tfdata` (shared tf.data settings); the TensorFlow-free path
+(`dataset.backend='grain'`): `grain_source`, `grain_stream` and
+`grain_transforms`. The offline datasets: `fashion_mnist` (from the idx
+files), the localisation benchmarks `cluttered_fashion_mnist` and
+`target_fashion_mnist` built from them, and `prepare`, the command that
+writes them (`python -m saol_jax.data.prepare`).
 `host_train_batches` and `host_eval_batches` follow `dataset.backend`.
 TensorFlow is imported only when a tf.data path runs.
 """

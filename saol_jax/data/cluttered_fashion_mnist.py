@@ -24,6 +24,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from saol_jax.data.fashion_mnist import (
+    CanvasBenchmark,
     DEFAULT_SOURCE_DIR,
     SPLIT_FILES,
     offline_format,
@@ -105,7 +106,7 @@ def normalised_box(box: tuple[int, int, int, int]) -> tfds.features.BBox:
     return tfds.features.BBox(y0 / CANVAS, x0 / CANVAS, y1 / CANVAS, x1 / CANVAS)
 
 
-class ClutteredFashionMNIST(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class ClutteredFashionMNIST(CanvasBenchmark, skip_registration=True):
     """The benchmark as a tfds dataset: `image` (64x64x1), `label`, `bbox`; splits train and test.
 
     `sizes` sets the examples per split (default 20,000 / 5,000; at most the
@@ -116,29 +117,10 @@ class ClutteredFashionMNIST(tfds.core.GeneratorBasedBuilder, skip_registration=T
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "64x64 canvas, items 20-44 px, 3-6 fragments, noise std 10."}
     name = NAME
-
-    def __init__(self, *, source_dir: str = DEFAULT_SOURCE_DIR, sizes: dict[str, int] | None = None,
-                 seed: int = 0, **kwargs):
-        self._source_dir = source_dir
-        self._sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
-        self._seed = seed
-        super().__init__(**kwargs)
+    DEFAULT_SIZES = DEFAULT_SIZES
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(CANVAS, CANVAS, 1)),
-                "label": tfds.features.ClassLabel(names=CLASS_NAMES),
-                "bbox": tfds.features.BBoxFeature(),
-            }),
-            supervised_keys=("image", "label"),
-        )
-
-    def _split_generators(self, dl_manager):
-        del dl_manager
-        return {split: self._generate_examples(split) for split in self._sizes}
+        return self._canvas_info(__doc__, CANVAS, CLASS_NAMES)
 
     def _generate_examples(self, split: str) -> Iterator[tuple[int, dict]]:
         images_file, labels_file = SPLIT_FILES[split]

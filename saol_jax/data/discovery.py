@@ -64,7 +64,7 @@ def _unknown_name_message(name: str, data_dir: str) -> str:
 def _keep_tf_off_gpus(dataset_config) -> None:
     """Hides GPUs from TensorFlow so tf.data never takes accelerator memory from JAX.
 
-    Before the first tf.data pipeline is built: TensorFlow is imported here
+    Before the first tf.data pipeline is built: TensorFlow is imported by this function
     for `dataset.backend='tfdata'` (which needs it anyway), or hidden if some
     other code imported it; the grain path runs without it.
     """

@@ -108,6 +108,40 @@ class LocalFashionMNIST(mnist.FashionMNIST, skip_registration=True):
             yield index, {"image": png(image[..., None]), "label": int(label)}
 
 
+class CanvasBenchmark(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A benchmark composed from the Fashion-MNIST idx files in `source_dir`: `sizes` examples per
+    split (default the subclass's DEFAULT_SIZES), drawn from `seed`. A subclass gives `_info` and
+    `_generate_examples(split)`."""
+
+    DEFAULT_SIZES: dict[str, int] = {}
+
+    def __init__(self, *, source_dir: str = DEFAULT_SOURCE_DIR, sizes: dict[str, int] | None = None,
+                 seed: int = 0, **kwargs):
+        self._source_dir = source_dir
+        self._sizes = dict(self.DEFAULT_SIZES if sizes is None else sizes)
+        self._seed = seed
+        super().__init__(**kwargs)
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        return {split: self._generate_examples(split) for split in self._sizes}
+
+    def _canvas_info(self, description: str, side: int, class_names: list[str],
+                     **extra: tfds.features.FeatureConnector) -> tfds.core.DatasetInfo:
+        """The info of a side x side grayscale `image` with its `label`, true `bbox` and `extra` features."""
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=description,
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(side, side, 1)),
+                "label": tfds.features.ClassLabel(names=class_names),
+                "bbox": tfds.features.BBoxFeature(),
+                **extra,
+            }),
+            supervised_keys=("image", "label"),
+        )
+
+
 def prepare_fashion_mnist(data_dir: str | None, source_dir: str = DEFAULT_SOURCE_DIR) -> str:
     """Writes Fashion-MNIST in tfds format under `data_dir`; returns the data_dir root.
 

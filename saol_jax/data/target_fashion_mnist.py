@@ -45,6 +45,7 @@ from PIL import Image
 
 from saol_jax.data.cluttered_fashion_mnist import CLASS_NAMES, normalised_box, tight_box
 from saol_jax.data.fashion_mnist import (
+    CanvasBenchmark,
     DEFAULT_SOURCE_DIR,
     SPLIT_FILES,
     offline_format,
@@ -178,7 +179,7 @@ def generate(split: str, images: np.ndarray, labels: np.ndarray, num: int, seed:
         }
 
 
-class TargetFashionMNIST(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class TargetFashionMNIST(CanvasBenchmark, skip_registration=True):
     """The benchmark as a tfds dataset; splits train, validation and test.
 
     `sizes` sets the examples per split (default 20,000 / 5,000 / 5,000).
@@ -190,32 +191,15 @@ class TargetFashionMNIST(tfds.core.GeneratorBasedBuilder, skip_registration=True
     RELEASE_NOTES = {"1.0.0": "64x64 canvas, 1 target + 2-4 distractors, longer side 16-32 px, gain 0.6-1.0, "
                               "box coverage <= 0.25, noise std 10."}
     name = NAME
-
-    def __init__(self, *, source_dir: str = DEFAULT_SOURCE_DIR, sizes: dict[str, int] | None = None,
-                 seed: int = 0, **kwargs):
-        self._source_dir = source_dir
-        self._sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
-        self._seed = seed
-        super().__init__(**kwargs)
+    DEFAULT_SIZES = DEFAULT_SIZES
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(CANVAS, CANVAS, 1)),
-                "label": tfds.features.ClassLabel(names=[CLASS_NAMES[c] for c in TARGET_CLASSES]),
-                "bbox": tfds.features.BBoxFeature(),
-                "item_bbox": tfds.features.Sequence(tfds.features.BBoxFeature()),
-                "item_class": tfds.features.Sequence(tfds.features.ClassLabel(names=CLASS_NAMES)),
-                "target_layer": tfds.features.Scalar(dtype=np.int32),
-            }),
-            supervised_keys=("image", "label"),
+        return self._canvas_info(
+            __doc__, CANVAS, [CLASS_NAMES[c] for c in TARGET_CLASSES],
+            item_bbox=tfds.features.Sequence(tfds.features.BBoxFeature()),
+            item_class=tfds.features.Sequence(tfds.features.ClassLabel(names=CLASS_NAMES)),
+            target_layer=tfds.features.Scalar(dtype=np.int32),
         )
-
-    def _split_generators(self, dl_manager):
-        del dl_manager
-        return {split: self._generate_examples(split) for split in self._sizes}
 
     def _generate_examples(self, split: str) -> Iterator[tuple[int, dict]]:
         images_file, labels_file = SPLIT_FILES[source_split(split)]

@@ -1,5 +1,5 @@
 """ConvNeXt (Liu et al. 2022) as a SAOL backbone, laid out like timm's `ConvNeXt` so that
-timm's weights load (saol_jax.convert_timm).
+timm's weights load (saol_jax.commands.convert_timm).
 
 Stem conv s x s (stride s) + LN; stages 2-4 start with LN + conv 2x2 stride 2;
 blocks are depthwise conv 7x7 - LN - MLP x4 (GELU) - layer scale (init 1e-6)

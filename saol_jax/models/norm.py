@@ -17,7 +17,7 @@ class BatchNorm(nnx.Module):
     """BatchNorm over every axis but the last (channels, NHWC).
 
     Flax convention: `momentum` is the decay of the running averages
-    (0.9 here equals PyTorch's momentum 0.1). Statistics are computed in
+    (this module's 0.9 equals PyTorch's momentum 0.1). Statistics are computed in
     float32 whatever the activation dtype; the output keeps the input dtype.
     """
 

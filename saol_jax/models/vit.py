@@ -1,5 +1,5 @@
 """Vision Transformer (Dosovitskiy et al. 2021) as a SAOL backbone, laid out like timm's
-`VisionTransformer` so that timm's weights load (saol_jax.convert_timm).
+`VisionTransformer` so that timm's weights load (saol_jax.commands.convert_timm).
 
 Patch embedding (conv p x p, stride p), an optional class token, learned
 position embeddings, pre-norm blocks (LN - multi-head self-attention -
