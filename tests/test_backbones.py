@@ -269,6 +269,8 @@ def test_registry():
         "resnet20", "resnet56", "resnet110", "wrn28_10", "pyramidnet110_a48", "pyramidnet200_a240",
         "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
         "resnet_cifar", "wide_resnet", "pyramidnet",
+        "vit", "vit_tiny_patch16", "vit_small_patch16", "vit_base_patch16", "vit_mini_patch4",
+        "convnext", "convnext_tiny", "convnext_small", "convnext_base", "convnext_mini",
     } == set(BACKBONES)
     with pytest.raises(ValueError, match="resnet50"):
         build_backbone("resnet5", rngs=nnx.Rngs(0))
