@@ -55,7 +55,7 @@ TINY_SETTINGS = [Setting("resnet_cifar", 16, 10, 16, (("depth", 8), ("widths", (
 def model_config(
     backbone: str, head: str, width: int, *, dtype: str = "float32", ghost_bn_size: int = 0, **backbone_kwargs
 ) -> types.SimpleNamespace:
-    """A `config.model` for `build_model`: S = 3 stages, k_att = 1, C_att = C_mid = `width`.
+    """A `config.model` for `build_model`: S = 3 stages, k_att = 1, C_att = C_mid = `width`, no attention floor.
 
     A plain namespace rather than a ConfigDict, so that the benchmarks run
     where ml-collections is not installed.
@@ -64,7 +64,8 @@ def model_config(
         backbone=backbone,
         backbone_kwargs=dict(backbone_kwargs),
         head=head,
-        saol={"num_stages": 3, "att_kernel": 1, "att_width": width, "mid_width": width},
+        saol={"num_stages": 3, "att_kernel": 1, "att_width": width, "mid_width": width,
+              "attention_floor": 0.0},
         dtype=dtype,
         ghost_bn_size=ghost_bn_size,
     )

@@ -44,7 +44,7 @@ def source_dir(tmp_path_factory) -> str:
 
 
 def build(data_dir: str, source_dir: str, seed: int = 0) -> str:
-    return cfm.prepare_cluttered_fashion_mnist(data_dir, source_dir=source_dir, sizes=SIZES, seed=seed)
+    return cfm.ClutteredFashionMNIST.prepare(data_dir, source_dir=source_dir, sizes=SIZES, seed=seed)
 
 
 def examples(root: str, split: str) -> dict[str, np.ndarray]:
@@ -105,7 +105,7 @@ def test_the_same_seed_gives_the_same_data(tmp_path, built, source_dir):
 
 def test_too_many_examples_is_an_error(tmp_path, source_dir):
     with pytest.raises(ValueError, match="asked for 11 examples"):
-        cfm.prepare_cluttered_fashion_mnist(str(tmp_path), source_dir=source_dir, sizes={"test": 11})
+        cfm.ClutteredFashionMNIST.prepare(str(tmp_path), source_dir=source_dir, sizes={"test": 11})
 
 
 def test_eval_batches_carry_the_true_boxes(built):

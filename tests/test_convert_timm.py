@@ -118,7 +118,7 @@ def test_command_writes_a_checkpoint_init_from_reads(tmp_path, capsys):
     # init_from into a SAOL model with another class count: the backbone loads, the heads stay fresh.
     config = ml_collections.ConfigDict({
         "backbone": "vit_tiny_patch16", "backbone_kwargs": {}, "head": "saol", "dtype": "float32",
-        "ghost_bn_size": 0, "saol": {"num_stages": 2, "att_kernel": 1, "att_width": 8, "mid_width": 8},
+        "ghost_bn_size": 0, "saol": {"num_stages": 2, "att_kernel": 1, "att_width": 8, "mid_width": 8, "attention_floor": 0.0},
     })
     model = build_model(config, num_classes=3, in_channels=3, rngs=nnx.Rngs(0))
     params, _ = checkpoint.load_weights(os.path.join(out, "checkpoints"), nnx.state(model, nnx.Param),

@@ -9,6 +9,12 @@ from flax import nnx
 from saol_jax.models.heads import GapFcHead, MultiScaleDecoder, SaolHead, resize_to_grid
 
 STAGES = (8, 12, 16)
+SMALL_SAOL = {"num_stages": 3, "att_kernel": 1, "att_width": 6, "mid_width": 4, "attention_floor": 0.0}
+
+
+def _saol_head(num_classes: int = 5, **overrides) -> SaolHead:
+    """A small SAOL head on STAGES; `overrides` replace SMALL_SAOL's settings or add dtype."""
+    return SaolHead(STAGES, num_classes, **{**SMALL_SAOL, **overrides}, rngs=nnx.Rngs(0))
 
 
 def _features(key, batch=3):
@@ -23,7 +29,7 @@ def _features(key, batch=3):
 
 def _perturbed_head(num_classes=5, **kwargs):
     """A SAOL head whose attention output conv is no longer zero."""
-    head = SaolHead(STAGES, num_classes, att_width=6, mid_width=4, rngs=nnx.Rngs(0), **kwargs)
+    head = _saol_head(num_classes, **kwargs)
     key = jax.random.key(7)
     head.att_out.kernel[...] = jax.random.normal(key, head.att_out.kernel[...].shape)
     return head
@@ -54,7 +60,7 @@ def test_output_is_attention_weighted_spatial_distribution():
 
 
 def test_attention_is_uniform_at_initialisation():
-    head = SaolHead(STAGES, 5, att_width=6, mid_width=4, rngs=nnx.Rngs(0))
+    head = _saol_head()
     out = head(_features(jax.random.key(2)))
     np.testing.assert_array_equal(out["log_attention"], jnp.full((3, 4, 4), -jnp.log(16.0)))
 
@@ -73,19 +79,19 @@ def test_attention_floor_spreads_that_share_of_the_mass_evenly():
     blended = 0.5 * np.exp(np.asarray(plain["log_probs"], np.float64)) + 0.5 * spatial.mean(axis=(1, 2))
     np.testing.assert_allclose(np.exp(floored["log_probs"]), blended, rtol=1e-5)
     with pytest.raises(ValueError, match="attention_floor"):
-        SaolHead(STAGES, 5, attention_floor=1.0, rngs=nnx.Rngs(0))
+        _saol_head(attention_floor=1.0)
 
 
 def test_num_stages_selects_the_last_maps():
-    head = SaolHead(STAGES, 5, num_stages=2, att_width=6, mid_width=4, rngs=nnx.Rngs(0))
+    head = _saol_head(num_stages=2)
     assert [p.conv.in_features for p in head.projections] == [12, 16]
     assert head.classifier.in_features == 8
     with pytest.raises(ValueError, match="num_stages"):
-        SaolHead(STAGES, 5, num_stages=4, rngs=nnx.Rngs(0))
+        _saol_head(num_stages=4)
 
 
 def test_attention_kernel_is_configurable():
-    head = SaolHead(STAGES, 5, att_kernel=3, att_width=6, mid_width=4, rngs=nnx.Rngs(0))
+    head = _saol_head(att_kernel=3)
     assert head.att_hidden.conv.kernel[...].shape == (3, 3, 16, 6)
 
 
@@ -99,7 +105,7 @@ def test_resize_pools_integer_factors_and_interpolates_otherwise():
 
 
 def test_bfloat16_activations_give_float32_outputs():
-    head = SaolHead(STAGES, 5, att_width=6, mid_width=4, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    head = _saol_head(dtype=jnp.bfloat16)
     feats = [f.astype(jnp.bfloat16) for f in _features(jax.random.key(3))]
     out = head(feats)
     assert all(v.dtype == jnp.float32 for v in out.values())
@@ -130,7 +136,7 @@ def _forward_flops(head: str) -> float:
     config = ml_collections.ConfigDict({
         "backbone": "resnet50", "backbone_kwargs": {}, "head": head, "dtype": "float32",
         "ghost_bn_size": 0,
-        "saol": {"num_stages": 3, "att_kernel": 1, "att_width": 256, "mid_width": 256},
+        "saol": {"num_stages": 3, "att_kernel": 1, "att_width": 256, "mid_width": 256, "attention_floor": 0.0},
     })
     model = nnx.eval_shape(lambda: build_model(config, num_classes=1000, in_channels=3, rngs=nnx.Rngs(0)))
     model.eval()
@@ -154,7 +160,7 @@ def test_saol_adds_at_most_three_percent_flops_to_resnet50():
 
 
 def test_multi_scale_decoder_gives_the_saol_heads_fused_features():
-    saol = SaolHead(STAGES, 5, num_stages=2, att_width=6, mid_width=4, rngs=nnx.Rngs(0))
+    saol = _saol_head(num_stages=2)
     decoder = MultiScaleDecoder(STAGES, num_stages=2, mid_width=4, rngs=nnx.Rngs(1))
     assert decoder.width == 2 * 4
     features = _features(jax.random.key(8))

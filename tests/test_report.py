@@ -176,6 +176,21 @@ def test_result_files_are_deterministic(tmp_path):
         "test": {"x": 1.0}, "val": {"x": 2.0}}
 
 
+def test_a_run_keeps_the_software_that_trained_it(tmp_path, monkeypatch):
+    trained = {"version": "0.1.0", "commit": "a" * 40, "dirty": False}
+    monkeypatch.setattr(results, "software", lambda: trained)
+    run_dir = str(tmp_path / "work" / "saol" / "seed0")
+    assert results.training_software(run_dir) == trained
+    # Collected again after the code moved on: the record of the training stays.
+    monkeypatch.setattr(results, "software", lambda: {**trained, "commit": "b" * 40})
+    assert results.training_software(run_dir) == trained
+    # A run trained before workdirs kept the record: its earlier result file has it.
+    earlier = results.write_run(str(tmp_path / "results"), {"rung": "gap", "seed": 1, "software": trained})
+    assert results.training_software(str(tmp_path / "work" / "gap" / "seed1"), earlier) == trained
+    # Without either, the software of the day is the one about to train.
+    assert results.training_software(str(tmp_path / "work" / "gap" / "seed2"))["commit"] == "b" * 40
+
+
 def test_every_marked_table_of_the_readme_equals_its_result_files():
     readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
     text = open(readme, encoding="utf-8").read()

@@ -144,7 +144,7 @@ def source_dir(tmp_path_factory) -> str:
 
 
 def test_builder_writes_three_splits(tmp_path, source_dir):
-    root = tfm.prepare_target_fashion_mnist(str(tmp_path), source_dir=source_dir, sizes=SIZES)
+    root = tfm.TargetFashionMNIST.prepare(str(tmp_path), source_dir=source_dir, sizes=SIZES)
     builder = tfds.builder(tfm.NAME, data_dir=root)
     assert {s: builder.info.splits[s].num_examples for s in SIZES} == SIZES
     assert builder.info.supervised_keys == ("image", "label")

@@ -117,7 +117,7 @@ def test_saol_head_on_the_new_backbones(backbone, kwargs):
     config = ml_collections.ConfigDict({
         "backbone": backbone, "backbone_kwargs": {**kwargs, "drop_path_rate": 0.1}, "head": "saol",
         "dtype": "float32", "ghost_bn_size": 0,
-        "saol": {"num_stages": 2, "att_kernel": 1, "att_width": 8, "mid_width": 8},
+        "saol": {"num_stages": 2, "att_kernel": 1, "att_width": 8, "mid_width": 8, "attention_floor": 0.0},
     })
     model = build_model(config, num_classes=5, in_channels=3, rngs=nnx.Rngs(0))
     out = model(jnp.ones((2, 16, 16, 3)), rngs=nnx.Rngs(dropout=1))
@@ -134,7 +134,7 @@ def test_bfloat16_activations_give_float32_outputs(backbone, kwargs):
 
     config = ml_collections.ConfigDict({
         "backbone": backbone, "backbone_kwargs": kwargs, "head": "saol", "dtype": "bfloat16", "ghost_bn_size": 0,
-        "saol": {"num_stages": 2, "att_kernel": 1, "att_width": 8, "mid_width": 8},
+        "saol": {"num_stages": 2, "att_kernel": 1, "att_width": 8, "mid_width": 8, "attention_floor": 0.0},
     })
     model = nnx.eval_shape(lambda: build_model(config, num_classes=5, in_channels=3, rngs=nnx.Rngs(0)))
     model.eval()

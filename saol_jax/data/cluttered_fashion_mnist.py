@@ -25,12 +25,9 @@ from PIL import Image
 
 from saol_jax.data.fashion_mnist import (
     CanvasBenchmark,
-    DEFAULT_SOURCE_DIR,
     SPLIT_FILES,
-    offline_format,
     png,
     read_idx,
-    write_offline,
 )
 
 NAME = "cluttered_fashion_mnist"
@@ -134,14 +131,3 @@ class ClutteredFashionMNIST(CanvasBenchmark, skip_registration=True):
             rng = np.random.default_rng([self._seed, _SPLIT_IDS[split], key])
             image, box = compose(rng, items, int(index))
             yield key, {"image": png(image), "label": int(labels[index]), "bbox": normalised_box(box)}
-
-
-def prepare_cluttered_fashion_mnist(data_dir: str | None, source_dir: str = DEFAULT_SOURCE_DIR,
-                                    sizes: dict[str, int] | None = None, seed: int = 0) -> str:
-    """Writes the benchmark in tfds format under `data_dir` (None: tfds default); returns the root.
-
-    Does nothing when it is already prepared there.
-    """
-    builder = ClutteredFashionMNIST(data_dir=data_dir, source_dir=source_dir, sizes=sizes, seed=seed,
-                              file_format=offline_format())
-    return write_offline(builder, source_dir)

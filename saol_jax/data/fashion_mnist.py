@@ -122,6 +122,16 @@ class CanvasBenchmark(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self._seed = seed
         super().__init__(**kwargs)
 
+    @classmethod
+    def prepare(cls, data_dir: str | None, source_dir: str = DEFAULT_SOURCE_DIR,
+                sizes: dict[str, int] | None = None, seed: int = 0) -> str:
+        """Writes the benchmark in tfds format under `data_dir` (None: tfds default); returns the root.
+
+        Does nothing when it is already prepared there.
+        """
+        builder = cls(data_dir=data_dir, source_dir=source_dir, sizes=sizes, seed=seed, file_format=offline_format())
+        return write_offline(builder, source_dir)
+
     def _split_generators(self, dl_manager):
         del dl_manager
         return {split: self._generate_examples(split) for split in self._sizes}

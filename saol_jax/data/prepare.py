@@ -29,7 +29,7 @@ from collections.abc import Callable
 import tensorflow_datasets as tfds
 
 from saol_jax.data import target_fashion_mnist as target
-from saol_jax.data.cluttered_fashion_mnist import DEFAULT_SIZES, NAME, prepare_cluttered_fashion_mnist
+from saol_jax.data.cluttered_fashion_mnist import DEFAULT_SIZES, NAME, ClutteredFashionMNIST
 from saol_jax.data.fashion_mnist import DEFAULT_SOURCE_DIR, prepare_fashion_mnist
 from saol_jax.data.grain_source import add_array_record
 
@@ -80,10 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         jobs = (
             ("fashion_mnist", lambda: prepare_fashion_mnist(args.data_dir, source_dir=args.source_dir)),
-            (NAME, lambda: prepare_cluttered_fashion_mnist(args.data_dir, source_dir=args.source_dir,
-                                                           sizes=sizes)),
-            (target.NAME, lambda: target.prepare_target_fashion_mnist(args.data_dir, source_dir=args.source_dir,
-                                                                      sizes=target_sizes)),
+            (NAME, lambda: ClutteredFashionMNIST.prepare(args.data_dir, source_dir=args.source_dir, sizes=sizes)),
+            (target.NAME, lambda: target.TargetFashionMNIST.prepare(args.data_dir, source_dir=args.source_dir,
+                                                                    sizes=target_sizes)),
         )
         if args.only:
             wanted = args.only.split(",")

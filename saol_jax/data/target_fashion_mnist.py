@@ -46,12 +46,9 @@ from PIL import Image
 from saol_jax.data.cluttered_fashion_mnist import CLASS_NAMES, normalised_box, tight_box
 from saol_jax.data.fashion_mnist import (
     CanvasBenchmark,
-    DEFAULT_SOURCE_DIR,
     SPLIT_FILES,
-    offline_format,
     png,
     read_idx,
-    write_offline,
 )
 
 NAME = "target_fashion_mnist"
@@ -207,14 +204,3 @@ class TargetFashionMNIST(CanvasBenchmark, skip_registration=True):
         labels = read_idx(os.path.join(self._source_dir, labels_file))
         for key, example in enumerate(generate(split, images, labels, self._sizes[split], self._seed)):
             yield key, {**example, "image": png(example["image"])}
-
-
-def prepare_target_fashion_mnist(data_dir: str | None, source_dir: str = DEFAULT_SOURCE_DIR,
-                                 sizes: dict[str, int] | None = None, seed: int = 0) -> str:
-    """Writes the benchmark in tfds format under `data_dir` (None: tfds default); returns the root.
-
-    Does nothing when it is already prepared there.
-    """
-    builder = TargetFashionMNIST(data_dir=data_dir, source_dir=source_dir, sizes=sizes, seed=seed,
-                              file_format=offline_format())
-    return write_offline(builder, source_dir)

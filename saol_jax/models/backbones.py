@@ -1,13 +1,14 @@
 """Backbone registry: name -> constructor.
 
-Every constructor takes `rngs` and the common keywords `in_channels`,
-`dtype`, `ghost_size`; keyword arguments override the architecture preset
+Every constructor takes `rngs` and the common keywords `in_channels` and
+`dtype`, and those with BatchNorm `ghost_size`; keyword arguments override the architecture preset
 (e.g. `build_backbone('resnet56', widths=(32, 64, 128), rngs=...)`). The
 generic names take every architecture argument from the keywords.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from functools import partial
 
@@ -51,8 +52,15 @@ BACKBONES: dict[str, Callable[..., nnx.Module]] = {
 }
 
 
-def build_backbone(name: str, *, rngs: nnx.Rngs, **kwargs) -> nnx.Module:
-    """Builds the backbone registered as `name`; `kwargs` go to its constructor."""
+def build_backbone(name: str, *, rngs: nnx.Rngs, ghost_size: int = 0, **kwargs) -> nnx.Module:
+    """Builds the backbone registered as `name`; `kwargs` go to its constructor.
+
+    `ghost_size` reaches only the backbones with BatchNorm (the ViT and
+    ConvNeXt normalise per token with LayerNorm, so it has nothing to split).
+    """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; valid names: {', '.join(sorted(BACKBONES))}")
-    return BACKBONES[name](rngs=rngs, **kwargs)
+    constructor = BACKBONES[name]
+    if "ghost_size" in inspect.signature(constructor).parameters:
+        kwargs["ghost_size"] = ghost_size
+    return constructor(rngs=rngs, **kwargs)

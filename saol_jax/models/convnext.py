@@ -86,10 +86,8 @@ class ConvNeXt(nnx.Module):
         drop_path_rate: float = 0.0,
         in_channels: int = 3,
         dtype: jnp.dtype = jnp.float32,
-        ghost_size: int = 0,
         rngs: nnx.Rngs,
     ):
-        del ghost_size  # no BatchNorm in this backbone
         if len(depths) != len(dims):
             raise ValueError(f"depths {tuple(depths)} and dims {tuple(dims)} must have the same length")
         self.stage_channels = tuple(dims)

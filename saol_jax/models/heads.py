@@ -131,9 +131,12 @@ class SaolHead(nnx.Module):
 
     `attention_floor` eps in [0, 1) replaces A by (1 - eps) A + eps / (Ho Wo):
     at least eps of the attention's mass is spread evenly over the grid, so
-    the output reads every cell. 0, the default, is the paper's head; the
+    the output reads every cell. 0 is the paper's head; the
     floor is an intervention for measuring what a concentrated attention
     costs (docs/method.md §3.6).
+
+    The settings have no defaults here: they are `config.model.saol`'s, set
+    in the recipe base config (saol_jax.core.recipe).
     """
 
     def __init__(
@@ -141,13 +144,13 @@ class SaolHead(nnx.Module):
         stage_channels: Sequence[int],
         num_classes: int,
         *,
-        num_stages: int = 3,
-        att_kernel: int = 1,
-        att_width: int = 256,
-        mid_width: int = 256,
+        num_stages: int,
+        att_kernel: int,
+        att_width: int,
+        mid_width: int,
+        attention_floor: float,
         dtype: jnp.dtype = jnp.float32,
         ghost_size: int = 0,
-        attention_floor: float = 0.0,
         rngs: nnx.Rngs,
     ):
         if not 0.0 <= attention_floor < 1.0:

@@ -4,7 +4,7 @@ All tensors are channels-last (NHWC)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import jax
@@ -69,6 +69,36 @@ def layer_factories(
         partial(conv, dtype=dtype, init_mode=init_mode, rngs=rngs),
         partial(BatchNorm, ghost_size=ghost_size, rngs=rngs),
     )
+
+
+def branch_layers(
+    conv: ConvFactory,
+    norm: NormFactory,
+    channels: Sequence[int],
+    kernels: Sequence[int],
+    strides: Sequence[int],
+    *,
+    pre_norm: bool = False,
+    last_norm: dict | None = None,
+) -> tuple[tuple[nnx.Conv, ...], tuple[BatchNorm, ...]]:
+    """The convs and norms of a residual branch: conv i maps channels[i] to
+    channels[i + 1] with kernels[i] and strides[i].
+
+    Post-norm (ResNet): a norm after every conv. Pre-norm (PyramidNet): a
+    norm before every conv and one after the last. `last_norm` holds keyword
+    arguments of the last norm (e.g. a zero `scale_init`). Layers are created
+    in the order the branch applies them, so they draw initial values in that order.
+    """
+    if not len(channels) - 1 == len(kernels) == len(strides):
+        raise ValueError(f"{len(channels)} channel counts need {len(channels) - 1} kernels and strides, "
+                         f"got {len(kernels)} and {len(strides)}")
+    convs, norms = [], []
+    if pre_norm:
+        norms.append(norm(channels[0]))
+    for i, (c_in, c_out, k, s) in enumerate(zip(channels, channels[1:], kernels, strides)):
+        convs.append(conv(c_in, c_out, k, s))
+        norms.append(norm(c_out, **(last_norm or {}) if i == len(kernels) - 1 else {}))
+    return tuple(convs), tuple(norms)
 
 
 def stage_features(stages: nnx.List, x: jax.Array, **block_kwargs) -> list[jax.Array]:

@@ -17,6 +17,7 @@ from saol_jax.models.layers import (
     NormFactory,
     ShakeDrop,
     avg_pool_2x2,
+    branch_layers,
     layer_factories,
     pad_channels,
     stage_features,
@@ -29,11 +30,9 @@ class BasicBranch(nnx.Module):
     expansion = 1
 
     def __init__(self, in_channels: int, planes: int, stride: int, *, conv: ConvFactory, norm: NormFactory):
-        self.bn1 = norm(in_channels)
-        self.conv1 = conv(in_channels, planes, 3, stride)
-        self.bn2 = norm(planes)
-        self.conv2 = conv(planes, planes, 3)
-        self.bn3 = norm(planes)
+        (self.conv1, self.conv2), (self.bn1, self.bn2, self.bn3) = branch_layers(
+            conv, norm, (in_channels, planes, planes), kernels=(3, 3), strides=(stride, 1), pre_norm=True
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = self.conv1(self.bn1(x))
@@ -49,13 +48,10 @@ class BottleneckBranch(nnx.Module):
 
     def __init__(self, in_channels: int, planes: int, stride: int, *, conv: ConvFactory, norm: NormFactory):
         out_channels = planes * self.expansion
-        self.bn1 = norm(in_channels)
-        self.conv1 = conv(in_channels, planes, 1)
-        self.bn2 = norm(planes)
-        self.conv2 = conv(planes, planes, 3, stride)
-        self.bn3 = norm(planes)
-        self.conv3 = conv(planes, out_channels, 1)
-        self.bn4 = norm(out_channels)
+        (self.conv1, self.conv2, self.conv3), (self.bn1, self.bn2, self.bn3, self.bn4) = branch_layers(
+            conv, norm, (in_channels, planes, planes, out_channels), kernels=(1, 3, 1), strides=(1, stride, 1),
+            pre_norm=True,
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = self.conv1(self.bn1(x))

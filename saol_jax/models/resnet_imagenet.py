@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from saol_jax.models.layers import ConvFactory, NormFactory, layer_factories, stage_features
+from saol_jax.models.layers import ConvFactory, NormFactory, branch_layers, layer_factories, stage_features
 
-_ZEROS = nnx.initializers.zeros
+_ZERO_SCALE = {"scale_init": nnx.initializers.zeros}  # each block starts as its shortcut
 
 
 class Projection(nnx.Module):
@@ -47,10 +47,9 @@ class BasicBlock(nnx.Module):
     expansion = 1
 
     def __init__(self, in_channels: int, width: int, stride: int, *, conv: ConvFactory, norm: NormFactory):
-        self.conv1 = conv(in_channels, width, 3, stride)
-        self.bn1 = norm(width)
-        self.conv2 = conv(width, width, 3)
-        self.bn2 = norm(width, scale_init=_ZEROS)
+        (self.conv1, self.conv2), (self.bn1, self.bn2) = branch_layers(
+            conv, norm, (in_channels, width, width), kernels=(3, 3), strides=(stride, 1), last_norm=_ZERO_SCALE
+        )
         self.shortcut = _shortcut(in_channels, width, stride, conv=conv, norm=norm)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -68,12 +67,10 @@ class Bottleneck(nnx.Module):
 
     def __init__(self, in_channels: int, width: int, stride: int, *, conv: ConvFactory, norm: NormFactory):
         out_channels = width * self.expansion
-        self.conv1 = conv(in_channels, width, 1)
-        self.bn1 = norm(width)
-        self.conv2 = conv(width, width, 3, stride)
-        self.bn2 = norm(width)
-        self.conv3 = conv(width, out_channels, 1)
-        self.bn3 = norm(out_channels, scale_init=_ZEROS)
+        (self.conv1, self.conv2, self.conv3), (self.bn1, self.bn2, self.bn3) = branch_layers(
+            conv, norm, (in_channels, width, width, out_channels), kernels=(1, 3, 1), strides=(1, stride, 1),
+            last_norm=_ZERO_SCALE,
+        )
         self.shortcut = _shortcut(in_channels, out_channels, stride, conv=conv, norm=norm)
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -85,10 +85,8 @@ class VisionTransformer(nnx.Module):
         drop_path_rate: float = 0.0,
         in_channels: int = 3,
         dtype: jnp.dtype = jnp.float32,
-        ghost_size: int = 0,
         rngs: nnx.Rngs,
     ):
-        del ghost_size  # no BatchNorm in this backbone
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
         if pool == "token" and not class_token:

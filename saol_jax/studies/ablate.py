@@ -128,11 +128,12 @@ def final_metrics(run_dir: str, results: dict[str, float]) -> tuple[int | None, 
 
 
 def run_record(rung: str, seed: int, run_dir: str, config: ml_collections.ConfigDict,
-               metrics: dict[str, float], step: int | None, report: dict | None, recipe: dict) -> dict:
-    """What one run leaves in its result file (results/README.md)."""
+               metrics: dict[str, float], step: int | None, report: dict | None, recipe: dict,
+               software: dict) -> dict:
+    """What one run leaves in its result file (results/README.md); `software` trained it."""
     record = {"rung": rung, "seed": seed, "step": step, "workdir": run_dir, "recipe": recipe,
               "config": json.loads(config.to_json_best_effort()), "metrics": results_files.split_metrics(metrics),
-              "software": results_files.software()}
+              "software": software}
     if report is not None:
         record["compare_heads"] = report
     return record
@@ -341,7 +342,15 @@ def run_ladder(
     check_rungs(rungs)
     workdir = paths.resolve(workdir)
     seed_values = [base.seed + i for i in range(seeds)]
+
+    def software(rung: str, seed: int) -> dict:
+        earlier = None if results_dir is None else results_files.run_path(results_dir, rung, seed)
+        return results_files.training_software(paths.join(workdir, rung, f"seed{seed}"), earlier)
+
     if parallel > 1:
+        for rung in rungs:
+            for seed in seed_values:
+                software(rung, seed)
         parallel_runs.train_all([
             parallel_runs.Job(f"{rung} seed {seed}", rung_config(base, rung, seed),
                               paths.join(workdir, rung, f"seed{seed}"))
@@ -353,9 +362,10 @@ def run_ladder(
             run_dir = paths.join(workdir, rung, f"seed{seed}")
             log.info("ablation: %s, seed %d in %s", rung, seed, run_dir)
             config = rung_config(base, rung, seed)
+            trained_by = software(rung, seed)
             step, metrics = final_metrics(run_dir, run_one(config, run_dir))
             report = head_report(run_dir) if has_attention(rung) else None
-            records.append(run_record(rung, seed, run_dir, config, metrics, step, report, recipe or {}))
+            records.append(run_record(rung, seed, run_dir, config, metrics, step, report, recipe or {}, trained_by))
             if results_dir is not None:
                 results_files.write_run(results_dir, records[-1])
     payload = study_payload(records)

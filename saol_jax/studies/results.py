@@ -24,6 +24,7 @@ from saol_jax.core import paths
 
 FORMAT = 1
 STUDY_FILE = "study.json"
+SOFTWARE_FILE = "software.json"  # in a run's workdir: the software that trained it
 # Metric splits kept apart in a run file: the name in the file and the prefix of the trainer's keys.
 SPLITS = {"test": "eval/", "val": "val/"}
 
@@ -72,6 +73,26 @@ def software() -> dict[str, Any]:
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no") if commit else None
     return {"version": saol_jax.__version__, "commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def training_software(run_dir: str, earlier_file: str | None = None) -> dict[str, Any]:
+    """The software that trains (or trained) the run in `run_dir`, kept in its `software.json`.
+
+    The first call for a run, made before it trains, records `software()`
+    there, unless `earlier_file` (the run's result file from an earlier
+    collection) exists: that run was trained already, and its file holds the
+    software that did it. Later calls read the record back, so collecting a
+    finished run again never stamps it with the code of the day.
+    """
+    path = paths.join(run_dir, SOFTWARE_FILE)
+    if paths.exists(path):
+        return paths.read_json(path)
+    if earlier_file is not None and paths.exists(earlier_file):
+        found = json.loads(paths.read_text(earlier_file)).get("software", software())
+    else:
+        found = software()
+    paths.write_json(path, found)
+    return found
 
 
 def write_run(results_dir: str, record: Mapping[str, Any]) -> str:
