@@ -56,6 +56,15 @@ def test_the_form_is_chosen_on_validation_among_the_full_rungs_only():
     assert study_goals.chosen_form(flipped)["form"] == "renorm"
 
 
+def test_a_control_is_compared_but_never_chosen():
+    with_control = payload()
+    control = dict(with_control["rungs"]["saol_ss_sd@paste"])
+    control["val_top1_error"] = {"saol": {**control["val_top1_error"]["saol"], "mean": 1.0}}  # best on validation
+    with_control["rungs"]["saol_ss_sd@paste_mixed"] = control
+    assert study_goals.chosen_form(with_control)["form"] == "paste"
+    assert "paste_mixed" in study_goals.forms_versus_chosen(with_control)["top-1 error, SAOL output (%)"]
+
+
 def test_a_form_with_fewer_than_five_seeds_is_compared_but_never_chosen():
     few = payload()
     renorm = few["rungs"]["saol_ss_sd@renorm"]

@@ -16,6 +16,7 @@ A comparison with fewer than MIN_SEEDS seeds on a side is never called met.
 
 from __future__ import annotations
 
+from saol_jax.core.losses import SS2_CONTROLS
 from saol_jax.studies import ablate, stats
 
 FULL_FORM_PREFIX = "saol_ss_sd@"
@@ -27,11 +28,11 @@ EXTENT_SCORE = "maxboxacc_v2"
 
 def chosen_form(payload: dict) -> dict | None:
     """The SAOL + SS + SD rung (one per SS-2 form) with the lowest mean validation top-1 error of the
-    SAOL output, among those with MIN_SEEDS seeds (a form with fewer is compared, never chosen); None
-    where no such rung has validation metrics."""
+    SAOL output, among those with MIN_SEEDS seeds (a form with fewer is compared, never chosen) and
+    not a control (SS2_CONTROLS); None where no such rung has validation metrics."""
     candidates = {rung: entry for rung, entry in payload["rungs"].items()
-                  if rung.startswith(FULL_FORM_PREFIX) and "val_top1_error" in entry
-                  and _seeds(entry) >= stats.MIN_SEEDS}
+                  if rung.startswith(FULL_FORM_PREFIX) and rung[len(FULL_FORM_PREFIX):] not in SS2_CONTROLS
+                  and "val_top1_error" in entry and _seeds(entry) >= stats.MIN_SEEDS}
     if not candidates:
         return None
     rung = min(candidates, key=lambda r: candidates[r]["val_top1_error"]["saol"]["mean"])
@@ -175,7 +176,7 @@ def markdown(payload: dict, baselines: dict) -> str:
     val = chosen["val_top1_error"]
     lines = [f"Goals, judged on the test split for the choices made on validation: the SS-2 form "
              f"`{chosen['form']}` (lowest validation top-1 error of the SAOL output among the SAOL + SS + SD "
-             f"rungs with {stats.MIN_SEEDS} seeds, {val['mean']:.2f} ± {val['std']:.2f}); differences are test figures, ± their standard "
+             f"rungs with {stats.MIN_SEEDS} seeds, controls aside, {val['mean']:.2f} ± {val['std']:.2f}); differences are test figures, ± their standard "
              f"error, Welch's t-test across seeds.", "",
              "| goal | measured (test) | verdict |", "|---|---|---|"]
     for title, key in GOALS:
