@@ -12,15 +12,16 @@ import pytest
 from commands import run_command
 from configs import fashion_mnist
 from saol_jax.commands import visualize
+from saol_jax.core.restore import load_trained
 from saol_jax.core.trainer import train_and_evaluate
 
 
 PANEL_PIXELS = 220  # visualize.PANEL_INCHES at the 100 dpi of paths.save_figure
 
 
-def smoke_run(dataset: dict, path: str) -> str:
-    """Trains the smoke SAOL recipe on `dataset` ({'name', 'data_dir'}) into `path`; returns `path`."""
-    config = fashion_mnist.get_config("smoke")
+def smoke_run(dataset: dict, path: str, options: str = "smoke") -> str:
+    """Trains the SAOL recipe with `options` on `dataset` ({'name', 'data_dir'}) into `path`; returns `path`."""
+    config = fashion_mnist.get_config(options)
     config.dataset.name = dataset["name"]
     config.dataset.data_dir = dataset["data_dir"]
     config.num_cpu_devices = 0
@@ -36,6 +37,11 @@ def workdir(tiny_dataset, tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def boxed_workdir(tiny_boxed_dataset, tmp_path_factory) -> str:
     return smoke_run(tiny_boxed_dataset, str(tmp_path_factory.mktemp("visualize_boxed_run")))
+
+
+@pytest.fixture(scope="module")
+def vit_workdir(tiny_boxed_dataset, tmp_path_factory) -> str:
+    return smoke_run(tiny_boxed_dataset, str(tmp_path_factory.mktemp("visualize_vit_run")), "smoke,backbone=vit")
 
 
 def test_write_grids_makes_both_pngs(workdir, tmp_path):
@@ -56,6 +62,28 @@ def test_a_dataset_with_boxes_adds_the_localisation_grid(boxed_workdir, tmp_path
     # 3 rows of square panels: the image, attention, spatial map and CAM.
     assert grid.shape[:2] == (3 * PANEL_PIXELS, 4 * PANEL_PIXELS)
     assert grid.std() > 0
+
+
+def test_a_vit_run_adds_its_attention_rollout_beside_saols_attention(vit_workdir, tmp_path):
+    paths = visualize.write_grids(vit_workdir, str(tmp_path), num_images=3)
+    assert [os.path.basename(p) for p in paths] == [
+        "attention_grid.png", "cutmix_grid.png", "localisation_grid.png", "vit_attention_grid.png"]
+    grid = matplotlib.image.imread(paths[-1])
+    # 3 rows of square panels: the image, SAOL's attention and the rollout.
+    assert grid.shape[:2] == (3 * PANEL_PIXELS, 3 * PANEL_PIXELS)
+    assert grid.std() > 0
+    trained = load_trained(vit_workdir)
+    images, _, _ = visualize.eval_images(trained, 3)
+    rollout = visualize.vit_rollout(trained, images, (3, 3))  # 12x12 images, patch 4
+    assert rollout.shape == (3, 3, 3)
+    np.testing.assert_allclose(rollout.sum(axis=(1, 2)), 1.0, rtol=1e-5)
+    assert np.all(rollout > 0)
+
+
+def test_a_resnet_run_has_no_rollout(workdir):
+    trained = load_trained(workdir)
+    images, _, _ = visualize.eval_images(trained, 2)
+    assert visualize.vit_rollout(trained, images, (3, 3)) is None
 
 
 def test_localisation_grid_of_a_gap_model_shows_the_image_and_the_cam(tmp_path):

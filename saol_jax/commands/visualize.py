@@ -14,9 +14,15 @@ Grids from the first eval images:
   true class and the GAP-FC branch's CAM of the true class (the maps
   GT-known localisation scores), each min-max scaled, with the true box
   (solid) and the box the WSOL threshold rule derives from the map at
-  threshold `localisation.DEFAULT_THRESHOLD` (dashed) and their IoU.
+  threshold `localisation.DEFAULT_THRESHOLD` (dashed) and their IoU;
+- `vit_attention_grid.png`, only when the backbone is a Vision Transformer:
+  per image, the input, SAOL's attention (with a SAOL head) and the ViT's own
+  attention rollout (saol_jax.core.rollout: the class token's row with
+  `pool='token'`, the patch tokens' mean row with `pool='avg'`), both at the
+  patch grid and scaled to their maximum, with the true box where the split has one.
 The first two need a SAOL head; a GAP-FC model (model.head == 'gap') gets
-only the localisation grid, with the input and the CAM.
+the localisation grid with the input and the CAM, and on a ViT the ViT grid
+without SAOL's column.
 Overlays show the Ho x Wo output cells as blocks over the image.
 """
 
@@ -29,6 +35,7 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 from absl import flags
+from flax import nnx
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -36,8 +43,10 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from saol_jax import data  # noqa: E402
 from saol_jax.commands import cli  # noqa: E402
-from saol_jax.core import cutmix, cutmix_eval, localisation, paths  # noqa: E402
-from saol_jax.core.restore import RestoredModel, class_names, load_trained, output_path, use_run_devices  # noqa: E402
+from saol_jax.core import cutmix, cutmix_eval, localisation, paths, rollout  # noqa: E402
+from saol_jax.core.restore import (  # noqa: E402
+    RestoredModel, class_names, load_trained, model_inputs, output_path, use_run_devices)
+from saol_jax.models.vit import VisionTransformer  # noqa: E402
 
 BOX_SEED = 0
 BOX_BETA = 2.0  # boxes of about half the image most of the time
@@ -54,6 +63,7 @@ class Maps:
     labels: np.ndarray  # [B]
     boxes: np.ndarray | None  # [B, 4] normalised true boxes (ymin, xmin, ymax, xmax), None without
     outputs: dict[str, np.ndarray]  # saol_jax.core.restore.RestoredModel's outputs: SAOL's (if any), `gap_logits`, `cam`
+    rollout: np.ndarray | None = None  # [B, Ho, Wo] a ViT backbone's attention rollout map, None for others
 
     @property
     def has_saol(self) -> bool:
@@ -94,6 +104,17 @@ def run_model(trained: RestoredModel, images: np.ndarray, labels: np.ndarray, bo
     """The model's outputs on `images`, with the images, labels and true boxes."""
     outputs = jax.device_get(trained.forward(jnp.asarray(images)))
     return Maps(images=np.asarray(images), labels=np.asarray(labels), boxes=boxes, outputs=outputs)
+
+
+def vit_rollout(trained: RestoredModel, images: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray | None:
+    """[B, gh, gw] the attention rollout map of the ViT backbone on uint8 `images` [B, H, W, C], each
+    summing to 1 (saol_jax.core.rollout); None when the backbone is not a VisionTransformer."""
+    backbone = nnx.merge(trained.graphdef, trained.params, trained.batch_stats).backbone
+    if not isinstance(backbone, VisionTransformer):
+        return None
+    weights = backbone.attention_weights(model_inputs(trained.config, jnp.asarray(images)))
+    return np.asarray(rollout.rollout_map(rollout.attention_rollout(weights), prefix=backbone.num_prefix_tokens,
+                                          grid_hw=grid_hw, pool=backbone.pool))
 
 
 def threshold_boxes(cell_maps: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
@@ -214,11 +235,7 @@ def localisation_grid(maps: Maps, names: list[str], path: str) -> str:
     """
     kinds = LOCALISATION_MAPS if maps.has_saol else ("cam",)
     num, image_hw = len(maps.images), maps.images.shape[1:3]
-    cols = 1 + len(kinds)
-    fig, axes = plt.subplots(num, cols, figsize=(cols * PANEL_INCHES, num * PANEL_INCHES), squeeze=False)
-    for b in range(num):
-        _show_image(axes[b, 0], maps.images[b])
-        axes[b, 0].set_title(_class_title(maps, b, names), fontsize=8)
+    fig, axes = _inputs_grid(maps, names, 1 + len(kinds))
     for col, kind in enumerate(kinds, start=1):
         cell_maps = maps.cell_map(kind)
         found = threshold_boxes(cell_maps, image_hw)
@@ -229,10 +246,44 @@ def localisation_grid(maps: Maps, names: list[str], path: str) -> str:
             _draw_box(ax, found_pixels[b], linestyle="--")
             iou = localisation.box_iou(found[b], maps.boxes[b])
             ax.set_title(f"{MAP_TITLES[kind]} of {names[maps.labels[b]]}\nIoU {iou:.2f}", fontsize=8)
-    for row, true_box in zip(axes, pixel_boxes(maps.boxes, image_hw)):
+    _draw_true_boxes(axes, maps)
+    return _save(fig, path)
+
+
+def vit_attention_grid(maps: Maps, names: list[str], path: str) -> str:
+    """Input, SAOL's attention (with a SAOL head) and the ViT's attention rollout per image.
+
+    Both maps are at the patch grid, each scaled to its maximum; the true box
+    is drawn on every panel when the split has boxes.
+    """
+    columns = [("attention", maps.attention)] if maps.has_saol else []
+    columns.append(("rollout", maps.rollout))
+    fig, axes = _inputs_grid(maps, names, 1 + len(columns))
+    for b, row in enumerate(axes):
+        for ax, (title, cell_maps) in zip(row[1:], columns):
+            _overlay(ax, maps.images[b], cell_maps[b], float(cell_maps[b].max()))
+            ax.set_title(f"{title} (max {cell_maps[b].max():.2f})", fontsize=8)
+    if maps.boxes is not None:
+        _draw_true_boxes(axes, maps)
+    return _save(fig, path)
+
+
+def _inputs_grid(maps: Maps, names: list[str], cols: int):
+    """A figure of one row per image and `cols` panels a row, the first showing the input and its classes;
+    returns (figure, axes [num, cols])."""
+    num = len(maps.images)
+    fig, axes = plt.subplots(num, cols, figsize=(cols * PANEL_INCHES, num * PANEL_INCHES), squeeze=False)
+    for b in range(num):
+        _show_image(axes[b, 0], maps.images[b])
+        axes[b, 0].set_title(_class_title(maps, b, names), fontsize=8)
+    return fig, axes
+
+
+def _draw_true_boxes(axes, maps: Maps) -> None:
+    """Each image's true box on every panel of its row."""
+    for row, true_box in zip(axes, pixel_boxes(maps.boxes, maps.images.shape[1:3])):
         for ax in row:
             _draw_box(ax, true_box)
-    return _save(fig, path)
 
 
 def _save(fig, path: str) -> str:
@@ -246,7 +297,8 @@ def write_grids(workdir: str, out_dir: str | None = None, *, num_images: int = 8
     """Writes the grids to `out_dir` (default `<workdir>/visualize`); returns the paths written.
 
     `attention_grid.png` and `cutmix_grid.png` with a SAOL head,
-    `localisation_grid.png` when the eval batches carry true boxes.
+    `localisation_grid.png` when the eval batches carry true boxes,
+    `vit_attention_grid.png` when the backbone is a Vision Transformer.
     """
     workdir = paths.resolve(workdir)
     out_dir = output_path(out_dir, workdir, "visualize")
@@ -254,9 +306,10 @@ def write_grids(workdir: str, out_dir: str | None = None, *, num_images: int = 8
     names = class_names(trained)
     images, labels, true_boxes = eval_images(trained, num_images)
     plain = run_model(trained, images, labels, true_boxes)
-    if not plain.has_saol and true_boxes is None:
-        raise ValueError("the model has no SAOL head (model.head == 'gap') and the dataset no true boxes: "
-                         "nothing to visualise")
+    plain.rollout = vit_rollout(trained, images, plain.outputs["cam"].shape[1:3])
+    if not plain.has_saol and true_boxes is None and plain.rollout is None:
+        raise ValueError("the model has no SAOL head (model.head == 'gap'), the dataset no true boxes and the "
+                         "backbone is not a ViT: nothing to visualise")
     written = []
     if plain.has_saol:
         mixed_images, partner, boxes = paste_boxes(images, jax.random.key(BOX_SEED))
@@ -267,6 +320,8 @@ def write_grids(workdir: str, out_dir: str | None = None, *, num_images: int = 8
         ]
     if true_boxes is not None:
         written.append(localisation_grid(plain, names, paths.join(out_dir, "localisation_grid.png")))
+    if plain.rollout is not None:
+        written.append(vit_attention_grid(plain, names, paths.join(out_dir, "vit_attention_grid.png")))
     return written
 
 

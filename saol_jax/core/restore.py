@@ -62,6 +62,11 @@ def output_path(out: str | None, workdir: str, default_name: str) -> str:
     return paths.resolve(out) if out else paths.join(paths.resolve(workdir), default_name)
 
 
+def model_inputs(config: ml_collections.ConfigDict, images: jax.Array) -> jax.Array:
+    """uint8 images [B, H, W, C] -> the run's model input: normalised by its dataset, in its dtype."""
+    return normalise(images, tuple(config.dataset.mean), tuple(config.dataset.std), DTYPES[config.model.dtype])
+
+
 class NoCheckpointError(FileNotFoundError):
     """The workdir has no complete checkpoint to load."""
 
@@ -131,12 +136,10 @@ def load_trained(
     model.eval()
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     step, params, batch_stats = load_workdir_weights(workdir, params, batch_stats, step)
-    mean, std = tuple(config.dataset.mean), tuple(config.dataset.std)
-    dtype = DTYPES[config.model.dtype]
 
     def apply(params: nnx.State, batch_stats: nnx.State, images: jax.Array) -> dict[str, jax.Array]:
         model = nnx.merge(graphdef, params, batch_stats, copy=True)
-        return model(normalise(images, mean, std, dtype), with_cam=True)
+        return model(model_inputs(config, images), with_cam=True)
 
     return RestoredModel(config=config, info=info, params=params, batch_stats=batch_stats, apply=apply,
                    graphdef=graphdef, step=step)

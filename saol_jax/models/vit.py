@@ -13,6 +13,9 @@ blocks (one resolution) and its attention reads the last grid, taken after
 the final LN. GAP-FC (`pool='avg'`) is the mean of those final patch
 tokens; `pool='token'` classifies the class token after the final LN, as
 timm's `vit_*_patch16_224` heads do.
+
+`VisionTransformer.attention_weights` gives each block's attention
+probabilities, which saol_jax.core.rollout turns into an attention rollout.
 """
 
 from __future__ import annotations
@@ -36,12 +39,27 @@ class Attention(nnx.Module):
         self.qkv = linear(dim, 3 * dim, dtype=dtype, rngs=rngs)
         self.proj = linear(dim, dim, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x: [B, N, D] -> [B, N, D]."""
+    def heads(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """x: [B, N, D] -> queries, keys, values, each [B, N, heads, D / heads]."""
         batch, tokens, dim = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
-        out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
-        return self.proj(out.reshape(batch, tokens, dim))
+        return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [B, N, D] -> [B, N, D]."""
+        out = jax.nn.dot_product_attention(*self.heads(x))
+        return self.proj(out.reshape(x.shape))
+
+    def weights(self, x: jax.Array) -> jax.Array:
+        """x: [B, N, D] -> the attention probabilities softmax(q kᵀ / √d) [B, heads, N, N], float32.
+
+        Row i is query token i's distribution over the keys; the fused
+        `__call__` never materialises it, attention rollout reads it.
+        """
+        queries, keys, _ = self.heads(x)
+        queries, keys = queries.astype(jnp.float32), keys.astype(jnp.float32)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", queries, keys) / jnp.sqrt(float(queries.shape[-1]))
+        return jax.nn.softmax(logits, axis=-1)
 
 
 class Block(nnx.Module):
@@ -111,12 +129,17 @@ class VisionTransformer(nnx.Module):
         ])
         self.norm = layer_norm(embed_dim, dtype=dtype, rngs=rngs)
 
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patch tokens: 1 with a class token, else 0."""
+        return 0 if self.cls_token is None else 1
+
     def _embed(self, x: jax.Array) -> tuple[jax.Array, tuple[int, int]]:
         """Images [B, H, W, C] -> tokens [B, T, D] with positions added (class token first)."""
         patches = self.patch_embed(x)
         batch, gh, gw, dim = patches.shape
         pos = self.pos_embed[...].astype(patches.dtype)
-        prefix = 0 if self.cls_token is None else 1
+        prefix = self.num_prefix_tokens
         grid_pos = resize_pos_embed(pos[0, prefix:].reshape(self.grid, self.grid, dim), (gh, gw))
         tokens = patches.reshape(batch, gh * gw, dim) + grid_pos.reshape(1, gh * gw, dim)
         if self.cls_token is not None:
@@ -131,7 +154,7 @@ class VisionTransformer(nnx.Module):
         normalised class token [B, D].
         """
         tokens, (gh, gw) = self._embed(x)
-        prefix = 0 if self.cls_token is None else 1
+        prefix = self.num_prefix_tokens
         batch, dim = tokens.shape[0], tokens.shape[-1]
         grids = []
         for index, block in enumerate(self.blocks):
@@ -142,3 +165,17 @@ class VisionTransformer(nnx.Module):
         if self.pool == "token":
             return PooledFeatures(grids, tokens[:, 0])
         return grids
+
+    def attention_weights(self, x: jax.Array) -> list[jax.Array]:
+        """x: [B, H, W, C_in] -> each block's attention probabilities [B, heads, T, T], float32.
+
+        T = prefix + (H/p)(W/p) tokens, the class token (if any) first, then the
+        patches row by row. The eval-mode pass (no stochastic depth), for
+        attention rollout (saol_jax.core.rollout).
+        """
+        tokens, _ = self._embed(x)
+        weights = []
+        for block in self.blocks:
+            weights.append(block.attn.weights(block.norm1(tokens)))
+            tokens = block(tokens)
+        return weights
