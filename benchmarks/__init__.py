@@ -58,3 +58,12 @@ def write_json(path: str, payload: dict) -> str:
         json.dump({"machine": machine(), **payload}, f, indent=2)
     os.replace(tmp, path)
     return path
+
+
+def publish(path: str, payload: dict, *lines: str) -> str:
+    """Prints `lines` (a heading, the table), writes `payload` to `path` (write_json) and says where."""
+    for line in lines:
+        print(line)
+    write_json(path, payload)
+    print(f"wrote {path}")
+    return path

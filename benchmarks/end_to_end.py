@@ -22,7 +22,7 @@ import os
 import tempfile
 import time
 
-from benchmarks import default_out, write_json
+from benchmarks import default_out, publish
 
 REQUIRED_MODULES = ("tensorflow_datasets", "ml_collections")
 DEFAULT_RECIPE = "configs/fashion_mnist.py"
@@ -101,8 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"evaluation after {'-' if first is None else f'{first:.1f}'} s, "
               f"top-1 SAOL {evals.get('eval/saol_top1', float('nan')):.4f}, "
               f"GAP-FC {evals.get('eval/gap_top1', float('nan')):.4f}")
-    write_json(args.out, result)
-    print(f"wrote {args.out}")
+    publish(args.out, result)
     return result
 
 

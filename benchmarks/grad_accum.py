@@ -25,7 +25,7 @@ import json
 import os
 import re
 
-from benchmarks import default_out, format_table, write_json
+from benchmarks import default_out, format_table, publish
 from benchmarks.step_time import TINY, Workload, frozen_kwargs, prepare, time_alternating
 from saol_jax.core import sharding
 
@@ -139,12 +139,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     result = measure(work, args.rung, args.accum, devices=args.devices, reps=args.reps, steps=args.steps)
     load = result["load_average_1m"]
-    print(f"{result['rung']}, global batch {work.batch} on {result['devices']} devices, {work.backbone}, "
-          f"{result['reps']} reps x {result['steps_per_rep']} steps, "
-          f"load average {load['start']:.1f} -> {load['end']:.1f} on {os.cpu_count()} cores")
-    print(table(result))
-    write_json(args.out, result)
-    print(f"wrote {args.out}")
+    publish(args.out, result,
+            f"{result['rung']}, global batch {work.batch} on {result['devices']} devices, {work.backbone}, "
+            f"{result['reps']} reps x {result['steps_per_rep']} steps, "
+            f"load average {load['start']:.1f} -> {load['end']:.1f} on {os.cpu_count()} cores", table(result))
     return result
 
 

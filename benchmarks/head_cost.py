@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from benchmarks import default_out, format_table, write_json
+from benchmarks import default_out, format_table, publish
 from saol_jax.models import build_model
 
 # docs/method.md §3.5: the head adds <= 3% FLOPs to ResNet-50 at 224^2; the same bar for
@@ -145,8 +145,7 @@ def run(settings: list[Setting], out: str) -> dict:
     print(table(rows))
     for name, goal in payload["goals"].items():
         print(f"goal {name}: {goal['measured']:.2f}% (limit {goal['limit']}%): {'met' if goal['met'] else 'MISSED'}")
-    write_json(out, payload)
-    print(f"wrote {out}")
+    publish(out, payload)
     return payload
 
 

@@ -50,7 +50,7 @@ import tensorflow_datasets as tfds
 from etils import epy
 from PIL import Image
 
-from benchmarks import default_out, format_table, machine, write_json
+from benchmarks import default_out, format_table, machine, publish
 from configs import cifar_resnet110, imagenet_resnet
 from saol_jax.data import host_train_batches, preprocess
 from saol_jax.data.grain_source import add_array_record
@@ -300,8 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"fused / decode-then-crop train transform, {ratio_threads} thread(s): {ratio:.2f}")
     for name, goal in result["goals"].items():
         print(f"goal {name}: {goal['measured']:.0f} (limit {goal['limit']:.0f}): {'met' if goal['met'] else 'MISSED'}")
-    write_json(args.out, result)
-    print(f"wrote {args.out}")
+    publish(args.out, result)
     return result
 
 

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks import default_out, format_table, write_json
+from benchmarks import default_out, format_table, publish
 from benchmarks.step_time import TINY, Workload, prepare
 from configs import fashion_mnist
 from saol_jax import data
@@ -153,9 +153,7 @@ def run(work: Workload, device_counts: list[int], *, reps: int, steps: int, out:
     result = {"workload": dataclasses.asdict(work), "devices": rows, "loss_agreement": agreement(rows)}
     if pipeline is not None:
         result["pipeline"] = pipeline_throughput(pipeline, batch=work.batch, batches=pipeline_batches)
-    print(tables(result))
-    write_json(out, result)
-    print(f"wrote {out}")
+    publish(out, result, tables(result))
     return result
 
 

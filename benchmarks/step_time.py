@@ -33,7 +33,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from benchmarks import default_out, format_table, write_json
+from benchmarks import default_out, format_table, publish
 from benchmarks.head_cost import model_config
 from saol_jax.core import optim, sharding
 from saol_jax.core.ladder import BASE_LOSS, HEAD_LADDER, MODEL_HEADS, PASTE_VARIANTS, rung_loss, split_rung
@@ -339,8 +339,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     result = measure(work, devices=args.devices, reps=args.reps, steps=args.steps, rungs=args.rungs)
     report(result)
-    write_json(args.out, result)
-    print(f"wrote {args.out}")
+    publish(args.out, result)
     return result
 
 

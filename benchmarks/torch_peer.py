@@ -32,7 +32,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from benchmarks import default_out, format_table, machine, write_json
+from benchmarks import default_out, format_table, machine, publish
 
 MODES = ("eager", "compile")
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -168,11 +168,9 @@ def main(argv: list[str] | None = None) -> dict:
                                                num_classes=args.num_classes, dtype=args.dtype)
     result = measure(work, torch.device(args.device), args.modes, reps=args.reps, steps=args.steps,
                      warmup=args.warmup)
-    print(f"{work.arch}, batch {work.batch}, {work.image_size}x{work.image_size}, {work.dtype}, "
-          f"K={work.num_classes} on {result['device']}, torch {result['torch']}")
-    print(table(result))
-    write_json(args.out, result)
-    print(f"wrote {args.out}")
+    publish(args.out, result,
+            f"{work.arch}, batch {work.batch}, {work.image_size}x{work.image_size}, {work.dtype}, "
+            f"K={work.num_classes} on {result['device']}, torch {result['torch']}", table(result))
     return result
 
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks import default_out, format_table, machine, write_json
+from benchmarks import default_out, format_table, machine, publish
 from benchmarks.step_time import TINY, Workload, _optim_config, host_batch, prepare, time_alternating
 from saol_jax.core import sharding
 
@@ -251,8 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = measure(work, devices=args.devices, xla_variants=args.xla, torch_threads=torch_threads,
                      reps=args.reps, steps=args.steps, warmup=args.warmup)
     report(result, machine()["cpu"])
-    write_json(args.out, result)
-    print(f"wrote {args.out}")
+    publish(args.out, result)
     return result
 
 
