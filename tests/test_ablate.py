@@ -12,6 +12,7 @@ import scipy.stats
 from commands import run_command
 from configs import fashion_mnist
 import saol_jax
+from saol_jax.core.ladder import BASE_LOSS, split_rung
 from saol_jax.studies import ablate, parallel_runs, report, results
 from saol_jax.core.config_check import check_fields
 from saol_jax.core.ladder import PASTE_VARIANTS
@@ -48,7 +49,8 @@ def test_every_rung_and_seed_has_its_own_run(ladder):
                 config = json.load(f)
             assert config["seed"] == run["seed"]
             assert config["model"]["head"] == ("gap" if rung == "gap" else "saol")
-            assert config["loss"]["ss2_form"] == "paste"  # the recipe's default, and the rung's form
+            # the rung's form, else the recipe's default
+            assert config["loss"]["ss2_form"] == (split_rung(rung)[1] or BASE_LOSS["ss2_form"])
             assert all(0.0 <= e <= 100.0 for e in run["top1_error"].values())
 
 

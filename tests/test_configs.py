@@ -46,7 +46,7 @@ def test_ladder_options(recipe, head):
     config = load(recipe, f"head={head}")
     assert config.model.head == MODEL_HEADS[head]
     assert losses.loss_weights(config.loss) == HEAD_LADDER[head]
-    assert config.loss.ss2_form == "paste"
+    assert config.loss.ss2_form == "renorm"  # chosen on validation (docs/method.md §5.2)
     with pytest.raises(AttributeError):
         config.no_such_field = 1  # locked: typos are errors
 

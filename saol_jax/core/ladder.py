@@ -35,11 +35,11 @@ MODEL_HEADS: dict[str, str] = {"gap": "gap", "gap_ms": "gap_ms", "saol": "saol",
 # The recipes' base `config.loss` (saol_jax.core.recipe.base_config): the full ladder's weights and the
 # SS-2 form (saol_jax.core.losses.SS2_FORMS). It lives in this module, which needs no ml_collections, so that
 # tools which build a train step without a recipe (benchmarks) run the same values; nothing below
-# the config has a default of its own. `paste` was chosen by an earlier study that the README
-# withdraws; the target-benchmark study (README) is to re-make the choice on validation data.
+# the config has a default of its own. The SS-2 form is the one the target-benchmark study (README,
+# "The study") chose on its validation split; docs/method.md §5.2 says how and what the others give.
 # `paste_clean_fraction` and `paste_clean_scale` (saol_jax.core.paste_targets) make `paste`'s extra
 # forward pass cheaper; 1 and 1 run the full pass.
-BASE_LOSS: dict[str, float | str] = {**HEAD_LADDER["saol_ss_sd"], "ss2_form": "paste",
+BASE_LOSS: dict[str, float | str] = {**HEAD_LADDER["saol_ss_sd"], "ss2_form": "renorm",
                                      "paste_clean_fraction": 1.0, "paste_clean_scale": 1}
 
 # Rung suffixes (`RUNG@variant`) that select a cheaper `paste` target, as the `config.loss` fields
