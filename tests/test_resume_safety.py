@@ -16,6 +16,8 @@ from tensorboard.backend.event_processing import event_accumulator
 from saol_jax import data
 from saol_jax.core import checkpoint, faults, trainer
 from saol_jax.core.metrics import MetricWriter, read_events
+from saol_jax.core import recipe, run_identity
+from saol_jax.core.ladder import apply_head
 from saol_jax.core.run_identity import RunChangedError
 from saol_jax.core.trainer import NonFiniteLossError, train_and_evaluate
 from test_trainer import diverge, final_params, flat_arrays, tiny_config
@@ -51,6 +53,22 @@ def test_changed_run_is_refused_and_leaves_the_workdir_untouched(finished, tiny_
         train_and_evaluate(tiny_config(tiny_dataset, eval_batch_size=16, **overrides), finished)
     assert "\n" not in str(error.value)
     assert _snapshot(finished) == before
+
+
+@pytest.mark.parametrize("head, refused", [("gap", False), ("saol", False), ("saol_ss_sd", True)])
+def test_the_ss2_form_defines_only_runs_that_train_ss2(tmp_path, head, refused):
+    # A run recorded with one SS-2 form, resumed under a recipe whose default form changed.
+    config = recipe.base_config()
+    apply_head(config, head)
+    config.loss.update({"ss2_form": "paste", "paste_clean_fraction": 0.5})
+    run_identity.record(str(tmp_path), run_identity.identity(config, num_devices=1, num_processes=1))
+    config.loss.update({"ss2_form": "renorm", "paste_clean_fraction": 1.0})
+    current = run_identity.identity(config, num_devices=1, num_processes=1)
+    if refused:
+        with pytest.raises(RunChangedError, match="loss.paste_clean_fraction: 0.5 -> 1.0, loss.ss2_form"):
+            run_identity.check_same_run(str(tmp_path), current)
+    else:
+        run_identity.check_same_run(str(tmp_path), current)
 
 
 def test_observation_fields_may_change_on_resume(finished, tiny_dataset):

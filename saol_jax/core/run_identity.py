@@ -30,6 +30,9 @@ FREE_FIELDS = frozenset({
 # Dataset fields that only say where or how fast data is read, or what is evaluated besides
 # training (the validation split; the train split it is carved from is part of the identity).
 FREE_DATASET_FIELDS = frozenset({"data_dir", "prefetch", "cache", "shuffle_buffer", "workers", "validation_split"})
+# Loss fields that only shape the SS-2 term: with its weight `loss.ss2` at 0 (GAP-FC, SAOL alone) they
+# change nothing the run trains, so a recipe whose default form changes still resumes those runs.
+SS2_ONLY_FIELDS = frozenset({"loss.ss2_form", "loss.paste_clean_fraction", "loss.paste_clean_scale"})
 
 
 class RunChangedError(ValueError):
@@ -44,9 +47,17 @@ def identity(config: ml_collections.ConfigDict, *, num_devices: int, num_process
         if key.split(".")[0] not in FREE_FIELDS
         and not (key.startswith("dataset.") and key.split(".")[1] in FREE_DATASET_FIELDS)
     }
+    fields = _defining(fields)
     fields["devices"] = num_devices
     fields["processes"] = num_processes
     return fields
+
+
+def _defining(fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` without SS2_ONLY_FIELDS where the SS-2 weight is 0."""
+    if fields.get("loss.ss2"):
+        return fields
+    return {key: value for key, value in fields.items() if key not in SS2_ONLY_FIELDS}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -67,7 +78,7 @@ def check_same_run(workdir: str, current: dict[str, Any]) -> None:
         return
     recorded = paths.read_json(path)
     # A field added to the config after the run was recorded held its default value then.
-    recorded = {**_defaults_of(current.keys() - recorded.keys()), **recorded}
+    recorded = _defining({**_defaults_of(current.keys() - recorded.keys()), **recorded})
     changed = sorted(key for key in recorded.keys() | current.keys() if recorded.get(key) != current.get(key))
     if changed:
         shown = ", ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in changed[:6])
