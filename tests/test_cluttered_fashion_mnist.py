@@ -33,14 +33,18 @@ def fake_items(num: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return items, np.arange(num) % 10
 
 
-@pytest.fixture(scope="module")
-def source_dir(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("fashion_idx")
+def write_source(path, make_items, sizes: dict[str, int]) -> str:
+    """Fashion-MNIST's four idx files in `path`, each split's `make_items(sizes[split], seed)` items and labels."""
     for seed, (split, (images_file, labels_file)) in enumerate(SPLIT_FILES.items()):
-        items, labels = fake_items(30 if split == "train" else 10, seed)
+        items, labels = make_items(sizes[split], seed)
         write_idx(os.path.join(path, images_file), items)
         write_idx(os.path.join(path, labels_file), labels)
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def source_dir(tmp_path_factory) -> str:
+    return write_source(tmp_path_factory.mktemp("fashion_idx"), fake_items, {"train": 30, "test": 10})
 
 
 def build(data_dir: str, source_dir: str, seed: int = 0) -> str:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import scipy.stats
 import tensorflow_datasets as tfds
-from test_cluttered_fashion_mnist import write_idx
+from test_cluttered_fashion_mnist import write_source
 
 from saol_jax.data import prepare
 from saol_jax.data import target_fashion_mnist as tfm
-from saol_jax.data.fashion_mnist import SPLIT_FILES
 
 ITEM_LEVEL = 200  # synthetic items: a solid rectangle of this brightness
 SIZES = {"train": 8, "validation": 4, "test": 4}
@@ -135,12 +132,7 @@ def test_too_many_examples_or_items_is_an_error(monkeypatch):
 
 @pytest.fixture(scope="module")
 def source_dir(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("fashion_idx_target")
-    for seed, (split, (images_file, labels_file)) in enumerate(SPLIT_FILES.items()):
-        items, labels = synthetic_items(60 if split == "train" else 20, seed)
-        write_idx(os.path.join(path, images_file), items)
-        write_idx(os.path.join(path, labels_file), labels)
-    return str(path)
+    return write_source(tmp_path_factory.mktemp("fashion_idx_target"), synthetic_items, {"train": 60, "test": 20})
 
 
 def test_builder_writes_three_splits(tmp_path, source_dir):
