@@ -13,6 +13,7 @@ from flax import nnx
 
 from saol_jax.models.backbones import BACKBONES, build_backbone
 from saol_jax.models.layers import ShakeDrop, avg_pool_2x2, layer_factories, pad_channels
+from saol_jax.models.norm import BatchNorm
 from saol_jax.models.pyramidnet import PyramidBlock
 from saol_jax.models.resnet_imagenet import Bottleneck
 
@@ -90,6 +91,16 @@ def test_pyramidnet110_a48_param_count_matches_the_truncated_table_figure():
     # the table prints as 1.7M; a round-to-nearest reading would need 1.7M +- 2%.
     count = _count_with_head("pyramidnet110_a48", 10)
     assert 1.70e6 <= count < 1.80e6
+
+
+@pytest.mark.parametrize("name, has_batch_norm", [
+    ("resnet20", True), ("wrn28_10", True), ("pyramidnet110_a48", True), ("resnet18", True),
+    ("vit_mini_patch4", False), ("convnext_mini", False),
+])
+def test_ghost_size_reaches_every_batch_norm(name, has_batch_norm):
+    model = nnx.eval_shape(lambda: build_backbone(name, ghost_size=4, rngs=nnx.Rngs(0)))
+    ghost_sizes = {module.ghost_size for _, module in nnx.iter_graph(model) if isinstance(module, BatchNorm)}
+    assert ghost_sizes == ({4} if has_batch_norm else set())
 
 
 def test_resnet20_stage_shapes_forward():

@@ -61,6 +61,13 @@ def build_backbone(name: str, *, rngs: nnx.Rngs, ghost_size: int = 0, **kwargs) 
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; valid names: {', '.join(sorted(BACKBONES))}")
     constructor = BACKBONES[name]
-    if "ghost_size" in inspect.signature(constructor).parameters:
+    if "ghost_size" in _init_parameters(constructor):
         kwargs["ghost_size"] = ghost_size
     return constructor(rngs=rngs, **kwargs)
+
+
+def _init_parameters(constructor: Callable[..., nnx.Module]) -> set[str]:
+    """The parameter names of the backbone class's `__init__` (an nnx class's own signature is its
+    metaclass's `*args, **kwargs`)."""
+    cls = constructor.func if isinstance(constructor, partial) else constructor
+    return set(inspect.signature(cls.__init__).parameters)
