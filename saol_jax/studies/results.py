@@ -87,10 +87,8 @@ def training_software(run_dir: str, earlier_file: str | None = None) -> dict[str
     path = paths.join(run_dir, SOFTWARE_FILE)
     if paths.exists(path):
         return paths.read_json(path)
-    if earlier_file is not None and paths.exists(earlier_file):
-        found = json.loads(paths.read_text(earlier_file)).get("software", software())
-    else:
-        found = software()
+    earlier = paths.read_json(earlier_file) if earlier_file is not None and paths.exists(earlier_file) else {}
+    found = earlier["software"] if "software" in earlier else software()
     paths.write_json(path, found)
     return found
 
