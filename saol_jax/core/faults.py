@@ -86,6 +86,12 @@ class _QuietFileHandler(logging.FileHandler):
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
         pass
 
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # the last flush on a full disk: those records are lost, the run's own error is not
+            pass
+
 
 def close_log_file(handler: logging.Handler | None) -> None:
     if handler is not None:
@@ -172,8 +178,25 @@ def install_thread_hook() -> None:
         _flush_and_exit(1)
 
     threading.excepthook = hook
+    sys.excepthook = _library_threads_to_log(sys.__excepthook__)
     if not isinstance(sys.stderr, _NativeThreadsAside):
         sys.stderr = _NativeThreadsAside(sys.stderr)
+
+
+def _library_threads_to_log(console_hook):
+    """sys.excepthook, but what a native library reports from a thread other than the main one goes
+    to the log file. Python threads' own errors reach threading.excepthook, never this hook: off
+    the main thread it is only called by native code printing an error it will not raise
+    (tensorstore completing a write into an event loop that a failed save closed), which may run
+    on a thread Python started (orbax's), so `_NativeThreadsAside` alone does not catch it."""
+
+    def hook(exc_type, exc_value, exc_traceback) -> None:
+        if threading.current_thread() is threading.main_thread():
+            console_hook(exc_type, exc_value, exc_traceback)
+        else:
+            _to_log_files("".join(traceback.format_exception(exc_type, exc_value, exc_traceback)))
+
+    return hook
 
 
 class _NativeThreadsAside:
@@ -187,11 +210,7 @@ class _NativeThreadsAside:
 
     def write(self, text: str) -> int:
         if isinstance(threading.current_thread(), threading._DummyThread):  # noqa: SLF001 - not started by Python
-            for handler in _LOG_FILES:
-                try:
-                    handler.stream.write(text)
-                except (OSError, ValueError, AttributeError):  # a full disk, a closed file: the console stays clean
-                    pass
+            _to_log_files(text)
             return len(text)
         return self._console.write(text)
 
@@ -200,3 +219,13 @@ class _NativeThreadsAside:
 
 
 _LOG_FILES: list[logging.FileHandler] = []
+
+
+def _to_log_files(text: str) -> None:
+    """Writes `text` straight to the open log files (no logging lock: the caller may be a thread
+    Python does not own); a full disk or a closed file drops it, the console stays clean."""
+    for handler in _LOG_FILES:
+        try:
+            handler.stream.write(text)
+        except (OSError, ValueError, AttributeError):
+            pass
