@@ -121,3 +121,23 @@ def test_forms_are_compared_with_the_chosen_one_on_validation_as_scipy_does():
                                       equal_var=False)
     assert row["t"] == pytest.approx(reference.statistic) and row["p"] == pytest.approx(reference.pvalue)
     assert "| top-1 error, SAOL output (%) | renorm | 5 |" in study_goals.markdown(payload(), BASELINES)
+
+
+def test_a_study_without_boxes_compares_the_forms_on_validation_error_alone():
+    boxless = payload()
+    for rung in boxless["rungs"].values():
+        for run in rung["runs"]:
+            run.pop("val_localisation")
+    lines = study_goals.forms_markdown(boxless)
+    assert any(line.startswith("| top-1 error, SAOL output (%) | renorm | 5 |") for line in lines)
+    assert not any("MaxBoxAccV2" in line for line in lines)
+
+
+def test_the_forms_table_says_why_it_is_empty():
+    single = payload()
+    del single["rungs"]["saol_ss_sd@renorm"]
+    assert study_goals.forms_markdown(single) == [
+        "The rule chooses `paste`, the only SS-2 form run: nothing to compare it with."]
+    for run in single["rungs"]["saol_ss_sd@paste"]["runs"][1:]:
+        single["rungs"]["saol_ss_sd@paste"]["runs"].remove(run)
+    assert "none is chosen" in study_goals.forms_markdown(single)[0]

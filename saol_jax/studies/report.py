@@ -6,7 +6,10 @@
 
 A marked region of a markdown file holds the tables of one study, the folder
 NAME under the results root (format in results/README.md); SECTIONs (comma
-separated, any of saol_jax.studies.ablate.SECTIONS, default all) pick the tables. A
+separated, any of saol_jax.studies.ablate.SECTIONS, default all) pick the tables;
+`goals` (a region of its own) is the localisation study's goals table and
+`forms` the SS-2 forms against the one the validation rule chooses
+(saol_jax.studies.study_goals). A
 NAME ending in `.json` is a `saol_jax.studies.baselines` report, rendered as its
 table (no sections):
 
@@ -39,7 +42,7 @@ class ReportError(ValueError):
     """A results folder, marker or section that cannot be rendered."""
 
 
-SECTIONS = (*ablate.SECTIONS, "goals")
+SECTIONS = (*ablate.SECTIONS, "goals", "forms")
 
 
 def baselines_beside(results_dir: str, dataset: str) -> dict:
@@ -75,7 +78,10 @@ def render(results_dir: str, sections: Sequence[str] = ablate.SECTIONS) -> str:
         return study_goals.markdown(payload, baselines_beside(results_dir, payload["dataset"]))
     if "goals" in sections:
         raise ReportError("the goals table is a region of its own: <!-- results: NAME goals -->")
-    return ablate.markdown(payload, sections)
+    tables = [ablate.markdown(payload, sections)] if set(sections) & set(ablate.SECTIONS) else []
+    if "forms" in sections:
+        tables.append("\n".join(study_goals.forms_markdown(payload)))
+    return "\n\n".join(tables)
 
 
 def _regions(text: str) -> list[tuple[re.Match, int]]:

@@ -143,18 +143,30 @@ def forms_versus_chosen(payload: dict) -> dict[str, dict[str, dict]]:
               if rung.startswith(FULL_FORM_PREFIX) and rung != chosen["rung"] and "val_top1_error" in entry]
     compared = {}
     for title, value in FORM_SCORES.items():
+        if not all(_scored(value, run) for rung in [chosen["rung"], *others] for run in rungs[rung]["runs"]):
+            continue  # a score the study's dataset lacks (no boxes, no localisation)
         base = [value(run) for run in rungs[chosen["rung"]]["runs"]]
         compared[title] = ablate.tested({rung[len(FULL_FORM_PREFIX):]: ([value(run) for run in rungs[rung]["runs"]],
                                                                          base) for rung in others})
     return compared
 
 
+def _scored(value, run: dict) -> bool:
+    try:
+        value(run)
+    except KeyError:
+        return False
+    return True
+
+
 def forms_markdown(payload: dict) -> list[str]:
-    """The forms-versus-chosen table's lines (none with a single form)."""
+    """The forms-versus-chosen table's lines; one line where fewer than two forms can be compared."""
+    chosen = chosen_form(payload)
+    if chosen is None:
+        return [f"No SAOL + SS + SD form has {stats.MIN_SEEDS} seeds with validation metrics yet: none is chosen."]
     compared = forms_versus_chosen(payload)
     if not any(compared.values()):
-        return []
-    chosen = chosen_form(payload)
+        return [f"The rule chooses `{chosen['form']}`, the only SS-2 form run: nothing to compare it with."]
     lines = [f"Each SS-2 form minus the chosen `{chosen['form']}` on the validation split, Welch's t-test across "
              f"seeds; significant: Holm-corrected p < {stats.ALPHA} across the forms of one score:", "",
              "| score | form | seeds | " + " | ".join(ablate.TEST_COLUMNS) + " |",
@@ -182,5 +194,4 @@ def markdown(payload: dict, baselines: dict) -> str:
     for title, key in GOALS:
         goal = judged["goals"][key]
         lines.append(f"| {title} | {goal['measured']} | {_verdict(goal['met'], goal['enough'])} |")
-    forms = forms_markdown(payload)
-    return "\n".join([*lines, *([""] + forms if forms else [])])
+    return "\n".join([*lines, "", *forms_markdown(payload)])
