@@ -141,3 +141,21 @@ def test_the_forms_table_says_why_it_is_empty():
     for run in single["rungs"]["saol_ss_sd@paste"]["runs"][1:]:
         single["rungs"]["saol_ss_sd@paste"]["runs"].remove(run)
     assert "none is chosen" in study_goals.forms_markdown(single)[0]
+
+
+def test_a_control_is_compared_with_the_form_whose_mechanism_it_measures():
+    with_control = payload()
+    n = 5
+    with_control["rungs"]["saol_ss_sd@paste_mixed"] = entry(
+        [15.0] * n, [13.5 + 0.2 * i for i in range(n)], saol_loc(n, {"attention": 0.5, "spatial": 0.3, "product": 0.5,
+                                                                    "cam": 0.4}),
+        saol_loc(n, {"attention": 0.5, "spatial": 0.3, "product": 0.5, "cam": 0.4}))
+    compared = study_goals.controls_versus_their_forms(with_control)
+    row = compared["top-1 error, SAOL output (%)"]["paste_mixed"]
+    reference = scipy_stats.ttest_ind([13.5 + 0.2 * i for i in range(n)], [13.0 + 0.1 * i for i in range(n)],
+                                      equal_var=False)
+    assert row["t"] == pytest.approx(reference.statistic) and row["p"] == pytest.approx(reference.pvalue)
+    assert compared["attention MaxBoxAccV2"]["paste_mixed"]["difference"] == pytest.approx(-0.1)
+    assert "| attention MaxBoxAccV2 | paste_mixed | paste | 5 |" in study_goals.markdown(with_control, BASELINES)
+    del with_control["rungs"]["saol_ss_sd@paste"]  # nothing to compare the control with
+    assert study_goals.controls_markdown(with_control) == []

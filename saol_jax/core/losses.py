@@ -77,7 +77,7 @@ WEIGHT_TO_TERM: dict[str, str] = {
 # The three readings of the paper's SS-2, and every value `loss.ss2_form` may take (the readings and
 # the control `paste_mixed`): the one list every check uses.
 SS2_READINGS = ("renorm", "mass_mix", "paste")
-SS2_CONTROLS = ("paste_mixed",)  # measure a form's mechanism; never a default
+SS2_CONTROLS = {"paste_mixed": "paste"}  # control: the form whose mechanism it measures; never a default
 SS2_FORMS = (*SS2_READINGS, *SS2_CONTROLS)
 # The forms whose target comes from a forward pass of the un-mixed batch.
 PASTED_TARGET_FORMS = ("paste", "paste_mixed")

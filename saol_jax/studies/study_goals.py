@@ -132,23 +132,37 @@ FORM_SCORES = {
 }
 
 
+def _versus(payload: dict, pairs: dict[str, tuple[str, str]]) -> dict[str, dict[str, dict]]:
+    """Validation scores (FORM_SCORES) of each pair's first rung minus its second: Welch's t-test
+    across seeds, one Holm family per score; scores some run lacks (no boxes) are left out.
+    {score: {label: test}}."""
+    runs = {rung: payload["rungs"][rung]["runs"] for pair in pairs.values() for rung in pair}
+    compared = {}
+    for title, value in FORM_SCORES.items():
+        if pairs and all(_scored(value, run) for rung_runs in runs.values() for run in rung_runs):
+            compared[title] = ablate.tested({label: ([value(run) for run in runs[rung]], [value(run) for run in runs[base]])
+                                             for label, (rung, base) in pairs.items()})
+    return compared
+
+
 def forms_versus_chosen(payload: dict) -> dict[str, dict[str, dict]]:
     """Each other SAOL + SS + SD form minus the chosen one on the validation split, per FORM_SCORES
     title: Welch's t-test across seeds, one Holm family per score. {score: {form: test}}."""
     chosen = chosen_form(payload)
     if chosen is None:
         return {}
-    rungs = payload["rungs"]
-    others = [rung for rung, entry in rungs.items()
+    others = [rung for rung, entry in payload["rungs"].items()
               if rung.startswith(FULL_FORM_PREFIX) and rung != chosen["rung"] and "val_top1_error" in entry]
-    compared = {}
-    for title, value in FORM_SCORES.items():
-        if not all(_scored(value, run) for rung in [chosen["rung"], *others] for run in rungs[rung]["runs"]):
-            continue  # a score the study's dataset lacks (no boxes, no localisation)
-        base = [value(run) for run in rungs[chosen["rung"]]["runs"]]
-        compared[title] = ablate.tested({rung[len(FULL_FORM_PREFIX):]: ([value(run) for run in rungs[rung]["runs"]],
-                                                                         base) for rung in others})
-    return compared
+    return _versus(payload, {rung[len(FULL_FORM_PREFIX):]: (rung, chosen["rung"]) for rung in others})
+
+
+def controls_versus_their_forms(payload: dict) -> dict[str, dict[str, dict]]:
+    """Each SS-2 control minus the form whose mechanism it measures (SS2_CONTROLS), on the validation
+    split, where both ran with validation metrics. {score: {control: test}}."""
+    rungs = payload["rungs"]
+    pairs = {control: (FULL_FORM_PREFIX + control, FULL_FORM_PREFIX + form) for control, form in SS2_CONTROLS.items()}
+    return _versus(payload, {control: pair for control, pair in pairs.items()
+                             if all(r in rungs and "val_top1_error" in rungs[r] for r in pair)})
 
 
 def _scored(value, run: dict) -> bool:
@@ -178,6 +192,23 @@ def forms_markdown(payload: dict) -> list[str]:
     return lines
 
 
+def controls_markdown(payload: dict) -> list[str]:
+    """The controls-versus-their-forms table's lines (none where no control ran beside its form)."""
+    compared = controls_versus_their_forms(payload)
+    if not compared:
+        return []
+    lines = ["Each SS-2 control minus the form whose mechanism it measures, on the validation split, Welch's "
+             f"t-test across seeds; significant: Holm-corrected p < {stats.ALPHA} across the controls of one score:",
+             "", "| score | control | form | seeds | " + " | ".join(ablate.TEST_COLUMNS) + " |",
+             "|---" * (4 + len(ablate.TEST_COLUMNS)) + "|"]
+    for title, rows in compared.items():
+        digits = 2 if "error" in title else 3
+        for control, row in rows.items():
+            lines.append(f"| {title} | {control} | {SS2_CONTROLS[control]} | {row['n_a']} | "
+                         + " | ".join(ablate.test_cells(row, digits)) + " |")
+    return lines
+
+
 def markdown(payload: dict, baselines: dict) -> str:
     """The goals table: what each goal asks, the test figures for the chosen form, met or missed."""
     judged = judge(payload, baselines)
@@ -194,4 +225,5 @@ def markdown(payload: dict, baselines: dict) -> str:
     for title, key in GOALS:
         goal = judged["goals"][key]
         lines.append(f"| {title} | {goal['measured']} | {_verdict(goal['met'], goal['enough'])} |")
-    return "\n".join([*lines, "", *forms_markdown(payload)])
+    controls = controls_markdown(payload)
+    return "\n".join([*lines, "", *forms_markdown(payload), *([""] + controls if controls else [])])
