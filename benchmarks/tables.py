@@ -221,6 +221,11 @@ def _expected(match: re.Match, root: str) -> str:
     return render(match.group("kind"), match.group("files").split(","), root) + "\n"
 
 
+def regions(text: str) -> list[tuple[re.Match, int]]:
+    """Each `bench:` region of `text`: its opening marker's match and where its closing marker starts."""
+    return report.regions(text, OPEN, CLOSE)
+
+
 def update(text: str, root: str = RESULTS_DIR) -> str:
     """`text` with every `bench:` region's table rendered anew from the result files under `root`."""
     return report.rendered_anew(text, lambda match: _expected(match, root), OPEN, CLOSE)
@@ -246,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rendered = update(text, args.root)
             with open(path, "w", encoding="utf-8") as f:
                 f.write(rendered)
-            print(f"rendered {len(report.regions(text, OPEN, CLOSE))} table(s) of {path}")
+            print(f"rendered {len(regions(text))} table(s) of {path}")
             return 0
         problems = mismatches(text, path, args.root)
     except (TableError, report.ReportError, FileNotFoundError) as error:
