@@ -28,7 +28,7 @@ from benchmarks import RESULTS_DIR, format_table, grad_accum, head_cost, memory,
 from saol_jax.core.ladder import BASE_LOSS, split_rung
 from saol_jax.studies import report
 
-OPEN = re.compile(r"<!-- bench: (?P<name>(?P<kind>[\w]+) (?P<files>[^\s>]+)) -->\n")
+OPEN = re.compile(r"<!-- bench: (?P<name>(?P<kind>\w+)(?: (?P<files>[^\s>]+))?) -->\n")
 CLOSE = "<!-- /bench -->"
 TAG = "bench"
 SHOWN_ROOT = "benchmarks/results"  # how a table names the folder of its result files
@@ -199,6 +199,8 @@ def render(kind: str, names: Sequence[str], root: str = RESULTS_DIR) -> str:
     """The table of `kind` from the result files `names` under `root`."""
     if kind not in KINDS:
         raise TableError(f"unknown table kind {kind!r}; valid: {', '.join(KINDS)}")
+    if not names:
+        raise TableError(f"a {kind} table names its result files: <!-- bench: {kind} FILE[,FILE...] -->")
     if kind in SINGLE_FILE and len(names) != 1:
         raise TableError(f"a {kind} table reads one result file, got {len(names)}: {','.join(names)}")
     payloads = []
@@ -218,7 +220,8 @@ def render(kind: str, names: Sequence[str], root: str = RESULTS_DIR) -> str:
 
 
 def _expected(match: re.Match, root: str) -> str:
-    return render(match.group("kind"), match.group("files").split(","), root) + "\n"
+    files = match.group("files")
+    return render(match.group("kind"), files.split(",") if files else [], root) + "\n"
 
 
 def regions(text: str) -> list[tuple[re.Match, int]]:

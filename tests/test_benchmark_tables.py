@@ -117,6 +117,7 @@ def test_mistakes_get_one_error_line(tmp_path, capsys):
     doc = tmp_path / "doc.md"
     for marker, message in (("nope toy.json", "unknown table kind 'nope'"),
                             ("step_time missing.json", "no result file"),
+                            ("step_time", "a step_time table names its result files"),
                             ("step_time toy.json,toy.json", "a step_time table reads one result file"),
                             (f"step_time {name}", "not a step_time result")):
         doc.write_text(f"<!-- bench: {marker} -->\n| stale |\n<!-- /bench -->\n", encoding="utf-8")
