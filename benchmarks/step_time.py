@@ -33,7 +33,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from benchmarks import default_out, format_table, publish
+from benchmarks import PRE_FORMS_SS2, default_out, format_table, publish
 from benchmarks.head_cost import model_config
 from saol_jax.core import optim, sharding
 from saol_jax.core.ladder import BASE_LOSS, HEAD_LADDER, MODEL_HEADS, PASTE_VARIANTS, rung_loss, split_rung
@@ -45,7 +45,6 @@ VARIANTS = ("gap", "saol_ss_sd")
 RUNG_FORMS = (*SS2_FORMS, *PASTE_VARIANTS)  # what may follow a rung's `@`
 RUNG_NAMES = {"gap": "GAP-FC", "gap_ms": "GAP-FC multi-scale", "saol": "SAOL", "saol_ss": "SAOL+SS",
               "saol_ss_sd": "SAOL+SS+SD"}
-PRE_FORMS_SS2 = "renorm"  # the one SS-2 loss of result files written before `loss.ss2_form` existed
 SAOL_SLOWDOWN_GOAL = 0.05  # docs/method.md §3.5: the head adds <= 5% train-step time
 RESNET56_IMG_S_GOAL = 100.0
 
@@ -99,11 +98,12 @@ def rung_name(rung: str) -> str:
 
 
 def variant_form(rung: str, variant: dict) -> str | None:
-    """The SS-2 form a result file's entry `variant` of `rung` ran: the one it records, else (a file from
-    before the forms) PRE_FORMS_SS2; None without SS-2."""
-    if not HEAD_LADDER[split_rung(rung)[0]]["ss2"]:
+    """The SS-2 form a result file's entry `variant` of `rung` ran: the one it records, else (an earlier
+    file) the rung's `@form` or PRE_FORMS_SS2; None without SS-2."""
+    base, form = split_rung(rung)
+    if not HEAD_LADDER[base]["ss2"]:
         return None
-    return variant.get("ss2_form") or PRE_FORMS_SS2
+    return variant.get("ss2_form") or form or PRE_FORMS_SS2
 
 
 def variant_name(rung: str, variant: dict) -> str:

@@ -24,7 +24,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 
-from benchmarks import RESULTS_DIR, format_table, grad_accum, head_cost, memory, scaling, step_time
+from benchmarks import RESULTS_DIR, accelerator, format_table, grad_accum, head_cost, memory, scaling, step_time
 from saol_jax.core.ladder import BASE_LOSS, split_rung
 from saol_jax.studies import report
 
@@ -165,6 +165,18 @@ def input_pipeline_table(result: dict) -> str:
         for r in result["rows"]])
 
 
+def accelerator_parts(results: Sequence[dict], names: Sequence[str]) -> str:
+    """The accelerator check's headline figures and goals of the parts whose files (`<part>.json`) are
+    named, as its summary gives them (benchmarks.accelerator.headlines)."""
+    parts = {os.path.splitext(os.path.basename(name))[0]: result for result, name in zip(results, names)}
+    unknown = sorted(set(parts) - set(accelerator.HEADLINES))
+    if unknown:
+        raise TableError(f"not parts of the accelerator check: {', '.join(unknown)}")
+    return format_table(["part", "figure", "value"], [
+        [part, what, value] for part, payload in parts.items()
+        for what, value in accelerator.headlines(part, payload, parts.get("step_time"))])
+
+
 MEMORY_COLUMNS = {"footprint MiB": "footprint MiB", "arguments MiB": "arguments MiB", "temp MiB": "temp MiB",
                   "footprint / GAP-FC": "footprint / GAP-FC"}
 
@@ -187,6 +199,7 @@ KINDS: dict[str, Callable[[Sequence[dict], Sequence[str]], str]] = {
     "memory_backbones": lambda r, _: columns(memory.table(r[0]["settings"]),
                                              {"setting": "backbone", "batch": "batch", "head": "head",
                                               **MEMORY_COLUMNS}),
+    "accelerator": accelerator_parts,
     "input_pipeline": lambda r, _: columns(input_pipeline_table(r[0]), {
         "backend": "backend", "transform": "transform", "threads/workers": "threads / workers",
         "img/s": "img/s (wall)", "img/s per core": "img/s per core (wall)", "img per CPU s": "img per CPU s"}),

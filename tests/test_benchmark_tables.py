@@ -128,3 +128,22 @@ def test_mistakes_get_one_error_line(tmp_path, capsys):
     assert tables.main(["--update", str(doc), "--root", str(tmp_path)]) == 1
     assert "has no closing '<!-- /bench -->'" in capsys.readouterr().err
     assert doc.read_text(encoding="utf-8") == "<!-- bench: step_time toy.json -->\nno end\n"
+
+
+def test_accelerator_parts_render_as_the_check_summarises_them(tmp_path):
+    (tmp_path / "h200").mkdir()
+    step = _step_time({"gap": _variant(500.0, 600.0), "saol_ss_sd": _variant(520.0, 570.0)}, batch=256)
+    step.update(device_kind="H200", devices=1, saol_over_gap_throughput=0.95,
+                goals={"saol_within_5pct": {"limit": 0.95, "measured": 0.95, "met": True}})
+    step["workload"].update(image_size=224, dtype="bfloat16")
+    _write(tmp_path, "h200/step_time.json", step)
+    assert tables.render("accelerator", ["h200/step_time.json"], str(tmp_path)).splitlines()[2:] == [
+        "| step_time | GAP-FC img/s (resnet56 224² bfloat16, batch 256 on 1 x H200) | 600.0 |",
+        "| step_time | SAOL+SS+SD (renorm) img/s | 570.0 |",
+        "| step_time | SAOL+SS+SD (renorm) / GAP-FC throughput | 0.950 |",
+        "| step_time | SAOL+SS+SD (renorm) / GAP-FC throughput by CPU time | 0.962 |",
+        "| step_time | goal saol_within_5pct | 0.950 vs 0.95: met |",
+    ]
+    _write(tmp_path, "h200/other.json", step)
+    with pytest.raises(tables.TableError, match="not parts of the accelerator check: other"):
+        tables.render("accelerator", ["h200/other.json"], str(tmp_path))
