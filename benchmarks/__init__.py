@@ -13,6 +13,9 @@ import platform
 from collections.abc import Sequence
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# The SS-2 form of a result entry of a rung without `@form` that does not record its own: step_time and
+# memory ran it for such rungs until their entries recorded the form (2026-12-04).
+PRE_FORMS_SS2 = "renorm"
 
 
 def default_out(name: str) -> str:

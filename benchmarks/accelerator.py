@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from benchmarks import format_table, write_json
+from benchmarks import PRE_FORMS_SS2, format_table, write_json
 
 PARTS = ("grain_prepare", "grain_default", "grain_localisation", "step_time", "torch_peer", "memory",
          "input_pipeline", "end_to_end")
@@ -35,8 +35,9 @@ def parse_status(item: str) -> tuple[str, dict[str, object]]:
 
 
 def _saol(entry: dict) -> str:
-    """'SAOL+SS+SD (paste)': the rung with the SS-2 form its step ran (results before forms were recorded: unknown)."""
-    return f"SAOL+SS+SD ({entry.get('ss2_form') or 'SS-2 form not recorded'})"
+    """'SAOL+SS+SD (paste)': the rung with the SS-2 form its step ran (results before forms were recorded:
+    PRE_FORMS_SS2)."""
+    return f"SAOL+SS+SD ({entry.get('ss2_form') or PRE_FORMS_SS2})"
 
 
 def _step_time(p: dict) -> list[tuple[str, str]]:
@@ -47,6 +48,9 @@ def _step_time(p: dict) -> list[tuple[str, str]]:
         (f"GAP-FC img/s ({setting})", f"{v['gap']['img_per_s_median']:.1f}"),
         (f"{_saol(v['saol_ss_sd'])} img/s", f"{v['saol_ss_sd']['img_per_s_median']:.1f}"),
         (f"{_saol(v['saol_ss_sd'])} / GAP-FC throughput", f"{p['saol_over_gap_throughput']:.3f}"),
+    ] + [
+        (f"{_saol(v['saol_ss_sd'])} / GAP-FC throughput by CPU time", f"{p[key]:.3f}")
+        for key in ("saol_over_gap_throughput_cpu_time",) if key in p
     ] + [
         (f"{_saol(entry)} img/s (/ GAP-FC)", f"{entry['img_per_s_median']:.1f} "
                                             f"({entry['img_per_s_median'] / v['gap']['img_per_s_median']:.3f})")
@@ -101,6 +105,18 @@ HEADLINES: dict[str, Callable[[dict], list[tuple[str, str]]]] = {
 }
 
 
+def headlines(name: str, payload: dict | None, step_time: dict | None = None) -> list[tuple[str, str]]:
+    """The figures and goals of part `name`'s result `payload` (none for a part not run or skipped);
+    torch_peer's also against the JAX rungs of `step_time`'s."""
+    if not payload or "skipped" in payload:
+        return []
+    rows = HEADLINES[name](payload)
+    if name == "torch_peer" and step_time:
+        rows += versus_torch(step_time, payload)
+    return rows + [(f"goal {goal}", f"{g['measured']:.3f} vs {g['limit']}: {'met' if g['met'] else 'MISSED'}")
+                   for goal, g in payload.get("goals", {}).items()]
+
+
 def read_part(out_dir: str, name: str) -> dict | None:
     path = os.path.join(out_dir, f"{name}.json")
     if not os.path.exists(path):
@@ -120,12 +136,7 @@ def summarise(out_dir: str, statuses: dict[str, dict[str, object]]) -> dict:
         if payload and "skipped" in payload:
             status = {**status, "status": f"skipped:{payload['skipped']}"}
         parts[name] = {**status, "result": payload}
-        headline = HEADLINES[name](payload) if payload and "skipped" not in payload else []
-        if name == "torch_peer" and payload and parts["step_time"]["result"]:
-            headline += versus_torch(parts["step_time"]["result"], payload)
-        goals = (payload or {}).get("goals", {})
-        headline += [(f"goal {goal}", f"{g['measured']:.3f} vs {g['limit']}: {'met' if g['met'] else 'MISSED'}")
-                     for goal, g in goals.items()]
+        headline = headlines(name, payload, parts["step_time"]["result"] if name == "torch_peer" else None)
         for what, value in headline or [("-", "-")]:
             rows.append([name, status["status"], f"{status['seconds']:.0f}", what, value])
     md = format_table(["part", "status", "s", "figure", "value"], rows)

@@ -50,7 +50,8 @@ import tensorflow_datasets as tfds
 from etils import epy
 from PIL import Image
 
-from benchmarks import default_out, format_table, machine, publish
+from benchmarks import default_out, machine, publish
+from benchmarks.tables import input_pipeline_table
 from configs import cifar_resnet110, imagenet_resnet
 from saol_jax.data import host_train_batches, preprocess
 from saol_jax.data.grain_source import add_array_record
@@ -245,13 +246,6 @@ def summary(rows: list[dict]) -> dict:
     return {"fused_over_plain": ratio, "goals": goals}
 
 
-def table(result: dict) -> str:
-    return format_table(["backend", "transform", "threads/workers", "img/s", "img/s per core", "img per CPU s"], [
-        [r["backend"], r["transform"], r.get("workers", r["threads"]), f"{r['img_per_s']:.0f}",
-         f"{r['img_per_s_per_core']:.0f}", f"{r['img_per_cpu_s']:.0f}"]
-        for r in result["rows"]])
-
-
 def _counts(text: str) -> list[int]:
     return sorted({int(n) for n in text.split(",") if n != ""})
 
@@ -295,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
             rows += measure_grain(builders, _counts(args.workers), warmup_s=args.warmup, seconds=args.seconds)
     result = {"images": args.images, "mean_record_kb": mean_kb, "batch": BATCH, "machine": machine(),
               "load_average": os.getloadavg(), "rows": rows, **summary(rows)}
-    print(table(result))
+    print(input_pipeline_table(result))
     for ratio_threads, ratio in result["fused_over_plain"].items():
         print(f"fused / decode-then-crop train transform, {ratio_threads} thread(s): {ratio:.2f}")
     for name, goal in result["goals"].items():

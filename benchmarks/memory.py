@@ -25,7 +25,7 @@ import dataclasses
 import jax
 
 from benchmarks import default_out, format_table, write_json
-from benchmarks.step_time import TINY, VARIANTS, Workload, parse_rungs, prepare, rung_form, rung_name
+from benchmarks.step_time import TINY, VARIANTS, Workload, parse_rungs, prepare, rung_form, variant_name
 from saol_jax.core import sharding
 
 SAOL_MEMORY_GOAL = ("resnet50", 0.05)  # the SAOL step needs <= 5% more memory than GAP-FC
@@ -77,7 +77,7 @@ def table(results: dict[str, dict]) -> str:
         gap = result["rungs"].get("gap", {}).get("footprint_bytes")
         for rung, mem in result["rungs"].items():
             ratio = f"{mem['footprint_bytes'] / gap:.4f}" if gap else "-"
-            rows.append([name, result["workload"]["batch"], result["workload"]["dtype"], rung_name(rung),
+            rows.append([name, result["workload"]["batch"], result["workload"]["dtype"], variant_name(rung, mem),
                          f"{mem['footprint_bytes'] / 2**20:.1f}", f"{mem['argument_size_in_bytes'] / 2**20:.1f}",
                          f"{mem['temp_size_in_bytes'] / 2**20:.1f}", f"{mem['peak_memory_in_bytes'] / 2**20:.1f}",
                          ratio])

@@ -121,7 +121,8 @@ def pipeline_dataset(name: str | None, data_dir: str | None):
     return config
 
 
-def tables(result: dict) -> str:
+def table(result: dict) -> str:
+    """The markdown table of a scaling result: one row per device count."""
     rows = [
         [r["devices"], r["per_device_batch"], f"{r['step_ms_median']:.0f}",
          f"{r['step_ms_min']:.0f}-{r['step_ms_max']:.0f}", f"{r['img_per_s']:.1f}",
@@ -129,8 +130,13 @@ def tables(result: dict) -> str:
          " ".join(f"{x:.6f}" for x in r["losses"]), f"{r['load_average_1m']:.1f}"]
         for r in result["devices"]
     ]
-    text = format_table(["devices", "batch/device", "ms/step (median)", "ms/step (min-max)", "img/s",
+    return format_table(["devices", "batch/device", "ms/step (median)", "ms/step (min-max)", "img/s",
                          "CPU ms/step", "compile s", f"loss, steps 1-{LOSS_STEPS}", "load avg"], rows)
+
+
+def tables(result: dict) -> str:
+    """The table, the losses' agreement and the input pipeline's rate, as printed."""
+    text = table(result)
     check = result["loss_agreement"]
     per_step = ", ".join(f"{d:.1e}" for d in check["max_rel_diff_per_step"])
     text += (f"\nlosses vs {check['reference_devices']} device(s): max relative difference per step "

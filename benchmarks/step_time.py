@@ -33,7 +33,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from benchmarks import default_out, format_table, publish
+from benchmarks import PRE_FORMS_SS2, default_out, format_table, publish
 from benchmarks.head_cost import model_config
 from saol_jax.core import optim, sharding
 from saol_jax.core.ladder import BASE_LOSS, HEAD_LADDER, MODEL_HEADS, PASTE_VARIANTS, rung_loss, split_rung
@@ -94,6 +94,22 @@ def rung_loss_config(rung: str) -> dict[str, float | str]:
 def rung_name(rung: str) -> str:
     """'saol_ss_sd' -> 'SAOL+SS+SD (paste)': the head and the SS-2 form its step runs."""
     form = rung_form(rung)
+    return RUNG_NAMES[split_rung(rung)[0]] + (f" ({form})" if form else "")
+
+
+def variant_form(rung: str, variant: dict) -> str | None:
+    """The SS-2 form a result file's entry `variant` of `rung` ran: the one it records, else (an earlier
+    file) the rung's `@form` or PRE_FORMS_SS2; None without SS-2."""
+    base, form = split_rung(rung)
+    if not HEAD_LADDER[base]["ss2"]:
+        return None
+    return variant.get("ss2_form") or form or PRE_FORMS_SS2
+
+
+def variant_name(rung: str, variant: dict) -> str:
+    """'SAOL+SS+SD (paste)': the head and the SS-2 form a result file's entry of `rung` ran (variant_form),
+    which for a rung without `@form` need not be today's default."""
+    form = variant_form(rung, variant)
     return RUNG_NAMES[split_rung(rung)[0]] + (f" ({form})" if form else "")
 
 
@@ -272,10 +288,11 @@ def measure(work: Workload, *, devices: int = 0, reps: int = 5, steps: int = 5, 
 
 
 def table(result: dict) -> str:
+    """The markdown table of a step_time result: one row per timed rung."""
     rows = []
     for rung, v in result["variants"].items():
         rows.append([
-            rung_name(rung), result["devices"], result["per_device_batch"],
+            variant_name(rung, v), result["devices"], result["per_device_batch"],
             f"{v['img_per_s_median']:.1f}", f"{v['img_per_s_min']:.1f}-{v['img_per_s_max']:.1f}",
             f"{v['step_ms_median']:.0f}", f"{v['cpu_ms_per_step_median']:.0f}", f"{v['compile_s']:.1f}",
         ])

@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks import default_out, format_table, machine, publish
+from benchmarks import default_out, machine, publish
+from benchmarks.tables import torch_ratio_table
 from benchmarks.step_time import TINY, Workload, _optim_config, host_batch, prepare, time_alternating
 from saol_jax.core import sharding
 
@@ -205,16 +206,6 @@ def measure(work: Workload, *, devices: int, xla_variants: list[str], torch_thre
     }
 
 
-def table(result: dict) -> str:
-    rows = [
-        [name, f"{v['img_per_s_median']:.1f}", f"{v['img_per_s_min']:.1f}-{v['img_per_s_max']:.1f}",
-         f"{v['cpu_ms_per_step_median']:.0f}", f"{v['over_torch']:.2f}", f"{v['over_jax_default']:.2f}"]
-        for name, v in result["variants"].items()
-    ]
-    return format_table(["step", "img/s (median)", "img/s (min-max)", "CPU ms/step", "/ torch", "/ jax default"],
-                        rows)
-
-
 def report(result: dict, cpu: str) -> None:
     work, load = result["workload"], result["load_average_1m"]
     print(f"{work['backbone']} GAP-FC, {result['params']:,} params, global batch {work['batch']}, "
@@ -222,7 +213,7 @@ def report(result: dict, cpu: str) -> None:
           f"CPU devices ({result['per_device_batch']}/device), torch {result['torch']['version']}; "
           f"{result['reps']} reps x {result['steps_per_rep']} steps; "
           f"load average {load['start']:.1f} -> {load['end']:.1f}; CPU {cpu}")
-    print(table(result))
+    print(torch_ratio_table(result))
     print(f"JAX / PyTorch throughput: {result['jax_over_torch']:.3f} (against {result['torch']['best']})")
 
 

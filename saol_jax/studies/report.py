@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from absl import flags
 
@@ -84,17 +84,45 @@ def render(results_dir: str, sections: Sequence[str] = ablate.SECTIONS) -> str:
     return "\n\n".join(tables)
 
 
-def _regions(text: str) -> list[tuple[re.Match, int]]:
-    """Each marked region: its opening marker's match and where its closing marker starts."""
-    regions, position = [], 0
-    while (match := OPEN.search(text, position)) is not None:
-        end = text.find(CLOSE, match.end())
+def regions(text: str, opening: re.Pattern = OPEN, closing: str = CLOSE) -> list[tuple[re.Match, int]]:
+    """Each region of `text` between an `opening` marker (a pattern ending in its newline) and the next
+    `closing` one: the opening marker's match and where the closing marker starts."""
+    found, position = [], 0
+    while (match := opening.search(text, position)) is not None:
+        end = text.find(closing, match.end())
         if end < 0:
             line = text.count("\n", 0, match.start()) + 1
-            raise ReportError(f"line {line}: '{match.group(0).strip()}' has no closing '{CLOSE}'")
-        regions.append((match, end))
-        position = end + len(CLOSE)
-    return regions
+            raise ReportError(f"line {line}: '{match.group(0).strip()}' has no closing '{closing}'")
+        found.append((match, end))
+        position = end + len(closing)
+    return found
+
+
+def rendered_anew(text: str, expected: Callable[[re.Match], str], opening: re.Pattern = OPEN,
+                  closing: str = CLOSE) -> str:
+    """`text` with the body of every region (see `regions`) replaced by `expected(its opening match)`."""
+    pieces, position = [], 0
+    for match, end in regions(text, opening, closing):
+        pieces += [text[position:match.end()], expected(match)]
+        position = end
+    return "".join(pieces) + text[position:]
+
+
+def differences(text: str, name: str, expected: Callable[[re.Match], str], opening: re.Pattern = OPEN,
+                closing: str = CLOSE, tag: str = "results") -> list[str]:
+    """One line per line of a region of `text` (the file `name`) that differs from `expected(its opening
+    match)`, naming the file, the line, `tag` and the marker's `name` group."""
+    found = []
+    for match, end in regions(text, opening, closing):
+        want_lines = expected(match).splitlines()
+        got_lines = text[match.end():end].splitlines()
+        first = text.count("\n", 0, match.end()) + 1
+        for k in range(max(len(want_lines), len(got_lines))):
+            want = want_lines[k] if k < len(want_lines) else "(no line)"
+            got = got_lines[k] if k < len(got_lines) else "(no line)"
+            if want != got:
+                found.append(f"{name}:{first + k}: {tag} {match.group('name')}: expected {want!r}, found {got!r}")
+    return found
 
 
 def _expected(match: re.Match, root: str) -> str:
@@ -104,26 +132,12 @@ def _expected(match: re.Match, root: str) -> str:
 
 def update(text: str, root: str) -> str:
     """`text` with every marked region's body rendered anew from the results under `root`."""
-    pieces, position = [], 0
-    for match, end in _regions(text):
-        pieces += [text[position:match.end()], _expected(match, root)]
-        position = end
-    return "".join(pieces) + text[position:]
+    return rendered_anew(text, lambda match: _expected(match, root))
 
 
 def mismatches(text: str, root: str, name: str) -> list[str]:
     """One line per line of a marked region of `text` (the file `name`) that differs from its rendering."""
-    found = []
-    for match, end in _regions(text):
-        expected = _expected(match, root).splitlines()
-        actual = text[match.end():end].splitlines()
-        first = text.count("\n", 0, match.end()) + 1
-        for k in range(max(len(expected), len(actual))):
-            want = expected[k] if k < len(expected) else "(no line)"
-            got = actual[k] if k < len(actual) else "(no line)"
-            if want != got:
-                found.append(f"{name}:{first + k}: results {match.group('name')}: expected {want!r}, found {got!r}")
-    return found
+    return differences(text, name, lambda match: _expected(match, root))
 
 
 def define_flags() -> None:
@@ -144,7 +158,7 @@ def main(argv: list[str]) -> None:
         elif args.update is not None:
             text = paths.read_text(args.update)
             paths.write_text(args.update, update(text, args.root))
-            print(f"rendered {len(_regions(text))} region(s) of {args.update}")
+            print(f"rendered {len(regions(text))} region(s) of {args.update}")
         else:
             problems = mismatches(paths.read_text(args.check), args.root, args.check)
             if problems:
