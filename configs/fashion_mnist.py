@@ -9,9 +9,9 @@ that run the same sharded step as a multi-GPU host; XLA's CPU convolutions
 are faster per image on small per-device batches. CutMix (p=0.5) is the only
 augmentation: in a run this short, pad-crop + flip on top of it cost accuracy
 in a comparison made before the validation carve (no result file kept).
-Expected: time and accuracy come from the Fashion-MNIST study's result files
-under results/, rendered in the README's "Results measured here"; none is
-committed yet.
+Expected: accuracy from the Fashion-MNIST study's result files
+(results/fashion_mnist-study_fashion_mnist/), rendered in the README's
+"Results measured here"; each file records its run's step and config.
 Validation: the last 10% of tfds's train split (6,000 images, class balance checked in
 tests/test_data.py) is held out as `validation_split` and evaluated
 for every choice; training reads the other 54,000 (1474 steps).
