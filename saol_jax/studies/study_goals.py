@@ -140,7 +140,8 @@ def _versus(payload: dict, pairs: dict[str, tuple[str, str]]) -> dict[str, dict[
     compared = {}
     for title, value in FORM_SCORES.items():
         if pairs and all(_scored(value, run) for rung_runs in runs.values() for run in rung_runs):
-            compared[title] = ablate.tested({label: ([value(run) for run in runs[rung]], [value(run) for run in runs[base]])
+            compared[title] = ablate.tested({label: ([value(run) for run in runs[rung]],
+                                                     [value(run) for run in runs[base]])
                                              for label, (rung, base) in pairs.items()})
     return compared
 
@@ -219,7 +220,8 @@ def markdown(payload: dict, baselines: dict) -> str:
     val = chosen["val_top1_error"]
     lines = [f"Goals, judged on the test split for the choices made on validation: the SS-2 form "
              f"`{chosen['form']}` (lowest validation top-1 error of the SAOL output among the SAOL + SS + SD "
-             f"rungs with {stats.MIN_SEEDS} seeds, controls aside, {val['mean']:.2f} ± {val['std']:.2f}); differences are test figures, ± their standard "
+             f"rungs with {stats.MIN_SEEDS} seeds, controls aside, {val['mean']:.2f} ± {val['std']:.2f}); "
+             f"differences are test figures, ± their standard "
              f"error, Welch's t-test across seeds.", "",
              "| goal | measured (test) | verdict |", "|---|---|---|"]
     for title, key in GOALS:
