@@ -49,6 +49,17 @@ def test_two_standard_errors_at_three_seeds_is_not_a_five_percent_test():
     assert not stats.significant(paired.p)
 
 
+def test_a_spread_of_float_rounding_is_no_spread():
+    # 10.3 - 10.1 and 10.1 - 9.9 are 0.2 but differ in their last bits: not evidence of anything.
+    rounding = stats.paired([10.3, 10.1, 10.2], [10.1, 9.9, 10.0])
+    assert float(np.std(np.subtract([10.3, 10.1, 10.2], [10.1, 9.9, 10.0]))) > 0.0
+    assert math.isnan(rounding.p) and "no spread" in rounding.reason and not stats.significant(rounding.p)
+    assert rounding.difference == pytest.approx(0.2)
+    assert math.isnan(stats.welch([0.1 + 0.2, 0.3], [0.3, 0.3]).p)
+    small = stats.paired([1e-6, 2e-6, 4e-6], [0.0, 0.0, 0.0])  # small values, real spread: still a test
+    assert small.p > 0.0 and not math.isnan(small.p)
+
+
 def test_degenerate_inputs_give_nan_with_a_reason():
     one = stats.welch([1.0], [2.0, 3.0])
     assert math.isnan(one.p) and math.isnan(one.t) and "fewer than 2" in one.reason

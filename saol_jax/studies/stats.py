@@ -51,10 +51,17 @@ def mean_std(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
     return float(np.mean(values)), std
 
 
-def _test(difference: float, se: float, df: float, n_a: int, n_b: int) -> TTest:
-    """t and its two-sided p from the t distribution with `df` degrees of freedom."""
-    if not se > 0.0:
-        return TTest(difference, se, math.nan, df, math.nan, n_a, n_b, "no spread: every difference is the same")
+# A spread below this fraction of the values' magnitude is float64 rounding, not variation: differences
+# of counts that are equal in every seed (0.2 = 10.3 - 10.1 = 10.1 - 9.9) differ in their last bits.
+ROUNDING = 1e-12
+
+
+def _test(difference: float, se: float, df: float, n_a: int, n_b: int, scale: float) -> TTest:
+    """t and its two-sided p from the t distribution with `df` degrees of freedom; NaN where `se` is
+    no more than the rounding of values of magnitude `scale`."""
+    if not se > ROUNDING * max(scale, 1.0):
+        return TTest(difference, 0.0, math.nan, math.nan, math.nan, n_a, n_b,
+                     "no spread: every difference is the same")
     t = difference / se
     p = float(2.0 * scipy.stats.t.sf(abs(t), df))
     return TTest(difference, se, t, df, p, n_a, n_b)
@@ -73,7 +80,7 @@ def welch(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> T
     va, vb = np.var(a, ddof=1) / n_a, np.var(b, ddof=1) / n_b
     se = math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1)) if se > 0.0 else math.nan
-    return _test(float(a.mean() - b.mean()), se, float(df), n_a, n_b)
+    return _test(float(a.mean() - b.mean()), se, float(df), n_a, n_b, _magnitude(a, b))
 
 
 def paired(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> TTest:
@@ -88,11 +95,15 @@ def paired(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> 
     d = a - b
     if n < 2:
         return TTest(_mean_or_nan(d), math.nan, math.nan, math.nan, math.nan, n, n, "fewer than 2 pairs")
-    return _test(float(d.mean()), float(np.std(d, ddof=1) / math.sqrt(n)), float(n - 1), n, n)
+    return _test(float(d.mean()), float(np.std(d, ddof=1) / math.sqrt(n)), float(n - 1), n, n, _magnitude(a, b))
 
 
 def _mean_or_nan(values: np.ndarray) -> float:
     return float(values.mean()) if values.size else math.nan
+
+
+def _magnitude(a: np.ndarray, b: np.ndarray) -> float:
+    return float(max(np.max(np.abs(a)), np.max(np.abs(b))))
 
 
 def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
