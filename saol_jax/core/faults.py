@@ -178,25 +178,21 @@ def install_thread_hook() -> None:
         _flush_and_exit(1)
 
     threading.excepthook = hook
-    sys.excepthook = _library_threads_to_log(sys.__excepthook__)
+    sys.excepthook = _library_threads_to_log
     if not isinstance(sys.stderr, _NativeThreadsAside):
         sys.stderr = _NativeThreadsAside(sys.stderr)
 
 
-def _library_threads_to_log(console_hook):
+def _library_threads_to_log(exc_type, exc_value, exc_traceback) -> None:
     """sys.excepthook, but what a native library reports from a thread other than the main one goes
     to the log file. Python threads' own errors reach threading.excepthook, never this hook: off
     the main thread it is only called by native code printing an error it will not raise
     (tensorstore completing a write into an event loop that a failed save closed), which may run
     on a thread Python started (orbax's), so `_NativeThreadsAside` alone does not catch it."""
-
-    def hook(exc_type, exc_value, exc_traceback) -> None:
-        if threading.current_thread() is threading.main_thread():
-            console_hook(exc_type, exc_value, exc_traceback)
-        else:
-            _to_log_files("".join(traceback.format_exception(exc_type, exc_value, exc_traceback)))
-
-    return hook
+    if threading.current_thread() is threading.main_thread():
+        sys.__excepthook__(exc_type, exc_value, exc_traceback)
+    else:
+        _to_log_files("".join(traceback.format_exception(exc_type, exc_value, exc_traceback)))
 
 
 class _NativeThreadsAside:
