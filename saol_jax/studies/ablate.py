@@ -408,12 +408,14 @@ def test_cells(row: dict, digits: int = 2) -> list[str]:
     return [f"{row['difference']:+.{digits}f}{se}", t, df, p_text(row["p"]), p_text(row["p_holm"]), verdict]
 
 
-def _row(cells: Sequence[str]) -> str:
+def table_row(cells: Sequence[str]) -> str:
+    """One markdown table row of `cells`."""
     return "| " + " | ".join(cells) + " |"
 
 
-def _header(titles: Sequence[str]) -> list[str]:
-    return [_row(titles), "|" + "---|" * len(titles)]
+def table_header(titles: Sequence[str]) -> list[str]:
+    """A markdown table's title row and separator."""
+    return [table_row(titles), "|" + "---|" * len(titles)]
 
 
 def seed_warnings(payload: dict) -> list[str]:
@@ -438,18 +440,18 @@ def _sections(payload: dict) -> dict[str, list[str]]:
     sections = {"error": [
         f"Top-1 error (%), {payload['dataset']}, {payload['backbone']}, mean ± std over {len(seeds)} seed(s) "
         f"{seeds}; the split of each column in its title (test: the eval split; val: the validation split).",
-        "", *_header(["rung", *titles])]}
+        "", *table_header(["rung", *titles])]}
     for rung, entry in rungs.items():
         cells = [_cell(entry["top1_error"].get(out)) for out in OUTPUTS]
         if has_val:
             cells += [_cell(entry.get("val_top1_error", {}).get(out)) for out in OUTPUTS]
-        sections["error"].append(_row([rung, *cells]))
+        sections["error"].append(table_row([rung, *cells]))
     compared = {rung: entry["vs_gap"] for rung, entry in rungs.items() if "vs_gap" in entry}
     if compared:
         sections["versus"] = [
             f"Test top-1 error minus GAP-FC + CutMix's (points), Welch's t-test across seeds; significant: "
-            f"Holm-corrected p < {stats.ALPHA} across these rows:", "", *_header(["rung", "output", *TEST_COLUMNS])]
-        sections["versus"] += [_row([rung, OUTPUTS[out], *test_cells(row)])
+            f"Holm-corrected p < {stats.ALPHA} across these rows:", "", *table_header(["rung", "output", *TEST_COLUMNS])]
+        sections["versus"] += [table_row([rung, OUTPUTS[out], *test_cells(row)])
                                for rung, vs in compared.items() for out, row in vs.items()]
     chosen = payload.get("chosen")
     sections["choice"] = [
@@ -461,8 +463,8 @@ def _sections(payload: dict) -> dict[str, list[str]]:
     if spread:
         sections["attention"] = [
             "Cells the attention spreads over on the eval split (exp of its entropy, mean over images; "
-            "mean ± std over seeds):", "", *_header(["rung", "att cells"]),
-            *(_row([rung, _cell(cells, digits=1)]) for rung, cells in spread.items())]
+            "mean ± std over seeds):", "", *table_header(["rung", "att cells"]),
+            *(table_row([rung, _cell(cells, digits=1)]) for rung, cells in spread.items())]
     sections.update(_two_outputs_sections(payload))
     for split, key in (("test", "localisation"), ("val", "val_localisation")):
         located = {rung: entry[key] for rung, entry in rungs.items() if entry.get(key)}
@@ -470,21 +472,21 @@ def _sections(payload: dict) -> dict[str, list[str]]:
             scores = _score_columns(located)
             lines = [f"Localisation against the true boxes (saol_jax.core.localisation), {split} split, "
                      "mean ± std over seeds:", "",
-                     *_header(["rung", "map", *(f"{LOC_SCORES.get(s, s)}, {split}" for s in scores)])]
+                     *table_header(["rung", "map", *(f"{LOC_SCORES.get(s, s)}, {split}" for s in scores)])]
             for rung, values in located.items():
                 for kind in MAPS:
                     if any(name.startswith(f"{kind}_") for name in values):
-                        lines.append(_row([rung, kind, *(_cell(values.get(f"{kind}_{s}")) for s in scores)]))
+                        lines.append(table_row([rung, kind, *(_cell(values.get(f"{kind}_{s}")) for s in scores)]))
             sections[key] = lines
     loc_compared = {rung: entry["loc_vs_gap"] for rung, entry in rungs.items() if entry.get("loc_vs_gap")}
     if loc_compared:
         lines = ["Test localisation of each map minus the GAP-FC + CutMix CAM's, Welch's t-test across seeds; "
                  f"significant: Holm-corrected p < {stats.ALPHA} across the rows of one score:", "",
-                 *_header(["rung", "map", "score", *TEST_COLUMNS])]
+                 *table_header(["rung", "map", "score", *TEST_COLUMNS])]
         for rung, vs in loc_compared.items():
             for name, row in vs.items():
                 score = _score_of(name)
-                lines.append(_row([rung, name[:-len(score) - 1], LOC_SCORES.get(score, score),
+                lines.append(table_row([rung, name[:-len(score) - 1], LOC_SCORES.get(score, score),
                                    *test_cells(row, digits=3)]))
         sections["localisation_versus"] = lines
     warnings = seed_warnings(payload)
@@ -518,20 +520,20 @@ def _two_outputs_sections(payload: dict) -> dict[str, list[str]]:
                     for head in compare_heads.HEADS]
     lines = ["The two outputs of the rungs that train both (saol_jax.commands.compare_heads on the eval split), "
              "mean ± std over seeds; the right shares are of the images where they disagree:", "",
-             *_header(["rung", *score_titles, *DISAGREEMENT_SCORES.values()])]
+             *table_header(["rung", *score_titles, *DISAGREEMENT_SCORES.values()])]
     for rung, summary in both.items():
         cells = [_cell(summary[f"{head}_{score}"], digits=4) for score in TWO_OUTPUT_SCORES
                  for head in compare_heads.HEADS]
         cells += [_cell(summary[key]) for key in DISAGREEMENT_SCORES]
-        lines.append(_row([rung, *cells]))
+        lines.append(table_row([rung, *cells]))
     per_class = ["Top-1 error of the SAOL output minus the GAP-FC output of the same runs (points), over all "
                  "classes and per class: paired t-test across seeds; significant: p < "
                  f"{stats.ALPHA}, Holm-corrected across the classes of a rung ('all' is one test of its own); "
                  "and the cells the attention spreads over (exp of its entropy, mean ± std):", "",
-                 *_header(["rung", "class", *TEST_COLUMNS, "att cells"])]
+                 *table_header(["rung", "class", *TEST_COLUMNS, "att cells"])]
     for rung, summary in both.items():
         for name, row in summary["error_test"].items():
-            per_class.append(_row([rung, name, *test_cells(row), _cell(summary["attention_cells"][name], digits=1)]))
+            per_class.append(table_row([rung, name, *test_cells(row), _cell(summary["attention_cells"][name], digits=1)]))
     return {"two_outputs": lines, "per_class": per_class}
 
 

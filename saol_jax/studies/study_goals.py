@@ -184,12 +184,11 @@ def forms_markdown(payload: dict) -> list[str]:
         return [f"The rule chooses `{chosen['form']}`, the only SS-2 form run: nothing to compare it with."]
     lines = [f"Each SS-2 form minus the chosen `{chosen['form']}` on the validation split, Welch's t-test across "
              f"seeds; significant: Holm-corrected p < {stats.ALPHA} across the forms of one score:", "",
-             "| score | form | seeds | " + " | ".join(ablate.TEST_COLUMNS) + " |",
-             "|---" * (3 + len(ablate.TEST_COLUMNS)) + "|"]
+             *ablate.table_header(["score", "form", "seeds", *ablate.TEST_COLUMNS])]
     for title, rows in compared.items():
-        for form, row in rows.items():
-            digits = 2 if "error" in title else 3
-            lines.append(f"| {title} | {form} | {row['n_a']} | " + " | ".join(ablate.test_cells(row, digits)) + " |")
+        digits = 2 if "error" in title else 3
+        lines += [ablate.table_row([title, form, str(row["n_a"]), *ablate.test_cells(row, digits)])
+                  for form, row in rows.items()]
     return lines
 
 
@@ -200,13 +199,12 @@ def controls_markdown(payload: dict) -> list[str]:
         return []
     lines = ["Each SS-2 control minus the form whose mechanism it measures, on the validation split, Welch's "
              f"t-test across seeds; significant: Holm-corrected p < {stats.ALPHA} across the controls of one score:",
-             "", "| score | control | form | seeds | " + " | ".join(ablate.TEST_COLUMNS) + " |",
-             "|---" * (4 + len(ablate.TEST_COLUMNS)) + "|"]
+             "", *ablate.table_header(["score", "control", "form", "seeds", *ablate.TEST_COLUMNS])]
     for title, rows in compared.items():
         digits = 2 if "error" in title else 3
-        for control, row in rows.items():
-            lines.append(f"| {title} | {control} | {SS2_CONTROLS[control]} | {row['n_a']} | "
-                         + " | ".join(ablate.test_cells(row, digits)) + " |")
+        lines += [ablate.table_row([title, control, SS2_CONTROLS[control], str(row["n_a"]),
+                                    *ablate.test_cells(row, digits)])
+                  for control, row in rows.items()]
     return lines
 
 
