@@ -14,7 +14,7 @@ import ml_collections
 
 from saol_jax.core import paths
 from saol_jax.core.losses import SS2_FORMS, WEIGHT_TO_TERM
-from saol_jax.core.optim import SCHEDULES
+from saol_jax.core.optim import OPTIMIZERS, SCHEDULES
 from saol_jax.data import BACKENDS, DatasetInfo
 from saol_jax.data.transforms import AUGMENTATIONS
 from saol_jax.models import BACKBONES, DTYPES, HEADS
@@ -105,6 +105,7 @@ CHOICES: dict[str, Sequence[str]] = {
     "model.dtype": tuple(DTYPES),
     "loss.ss2_form": SS2_FORMS,
     "optim.schedule": SCHEDULES,
+    "optim.optimizer": OPTIMIZERS,
     "dataset.augment": AUGMENTATIONS,
     "dataset.backend": tuple(BACKENDS),
 }
@@ -115,6 +116,7 @@ _INF = float("inf")
 RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "optim.lr": (0.0, _INF, False, False),
     "optim.momentum": (0.0, 1.0, True, False),
+    "optim.b2": (0.0, 1.0, True, False),
     "optim.weight_decay": (0.0, _INF, True, False),
     "optim.decay_factor": (0.0, 1.0, False, True),
     "optim.decay_epochs": (0.0, _INF, True, False),

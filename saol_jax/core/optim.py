@@ -1,9 +1,10 @@
-"""Learning-rate schedules and the SGD optimiser of the recipes (docs/method.md §9)."""
+"""Learning-rate schedules and the optimisers of the recipes: SGD (docs/method.md §9) and AdamW."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import jax
 import optax
 
 if TYPE_CHECKING:  # configs are ConfigDicts; only attribute access is used
@@ -11,6 +12,8 @@ if TYPE_CHECKING:  # configs are ConfigDicts; only attribute access is used
 
 # The learning-rate schedules `optim.schedule` names (see `learning_rate_schedule`).
 SCHEDULES = ("step", "cosine", "constant")
+# The optimisers `optim.optimizer` names (see `optimizer`).
+OPTIMIZERS = ("sgd", "adamw")
 
 
 def scaled_learning_rate(optim: ml_collections.ConfigDict, global_batch_size: int) -> float:
@@ -53,3 +56,24 @@ def sgd(optim: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.Gra
         optax.add_decayed_weights(optim.weight_decay),
         optax.sgd(schedule, momentum=optim.momentum, nesterov=optim.nesterov),
     )
+
+
+def adamw(optim: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """AdamW (β1 = `momentum`, β2 = `b2`) with decoupled weight decay on the matrices and kernels only.
+
+    Vectors (biases, norm scales) and scalars are not decayed, the usual choice for
+    transformers; position embeddings and class tokens (rank 3) are decayed as kernels.
+    """
+    def decayed(params):
+        return jax.tree.map(lambda leaf: leaf.ndim >= 2, params)
+
+    return optax.adamw(schedule, b1=optim.momentum, b2=optim.b2, weight_decay=optim.weight_decay, mask=decayed)
+
+
+def optimizer(optim: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """The optimiser `optim.optimizer` names, following `schedule`."""
+    if optim.optimizer == "sgd":
+        return sgd(optim, schedule)
+    if optim.optimizer == "adamw":
+        return adamw(optim, schedule)
+    raise ValueError(f"optim.optimizer must be one of {OPTIMIZERS}, got {optim.optimizer!r}")

@@ -90,8 +90,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 0.1
     c.optim.base_batch_size = 0  # > 0: lr is for this batch size, scaled linearly
-    c.optim.momentum = 0.9
-    c.optim.nesterov = True
+    c.optim.optimizer = "sgd"  # or "adamw" (saol_jax.core.optim.OPTIMIZERS)
+    c.optim.momentum = 0.9  # SGD's momentum; AdamW's beta1
+    c.optim.nesterov = True  # SGD only
+    c.optim.b2 = 0.999  # AdamW's beta2
     c.optim.weight_decay = 1e-4
     c.optim.schedule = "step"
     c.optim.decay_epochs = (150, 225)

@@ -145,7 +145,7 @@ class _Run:
             steps_per_epoch=self.steps_per_epoch,
             total_steps=self.total_steps,
         )
-        tx = optim.sgd(config.optim, self.schedule)
+        tx = optim.optimizer(config.optim, self.schedule)
         graphdef, state = create_train_state(model, tx)
         model.eval()
         eval_graphdef = nnx.graphdef(model)
