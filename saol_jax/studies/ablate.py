@@ -380,7 +380,8 @@ def run_ladder(
     return payload
 
 
-def _cell(summary: dict[str, float] | None, digits: int = 2) -> str:
+def cell(summary: dict[str, float] | None, digits: int = 2) -> str:
+    """'mean ± std' of a summary over seeds ('mean' alone for one seed, 'n/a' for none)."""
     if summary is None:
         return "n/a"
     if math.isnan(summary["std"]):
@@ -442,9 +443,9 @@ def _sections(payload: dict) -> dict[str, list[str]]:
         f"{seeds}; the split of each column in its title (test: the eval split; val: the validation split).",
         "", *table_header(["rung", *titles])]}
     for rung, entry in rungs.items():
-        cells = [_cell(entry["top1_error"].get(out)) for out in OUTPUTS]
+        cells = [cell(entry["top1_error"].get(out)) for out in OUTPUTS]
         if has_val:
-            cells += [_cell(entry.get("val_top1_error", {}).get(out)) for out in OUTPUTS]
+            cells += [cell(entry.get("val_top1_error", {}).get(out)) for out in OUTPUTS]
         sections["error"].append(table_row([rung, *cells]))
     compared = {rung: entry["vs_gap"] for rung, entry in rungs.items() if "vs_gap" in entry}
     if compared:
@@ -456,15 +457,15 @@ def _sections(payload: dict) -> dict[str, list[str]]:
     chosen = payload.get("chosen")
     sections["choice"] = [
         f"Chosen on the validation split: {chosen['rung']}, the lowest mean validation top-1 error of the "
-        f"SAOL output ({_cell(chosen['val_top1_error'])}); its test top-1 error, computed once for it: "
-        f"{_cell(chosen['test_top1_error'])}." if chosen else
+        f"SAOL output ({cell(chosen['val_top1_error'])}); its test top-1 error, computed once for it: "
+        f"{cell(chosen['test_top1_error'])}." if chosen else
         "The runs have no validation metrics, so nothing is chosen (a choice on the test split is not made)."]
     spread = {rung: entry["attention_cells"] for rung, entry in rungs.items() if "attention_cells" in entry}
     if spread:
         sections["attention"] = [
             "Cells the attention spreads over on the eval split (exp of its entropy, mean over images; "
             "mean ± std over seeds):", "", *table_header(["rung", "att cells"]),
-            *(table_row([rung, _cell(cells, digits=1)]) for rung, cells in spread.items())]
+            *(table_row([rung, cell(cells, digits=1)]) for rung, cells in spread.items())]
     sections.update(_two_outputs_sections(payload))
     for split, key in (("test", "localisation"), ("val", "val_localisation")):
         located = {rung: entry[key] for rung, entry in rungs.items() if entry.get(key)}
@@ -476,7 +477,7 @@ def _sections(payload: dict) -> dict[str, list[str]]:
             for rung, values in located.items():
                 for kind in MAPS:
                     if any(name.startswith(f"{kind}_") for name in values):
-                        lines.append(table_row([rung, kind, *(_cell(values.get(f"{kind}_{s}")) for s in scores)]))
+                        lines.append(table_row([rung, kind, *(cell(values.get(f"{kind}_{s}")) for s in scores)]))
             sections[key] = lines
     loc_compared = {rung: entry["loc_vs_gap"] for rung, entry in rungs.items() if entry.get("loc_vs_gap")}
     if loc_compared:
@@ -522,9 +523,9 @@ def _two_outputs_sections(payload: dict) -> dict[str, list[str]]:
              "mean ± std over seeds; the right shares are of the images where they disagree:", "",
              *table_header(["rung", *score_titles, *DISAGREEMENT_SCORES.values()])]
     for rung, summary in both.items():
-        cells = [_cell(summary[f"{head}_{score}"], digits=4) for score in TWO_OUTPUT_SCORES
+        cells = [cell(summary[f"{head}_{score}"], digits=4) for score in TWO_OUTPUT_SCORES
                  for head in compare_heads.HEADS]
-        cells += [_cell(summary[key]) for key in DISAGREEMENT_SCORES]
+        cells += [cell(summary[key]) for key in DISAGREEMENT_SCORES]
         lines.append(table_row([rung, *cells]))
     per_class = ["Top-1 error of the SAOL output minus the GAP-FC output of the same runs (points), over all "
                  "classes and per class: paired t-test across seeds; significant: p < "
@@ -533,7 +534,7 @@ def _two_outputs_sections(payload: dict) -> dict[str, list[str]]:
                  *table_header(["rung", "class", *TEST_COLUMNS, "att cells"])]
     for rung, summary in both.items():
         for name, row in summary["error_test"].items():
-            per_class.append(table_row([rung, name, *test_cells(row), _cell(summary["attention_cells"][name], digits=1)]))
+            per_class.append(table_row([rung, name, *test_cells(row), cell(summary["attention_cells"][name], digits=1)]))
     return {"two_outputs": lines, "per_class": per_class}
 
 

@@ -9,7 +9,9 @@ NAME under the results root (format in results/README.md); SECTIONs (comma
 separated, any of saol_jax.studies.ablate.SECTIONS, default all) pick the tables;
 `goals` (a region of its own) is the localisation study's goals table and
 `forms` the SS-2 forms against the one the validation rule chooses
-(saol_jax.studies.study_goals). A
+(saol_jax.studies.study_goals); `sweep` (a region of its own) reads NAME as a
+folder of studies, one per setting, and tables the setting chosen on
+validation (saol_jax.studies.sweep). A
 NAME ending in `.json` is a `saol_jax.studies.baselines` report, rendered as its
 table (no sections):
 
@@ -32,7 +34,7 @@ from absl import flags
 
 from saol_jax.commands import cli
 from saol_jax.core import paths
-from saol_jax.studies import ablate, baselines, results, study_goals
+from saol_jax.studies import ablate, baselines, results, study_goals, sweep
 
 OPEN = re.compile(r"<!-- results: (?P<name>[^\s>]+)(?: (?P<sections>[\w,]+))? -->\n")
 CLOSE = "<!-- /results -->"
@@ -42,7 +44,7 @@ class ReportError(ValueError):
     """A results folder, marker or section that cannot be rendered."""
 
 
-SECTIONS = (*ablate.SECTIONS, "goals", "forms")
+SECTIONS = (*ablate.SECTIONS, "goals", "forms", "sweep")
 
 
 def baselines_beside(results_dir: str, dataset: str) -> dict:
@@ -69,6 +71,13 @@ def render(results_dir: str, sections: Sequence[str] = ablate.SECTIONS) -> str:
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
         raise ReportError(f"unknown sections {unknown}; valid: {', '.join(SECTIONS)}")
+    if "sweep" in sections:
+        if list(sections) != ["sweep"]:
+            raise ReportError("the sweep table is a region of its own: <!-- results: SWEEP sweep -->")
+        try:
+            return sweep.markdown(results_dir)
+        except (FileNotFoundError, ValueError) as error:
+            raise ReportError(str(error)) from None
     try:
         records = results.read_runs(results_dir)
     except (FileNotFoundError, ValueError) as error:
