@@ -3,15 +3,21 @@ picks, and a smoke training of each backbone with the SAOL head (SS + SD, every 
 
 from __future__ import annotations
 
+import functools
+import os
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from configs import fashion_mnist, target_fashion_mnist
+from saol_jax.core import recipe_backbones
 from saol_jax.core.config_check import check_fields
 from saol_jax.models import build_model
 from saol_jax.core.trainer import train_and_evaluate
+from saol_jax.studies import sweep
+from commands import REPO
 from test_trainer import LOSS_TERMS, read_metrics
 
 
@@ -31,8 +37,19 @@ def test_the_option_swaps_the_network_and_keeps_the_resnets_grid(recipe, size, g
     assert config.model.backbone == name
     assert config.model.head == resnet.model.head == "saol"
     assert config.batch_size == resnet.batch_size and config.num_epochs == resnet.num_epochs
-    assert config.optim.lr < resnet.optim.lr
+    assert config.optim.optimizer == "adamw" and resnet.optim.optimizer == "sgd"
     assert _grid(config, size) == _grid(resnet, size) == grid
+
+
+@pytest.mark.parametrize("family, name", [("vit", "vit_mini_patch4"), ("convnext", "convnext_mini")])
+def test_the_recipe_optimiser_is_the_one_the_committed_sweep_chose(family, name):
+    """results/backbone_tuning holds the validation sweep; its choice per backbone is what the recipe sets."""
+    rows = sweep.settings(os.path.join(REPO, "results", "backbone_tuning"))
+    picked = {row["setting"]: row for row in rows}[sweep.chosen(rows)[name]]
+    config = target_fashion_mnist.get_config(f"backbone={family}")
+    assert {key: functools.reduce(getattr, key.split("."), config) for key in picked["overrides"]} == \
+        picked["overrides"]
+    assert {f"optim.{key}" for key in recipe_backbones.OPTIM[family]} <= set(picked["overrides"])
 
 
 def test_class_token_head_and_stochastic_depth_are_overridable_fields():

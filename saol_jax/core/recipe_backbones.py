@@ -15,10 +15,13 @@ family with the same output grid: 7x7 on 28x28 Fashion-MNIST, 8x8 on the
   channels, the widths of the Fashion-MNIST ResNet-8), stem stride 1 on
   28 px and 2 on 64 px.
 
-Both train with the recipes' SGD at a lower peak learning rate (0.05) and a
-longer warm-up (0.5 epoch) than the ResNets' 0.1 and 0.2: LayerNorm networks
-without BatchNorm diverge more easily at SGD's usual rates. These settings
-are a starting point, not tuned; choices are to be made on the validation split.
+Both keep the recipe's CutMix, batch and schedule, with a 0.5-epoch
+warm-up, and train with AdamW (weight decay 0.05 on kernels and
+embeddings) at the peak learning rate in `OPTIM`: the setting with the
+lowest validation error of the GAP-FC baseline on the target recipe among
+SGD at 0.05 and AdamW at a few rates (results/backbone_tuning, rendered in
+the README's "SAOL on other backbones"); the Fashion-MNIST recipe uses the
+same settings, not chosen on its own validation split.
 """
 
 from __future__ import annotations
@@ -29,7 +32,11 @@ from saol_jax.core.options import Option
 
 BACKBONE = Option("resnet", ("resnet", "vit", "convnext"))
 
-LR = 0.05
+# Per family: the optimiser chosen on the validation split (results/backbone_tuning).
+OPTIM = {
+    "vit": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05},
+    "convnext": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05},
+}
 WARMUP_EPOCHS = 0.5
 
 # Smoke variants: a few seconds on CPU.
@@ -64,5 +71,5 @@ def apply_backbone(c: ml_collections.ConfigDict, family: str, *, image_size: int
     c.model.backbone = name
     c.model.backbone_kwargs = ml_collections.ConfigDict(kwargs)
     if not smoke:
-        c.optim.lr = LR
+        c.optim.update(OPTIM[family])
         c.optim.warmup_epochs = WARMUP_EPOCHS
