@@ -451,7 +451,8 @@ def _sections(payload: dict) -> dict[str, list[str]]:
     if compared:
         sections["versus"] = [
             f"Test top-1 error minus GAP-FC + CutMix's (points), Welch's t-test across seeds; significant: "
-            f"Holm-corrected p < {stats.ALPHA} across these rows:", "", *table_header(["rung", "output", *TEST_COLUMNS])]
+            f"Holm-corrected p < {stats.ALPHA} across these rows:", "",
+            *table_header(["rung", "output", *TEST_COLUMNS])]
         sections["versus"] += [table_row([rung, OUTPUTS[out], *test_cells(row)])
                                for rung, vs in compared.items() for out, row in vs.items()]
     chosen = payload.get("chosen")
@@ -488,7 +489,7 @@ def _sections(payload: dict) -> dict[str, list[str]]:
             for name, row in vs.items():
                 score = _score_of(name)
                 lines.append(table_row([rung, name[:-len(score) - 1], LOC_SCORES.get(score, score),
-                                   *test_cells(row, digits=3)]))
+                                        *test_cells(row, digits=3)]))
         sections["localisation_versus"] = lines
     warnings = seed_warnings(payload)
     if warnings:
@@ -534,7 +535,8 @@ def _two_outputs_sections(payload: dict) -> dict[str, list[str]]:
                  *table_header(["rung", "class", *TEST_COLUMNS, "att cells"])]
     for rung, summary in both.items():
         for name, row in summary["error_test"].items():
-            per_class.append(table_row([rung, name, *test_cells(row), cell(summary["attention_cells"][name], digits=1)]))
+            per_class.append(table_row([rung, name, *test_cells(row),
+                                        cell(summary["attention_cells"][name], digits=1)]))
     return {"two_outputs": lines, "per_class": per_class}
 
 
