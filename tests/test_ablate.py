@@ -244,8 +244,8 @@ def test_localisation_leaves_out_an_untrained_cam():
 
 def test_summary_statistics():
     assert ablate.over_seeds([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(2 ** 0.5)}
-    assert ablate._cell(ablate.over_seeds([5.0])) == "5.00"
-    assert ablate._cell(None) == "n/a"
+    assert ablate.cell(ablate.over_seeds([5.0])) == "5.00"
+    assert ablate.cell(None) == "n/a"
 
 
 def test_cli_rejects_an_unknown_rung(tmp_path):

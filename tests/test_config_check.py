@@ -100,7 +100,7 @@ def test_choices_are_the_code_constants():
 
     assert CHOICES == {
         "model.backbone": tuple(sorted(BACKBONES)), "model.head": HEADS, "model.dtype": tuple(DTYPES),
-        "loss.ss2_form": losses.SS2_FORMS, "optim.schedule": optim.SCHEDULES,
+        "loss.ss2_form": losses.SS2_FORMS, "optim.schedule": optim.SCHEDULES, "optim.optimizer": optim.OPTIMIZERS,
         "dataset.augment": transforms.AUGMENTATIONS, "dataset.backend": tuple(BACKENDS),
     }
 
