@@ -60,6 +60,13 @@ def test_class_token_head_and_stochastic_depth_are_overridable_fields():
     assert model.backbone.pool == "token" and model.backbone.blocks[-1].drop_path.rate == pytest.approx(0.1)
 
 
+def test_convnext_layer_scale_is_an_overridable_field():
+    config = target_fashion_mnist.get_config("backbone=convnext")
+    config.update_from_flattened_dict({"model.backbone_kwargs.layer_scale_init": 0.5})  # locked: must exist
+    model = build_model(config.model, num_classes=5, in_channels=1, rngs=nnx.Rngs(0))
+    assert float(model.backbone.stages[-1].blocks[-1].gamma[0]) == pytest.approx(0.5)
+
+
 def test_unknown_backbone_option_is_refused():
     with pytest.raises(ValueError, match="backbone must be one of resnet, vit, convnext"):
         fashion_mnist.get_config("backbone=swin")

@@ -97,6 +97,15 @@ def test_vit_without_class_token():
         build_backbone("vit", rngs=nnx.Rngs(0), class_token=False, pool="token", **TINY_VIT)
 
 
+def test_convnext_layer_scale_starts_at_timms_value_or_the_option():
+    def gammas(**kwargs) -> set[float]:
+        model = build_backbone("convnext", rngs=nnx.Rngs(0), **TINY_CONVNEXT, **kwargs)
+        return {float(v) for stage in model.stages for block in stage.blocks for v in np.asarray(block.gamma[...])}
+
+    assert gammas() == {np.float32(1e-6)}
+    assert gammas(layer_scale_init=0.1) == {np.float32(0.1)}
+
+
 def test_drop_path_drops_whole_samples_in_training_only():
     layer = DropPath(0.5)
     x = jnp.ones((64, 3, 2))

@@ -38,6 +38,8 @@ OPTIM = {
     "convnext": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05},
 }
 WARMUP_EPOCHS = 0.5
+# The ConvNeXt blocks' initial layer scale (timm's 1e-6).
+LAYER_SCALE_INIT = 1e-6
 
 # Smoke variants: a few seconds on CPU.
 _SMOKE_KWARGS = {
@@ -52,7 +54,8 @@ def _network(family: str, image_size: int) -> tuple[str, dict]:
     if family == "vit":  # `pool` is listed so that a command-line override can set it
         return "vit_mini_patch4", {"patch_size": 4 if small else 8, "img_size": image_size, "pool": "avg",
                                    "drop_path_rate": 0.0}
-    return "convnext_mini", {"stem_stride": 1 if small else 2, "drop_path_rate": 0.0}
+    return "convnext_mini", {"stem_stride": 1 if small else 2, "drop_path_rate": 0.0,
+                             "layer_scale_init": LAYER_SCALE_INIT}
 
 
 def apply_backbone(c: ml_collections.ConfigDict, family: str, *, image_size: int, smoke: bool) -> None:

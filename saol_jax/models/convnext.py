@@ -3,7 +3,7 @@ timm's weights load (saol_jax.commands.convert_timm).
 
 Stem conv s x s (stride s) + LN; stages 2-4 start with LN + conv 2x2 stride 2;
 blocks are depthwise conv 7x7 - LN - MLP x4 (GELU) - layer scale (init 1e-6)
-+ residual under stochastic depth. The last S stages feed SAOL's decoder as
++ residual under stochastic depth; the initial layer scale is an option. The last S stages feed SAOL's decoder as
 for the ResNets. GAP-FC follows timm's head: mean over the last map, then a
 LayerNorm (`head_norm`, part of the backbone so pretrained weights keep it),
 then the classifier.
@@ -34,11 +34,11 @@ def _conv(in_channels: int, out_channels: int, kernel: int, stride: int, *, grou
 class Block(nnx.Module):
     """x + drop_path(gamma * mlp(LN(dwconv7x7(x)))): [B, H, W, C] -> same."""
 
-    def __init__(self, dim: int, drop_path: float, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+    def __init__(self, dim: int, drop_path: float, *, layer_scale_init: float, dtype: jnp.dtype, rngs: nnx.Rngs):
         self.conv_dw = _conv(dim, dim, 7, 1, groups=dim, dtype=dtype, rngs=rngs)
         self.norm = layer_norm(dim, dtype=dtype, rngs=rngs)
         self.mlp = Mlp(dim, 4 * dim, dtype=dtype, rngs=rngs)
-        self.gamma = nnx.Param(jnp.full((dim,), LAYER_SCALE_INIT, jnp.float32))
+        self.gamma = nnx.Param(jnp.full((dim,), layer_scale_init, jnp.float32))
         self.drop_path = DropPath(drop_path)
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
@@ -61,9 +61,10 @@ class Stage(nnx.Module):
     """An optional Downsample, then `depth` blocks."""
 
     def __init__(self, in_channels: int, dim: int, rates: Sequence[float], *, downsample: bool,
-                 dtype: jnp.dtype, rngs: nnx.Rngs):
+                 layer_scale_init: float, dtype: jnp.dtype, rngs: nnx.Rngs):
         self.downsample = Downsample(in_channels, dim, dtype=dtype, rngs=rngs) if downsample else None
-        self.blocks = nnx.List([Block(dim, rate, dtype=dtype, rngs=rngs) for rate in rates])
+        self.blocks = nnx.List([Block(dim, rate, layer_scale_init=layer_scale_init, dtype=dtype, rngs=rngs)
+                                  for rate in rates])
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         if self.downsample is not None:
@@ -75,7 +76,8 @@ class Stage(nnx.Module):
 
 class ConvNeXt(nnx.Module):
     """ConvNeXt with `depths` blocks and `dims` channels per stage; T = (3,3,9,3) x (96,192,384,768),
-    S = (3,3,27,3) x the same, B = (3,3,27,3) x (128,256,512,1024), stem stride 4."""
+    S = (3,3,27,3) x the same, B = (3,3,27,3) x (128,256,512,1024), stem stride 4.
+    `layer_scale_init` is the blocks' initial gamma (timm's 1e-6 by default)."""
 
     def __init__(
         self,
@@ -84,6 +86,7 @@ class ConvNeXt(nnx.Module):
         dims: Sequence[int],
         stem_stride: int = 4,
         drop_path_rate: float = 0.0,
+        layer_scale_init: float = LAYER_SCALE_INIT,
         in_channels: int = 3,
         dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
@@ -97,7 +100,8 @@ class ConvNeXt(nnx.Module):
         rates = drop_path_rates(drop_path_rate, sum(depths))
         stages, start, channels = [], 0, dims[0]
         for s, (depth, dim) in enumerate(zip(depths, dims)):
-            stages.append(Stage(channels, dim, rates[start:start + depth], downsample=s > 0, dtype=dtype, rngs=rngs))
+            stages.append(Stage(channels, dim, rates[start:start + depth], downsample=s > 0,
+                                layer_scale_init=layer_scale_init, dtype=dtype, rngs=rngs))
             start, channels = start + depth, dim
         self.stages = nnx.List(stages)
         self.head_norm = layer_norm(dims[-1], dtype=dtype, rngs=rngs)
