@@ -42,8 +42,9 @@ def test_the_option_swaps_the_network_and_keeps_the_resnets_grid(recipe, size, g
 
 
 @pytest.mark.parametrize("family, name", [("vit", "vit_mini_patch4"), ("convnext", "convnext_mini")])
-def test_the_recipe_optimiser_is_the_one_the_committed_sweep_chose(family, name):
-    """results/backbone_tuning holds the validation sweep; its choice per backbone is what the recipe sets."""
+def test_the_recipe_settings_are_the_ones_the_committed_sweep_chose(family, name):
+    """results/backbone_tuning holds the validation sweep; its choice per backbone (optimiser, and the
+    ConvNeXt's layer scale) is what the recipe sets."""
     rows = sweep.settings(os.path.join(REPO, "results", "backbone_tuning"))
     picked = {row["setting"]: row for row in rows}[sweep.chosen(rows)[name]]
     config = target_fashion_mnist.get_config(f"backbone={family}")
