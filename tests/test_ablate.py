@@ -230,6 +230,30 @@ def test_versus_baseline_and_localisation_table():
     assert "nothing is chosen" in table  # no validation metrics
 
 
+def test_saol_rungs_are_compared_with_the_multi_scale_control():
+    def entry(errors, outputs=("gap",)):
+        runs = [{"top1_error": {out: e for out in outputs}, "localisation": {}} for e in errors]
+        return {"runs": runs, "top1_error": {out: ablate.over_seeds(errors) for out in outputs}, "localisation": {}}
+
+    control, saol = entry([8.0, 8.4, 8.2]), entry([9.0, 9.3, 8.8], outputs=("saol", "gap"))
+    payload_rungs = {"gap": entry([10.0, 10.2, 9.8]), "gap_ms": control, "saol_ss_sd": saol}
+    vs = ablate.versus_control(payload_rungs)
+    assert set(vs) == {"saol_ss_sd"}  # neither the baseline nor the control itself
+    reference = scipy.stats.ttest_ind([9.0, 9.3, 8.8], [8.0, 8.4, 8.2], equal_var=False)
+    row = vs["saol_ss_sd"]["saol"]
+    assert row["difference"] == pytest.approx(9.0333 - 8.2, abs=1e-3)
+    assert (row["t"], row["df"], row["p"]) == pytest.approx((reference.statistic, reference.df, reference.pvalue))
+    assert row["p_holm"] == pytest.approx(min(1.0, 2 * reference.pvalue))  # two rows: both outputs
+    saol["vs_control"] = vs["saol_ss_sd"]
+    table = ablate.markdown({"dataset": "d", "backbone": "b", "seeds": [0, 1, 2], "rungs": payload_rungs},
+                            ["versus_control", "warnings"])
+    assert "minus the multi-scale control gap_ms's" in table
+    assert f"| saol_ss_sd | SAOL output | +0.83 ± 0.19 | {reference.statistic:.2f} |" in table
+    assert "Warning: the comparisons of saol_ss_sd have 3 seed(s)" in table
+    assert ablate.markdown({"dataset": "d", "backbone": "b", "seeds": [0], "rungs": {"gap": control}},
+                           ["versus_control"]) == ""  # no control run: no table
+
+
 def test_localisation_leaves_out_an_untrained_cam():
     results = {f"loc_{kind}_{score}": 0.5 for kind in ("attention", "spatial", "product", "cam")
                for score in ("pointing", "maxboxacc_v2")}

@@ -74,6 +74,8 @@ from saol_jax.studies import stats  # noqa: E402
 
 log = logging.getLogger(__name__)
 
+# The control SAOL's rungs are also compared with (docs/method.md §8): GAP-FC on the fused decoder features.
+CONTROL = "gap_ms"
 # Outputs reported per rung: the GAP-FC output only where it is trained as a classifier.
 OUTPUTS = {"saol": "SAOL output", "gap": "GAP-FC output"}
 REPORTED = {
@@ -228,6 +230,17 @@ def versus_baseline(per_rung: dict[str, dict]) -> dict[str, dict[str, dict]]:
     return _nest(rows)
 
 
+def versus_control(per_rung: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    """Welch's test of each SAOL rung's test top-1 error (per output) against the multi-scale control
+    CONTROL's (GAP-FC on SAOL's fused decoder features), across seeds: whether the gain over GAP-FC is
+    more than the decoder's extra stages give; one Holm family of all rows. {rung: {output: test}}."""
+    base = [run["top1_error"]["gap"] for run in per_rung[CONTROL]["runs"]]
+    rows = tested({(rung, out): ([run["top1_error"][out] for run in entry["runs"]], base)
+                   for rung, entry in per_rung.items() if MODEL_HEADS[split_rung(rung)[0]] == "saol"
+                   for out in entry["top1_error"]})
+    return _nest(rows)
+
+
 def localisation_versus_baseline(per_rung: dict[str, dict]) -> dict[str, dict[str, dict]]:
     """Welch's test of each rung's test localisation scores (per map) against the GAP-FC baseline's CAM,
     across seeds; one Holm family per score. {rung: {'<map>_<score>': test}}."""
@@ -315,6 +328,9 @@ def study_payload(records: Sequence[dict]) -> dict:
             per_rung[rung]["vs_gap"] = rows
         for rung, rows in localisation_versus_baseline(per_rung).items():
             per_rung[rung]["loc_vs_gap"] = rows
+    if CONTROL in per_rung:
+        for rung, rows in versus_control(per_rung).items():
+            per_rung[rung]["vs_control"] = rows
     config = records[0]["config"]
     payload = {
         "dataset": config["dataset"]["name"],
@@ -423,8 +439,8 @@ def seed_warnings(payload: dict) -> list[str]:
     """One line per comparison with fewer than MIN_SEEDS seeds on a side."""
     lines = []
     for rung, entry in payload["rungs"].items():
-        rows = [*entry.get("vs_gap", {}).values(), *entry.get("loc_vs_gap", {}).values(),
-                *entry.get("two_outputs", {}).get("error_test", {}).values()]
+        rows = [*entry.get("vs_gap", {}).values(), *entry.get("vs_control", {}).values(),
+                *entry.get("loc_vs_gap", {}).values(), *entry.get("two_outputs", {}).get("error_test", {}).values()]
         fewest = min((min(row["n_a"], row["n_b"]) for row in rows), default=None)
         if fewest is not None and fewest < stats.MIN_SEEDS:
             lines.append(f"Warning: the comparisons of {rung} have {fewest} seed(s) on a side; a headline "
@@ -455,6 +471,14 @@ def _sections(payload: dict) -> dict[str, list[str]]:
             *table_header(["rung", "output", *TEST_COLUMNS])]
         sections["versus"] += [table_row([rung, OUTPUTS[out], *test_cells(row)])
                                for rung, vs in compared.items() for out, row in vs.items()]
+    controlled = {rung: entry["vs_control"] for rung, entry in rungs.items() if "vs_control" in entry}
+    if controlled:
+        sections["versus_control"] = [
+            f"Test top-1 error minus the multi-scale control {CONTROL}'s (GAP-FC on SAOL's fused decoder "
+            f"features; points), Welch's t-test across seeds; significant: Holm-corrected p < {stats.ALPHA} "
+            f"across these rows:", "", *table_header(["rung", "output", *TEST_COLUMNS])]
+        sections["versus_control"] += [table_row([rung, OUTPUTS[out], *test_cells(row)])
+                                       for rung, vs in controlled.items() for out, row in vs.items()]
     chosen = payload.get("chosen")
     sections["choice"] = [
         f"Chosen on the validation split: {chosen['rung']}, the lowest mean validation top-1 error of the "
@@ -503,7 +527,7 @@ def _score_columns(located: dict[str, dict]) -> list[str]:
     return [s for s in LOC_SCORES if s in present] + sorted(present - set(LOC_SCORES))
 
 
-SECTIONS = ("error", "versus", "choice", "attention", "two_outputs", "per_class", "localisation",
+SECTIONS = ("error", "versus", "versus_control", "choice", "attention", "two_outputs", "per_class", "localisation",
             "val_localisation", "localisation_versus", "warnings")
 
 
