@@ -2,9 +2,9 @@
 timm's weights load (saol_jax.commands.convert_timm).
 
 Stem conv s x s (stride s) + LN; stages 2-4 start with LN + conv 2x2 stride 2;
-blocks are depthwise conv 7x7 - LN - MLP x4 (GELU) - layer scale (init 1e-6)
-+ residual under stochastic depth; the initial layer scale is an option. The last S stages feed SAOL's decoder as
-for the ResNets. GAP-FC follows timm's head: mean over the last map, then a
+blocks are depthwise conv 7x7 - LN - MLP x4 (GELU) - layer scale (init 1e-6,
+an option) + residual under stochastic depth. The last S stages feed SAOL's
+decoder as for the ResNets. GAP-FC follows timm's head: mean over the last map, then a
 LayerNorm (`head_norm`, part of the backbone so pretrained weights keep it),
 then the classifier.
 """
