@@ -221,24 +221,24 @@ def check_rungs(rungs: Sequence[str]) -> None:
                          f"each optionally @{'|'.join(forms[1:])}")
 
 
+def _errors_versus(per_rung: dict[str, dict], base_rung: str, rungs: Sequence[str]) -> dict[str, dict[str, dict]]:
+    """Welch's test of each of `rungs`' test top-1 error (per output) against `base_rung`'s GAP-FC output,
+    across seeds; one Holm family of all (rung, output) rows. {rung: {output: test}}."""
+    base = [run["top1_error"]["gap"] for run in per_rung[base_rung]["runs"]]
+    return _nest(tested({(rung, out): ([run["top1_error"][out] for run in per_rung[rung]["runs"]], base)
+                         for rung in rungs for out in per_rung[rung]["top1_error"]}))
+
+
 def versus_baseline(per_rung: dict[str, dict]) -> dict[str, dict[str, dict]]:
-    """Welch's test of each rung's test top-1 error (per output) against the GAP-FC baseline's, across
-    seeds; one Holm family of all (rung, output) rows. {rung: {output: test}}."""
-    base = [run["top1_error"]["gap"] for run in per_rung["gap"]["runs"]]
-    rows = tested({(rung, out): ([run["top1_error"][out] for run in entry["runs"]], base)
-                   for rung, entry in per_rung.items() if rung != "gap" for out in entry["top1_error"]})
-    return _nest(rows)
+    """Every rung's test top-1 error against the GAP-FC baseline's (`_errors_versus`)."""
+    return _errors_versus(per_rung, "gap", [rung for rung in per_rung if rung != "gap"])
 
 
 def versus_control(per_rung: dict[str, dict]) -> dict[str, dict[str, dict]]:
-    """Welch's test of each SAOL rung's test top-1 error (per output) against the multi-scale control
-    CONTROL's (GAP-FC on SAOL's fused decoder features), across seeds: whether the gain over GAP-FC is
-    more than the decoder's extra stages give; one Holm family of all rows. {rung: {output: test}}."""
-    base = [run["top1_error"]["gap"] for run in per_rung[CONTROL]["runs"]]
-    rows = tested({(rung, out): ([run["top1_error"][out] for run in entry["runs"]], base)
-                   for rung, entry in per_rung.items() if MODEL_HEADS[split_rung(rung)[0]] == "saol"
-                   for out in entry["top1_error"]})
-    return _nest(rows)
+    """Each SAOL rung's test top-1 error against the multi-scale control CONTROL's (GAP-FC on SAOL's
+    fused decoder features; `_errors_versus`): whether the gain over GAP-FC is more than the decoder's
+    extra stages give."""
+    return _errors_versus(per_rung, CONTROL, [rung for rung in per_rung if has_attention(rung)])
 
 
 def localisation_versus_baseline(per_rung: dict[str, dict]) -> dict[str, dict[str, dict]]:
@@ -463,22 +463,18 @@ def _sections(payload: dict) -> dict[str, list[str]]:
         if has_val:
             cells += [cell(entry.get("val_top1_error", {}).get(out)) for out in OUTPUTS]
         sections["error"].append(table_row([rung, *cells]))
-    compared = {rung: entry["vs_gap"] for rung, entry in rungs.items() if "vs_gap" in entry}
-    if compared:
-        sections["versus"] = [
-            f"Test top-1 error minus GAP-FC + CutMix's (points), Welch's t-test across seeds; significant: "
-            f"Holm-corrected p < {stats.ALPHA} across these rows:", "",
-            *table_header(["rung", "output", *TEST_COLUMNS])]
-        sections["versus"] += [table_row([rung, OUTPUTS[out], *test_cells(row)])
-                               for rung, vs in compared.items() for out, row in vs.items()]
-    controlled = {rung: entry["vs_control"] for rung, entry in rungs.items() if "vs_control" in entry}
-    if controlled:
-        sections["versus_control"] = [
-            f"Test top-1 error minus the multi-scale control {CONTROL}'s (GAP-FC on SAOL's fused decoder "
-            f"features; points), Welch's t-test across seeds; significant: Holm-corrected p < {stats.ALPHA} "
-            f"across these rows:", "", *table_header(["rung", "output", *TEST_COLUMNS])]
-        sections["versus_control"] += [table_row([rung, OUTPUTS[out], *test_cells(row)])
-                                       for rung, vs in controlled.items() for out, row in vs.items()]
+    against = {"versus": ("vs_gap", "GAP-FC + CutMix's (points)"),
+               "versus_control": ("vs_control", f"the multi-scale control {CONTROL}'s (GAP-FC on SAOL's fused "
+                                                f"decoder features; points)")}
+    for section, (key, base_title) in against.items():
+        compared = {rung: entry[key] for rung, entry in rungs.items() if key in entry}
+        if compared:
+            sections[section] = [
+                f"Test top-1 error minus {base_title}, Welch's t-test across seeds; significant: "
+                f"Holm-corrected p < {stats.ALPHA} across these rows:", "",
+                *table_header(["rung", "output", *TEST_COLUMNS]),
+                *(table_row([rung, OUTPUTS[out], *test_cells(row)])
+                  for rung, vs in compared.items() for out, row in vs.items())]
     chosen = payload.get("chosen")
     sections["choice"] = [
         f"Chosen on the validation split: {chosen['rung']}, the lowest mean validation top-1 error of the "
