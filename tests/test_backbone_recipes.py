@@ -36,7 +36,9 @@ def test_the_option_swaps_the_network_and_keeps_the_resnets_grid(recipe, size, g
     check_fields(config)  # the new backbone names pass the config check
     assert config.model.backbone == name
     assert config.model.head == resnet.model.head == "saol"
-    assert config.batch_size == resnet.batch_size and config.num_epochs == resnet.num_epochs
+    factor = recipe_backbones.SCHEDULE_FACTOR[family]
+    assert config.batch_size == resnet.batch_size and config.num_epochs == factor * resnet.num_epochs
+    assert config.eval_every_epochs == config.num_epochs  # still one evaluation, at the end
     assert config.optim.optimizer == "adamw" and resnet.optim.optimizer == "sgd"
     assert _grid(config, size) == _grid(resnet, size) == grid
 
@@ -44,7 +46,7 @@ def test_the_option_swaps_the_network_and_keeps_the_resnets_grid(recipe, size, g
 @pytest.mark.parametrize("family, name", [("vit", "vit_mini_patch4"), ("convnext", "convnext_mini")])
 def test_the_recipe_settings_are_the_ones_the_committed_sweep_chose(family, name):
     """results/backbone_tuning holds the validation sweep; its choice per backbone (optimiser, and the
-    ConvNeXt's layer scale) is what the recipe sets."""
+    ConvNeXt's layer scale and schedule) is what the recipe sets."""
     rows = sweep.settings(os.path.join(REPO, "results", "backbone_tuning"))
     picked = {row["setting"]: row for row in rows}[sweep.chosen(rows)[name]]
     config = target_fashion_mnist.get_config(f"backbone={family}")

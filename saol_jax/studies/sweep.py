@@ -34,8 +34,28 @@ def settings(sweep_dir: str) -> list[dict]:
             raise ValueError(f"{sweep_dir}/{folder}: its runs have no validation metrics to choose on")
         rows.append({"backbone": records[0]["config"]["model"]["backbone"], "setting": folder,
                      "overrides": records[0].get("recipe", {}).get("overrides", {}), "rung": rungs[0],
-                     "seeds": len(entry["runs"]), "val_top1_error": entry["val_top1_error"]})
+                     "seeds": len(entry["runs"]), "val_top1_error": entry["val_top1_error"],
+                     "config": records[0]["config"]})
     return rows
+
+
+def _field(config: dict, key: str) -> object:
+    """The value of the dotted `key` in a run's config; None where the run's config has no such field."""
+    for part in key.split("."):
+        if not isinstance(config, dict) or part not in config:
+            return None
+        config = config[part]
+    return config
+
+
+def swept_values(rows: list[dict]) -> list[dict[str, object]]:
+    """Per row, the value its runs had of every field any setting of its backbone overrode, read from
+    the run's config (so a row states its schedule even where it kept the recipe's, whose default
+    may have changed since); None for a field its config lacks."""
+    swept: dict[str, set[str]] = {}
+    for row in rows:
+        swept.setdefault(row["backbone"], set()).update(row["overrides"])
+    return [{key: _field(row["config"], key) for key in sorted(swept[row["backbone"]])} for row in rows]
 
 
 def chosen(rows: list[dict]) -> dict[str, str]:
@@ -48,22 +68,24 @@ def chosen(rows: list[dict]) -> dict[str, str]:
     return {backbone: setting for backbone, (_, setting) in best.items()}
 
 
-def _overrides(overrides: dict) -> str:
-    return ", ".join(f"`{key}={value}`" for key, value in sorted(overrides.items())) or "(the recipe's)"
+def _values(values: dict[str, object]) -> str:
+    return ", ".join(f"`{key}={value}`" if value is not None else f"`{key}`: n/a"
+                     for key, value in values.items()) or "(the recipe's)"
 
 
 def markdown(sweep_dir: str) -> str:
-    """The sweep table: a row per setting, the chosen one per backbone marked."""
+    """The sweep table: a row per setting with its values of the swept fields, the chosen one per backbone
+    marked."""
     rows = settings(sweep_dir)
     picks = chosen(rows)
     outputs = list(dict.fromkeys(out for row in rows for out in row["val_top1_error"]))
     lines = ["Validation top-1 error (%) of each setting, mean ± std over seeds; per backbone the setting with "
              "the lowest error of the first output is chosen (test figures are not read):", "",
-             *ablate.table_header(["backbone", "setting", "overrides", "rung", "seeds",
+             *ablate.table_header(["backbone", "setting", "swept fields", "rung", "seeds",
                                    *(f"{ablate.OUTPUTS[out]}, val" for out in outputs), "chosen"])]
-    for row in rows:
+    for row, values in zip(rows, swept_values(rows)):
         cells = [ablate.cell(row["val_top1_error"].get(out)) for out in outputs]
-        lines.append(ablate.table_row([row["backbone"], row["setting"], _overrides(row["overrides"]), row["rung"],
+        lines.append(ablate.table_row([row["backbone"], row["setting"], _values(values), row["rung"],
                                        str(row["seeds"]), *cells,
                                        "yes" if picks.get(row["backbone"]) == row["setting"] else ""]))
     return "\n".join(lines)
