@@ -148,14 +148,17 @@ def test_train_step_with_ghost_bn_runs_on_eight_devices_and_differs_from_synced_
     (ghost_metrics, ghost_params, ghost_stats), (synced_metrics, synced_params, synced_stats) = ghost_and_synced
     assert all(np.isfinite(v) for v in ghost_metrics.values())
     assert abs(ghost_metrics["loss/total"] - synced_metrics["loss/total"]) > 1e-3
-    assert max(float(np.max(np.abs(a - b))) for a, b in zip(ghost_params, synced_params)) > 1e-4
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(ghost_params, synced_params)) > 5e-2
     assert max(float(np.max(np.abs(a - b))) for a, b in zip(ghost_stats, synced_stats)) > 1e-3
 
 
 def test_train_step_with_ghost_bn_is_the_same_on_one_device(ghost_and_synced):
     (ghost_metrics, ghost_params, ghost_stats), _ = ghost_and_synced
     metrics_1, params_1, stats_1 = _train(16 // DEVICES, 1)
+    # float32 sums in another order (one device or eight; the CPU's vector width: AMD EPYC hosts differ
+    # most) move the losses by up to ~5e-5 relative and the parameters by up to ~1.2e-3 after the update;
+    # synced BN instead of ghost BN moves them by ~5e-2 relative and ~0.1 (the floors of the test above)
     for name in ("loss/total", "loss/saol_ce", "loss/gap_ce"):
-        np.testing.assert_allclose(metrics_1[name], ghost_metrics[name], rtol=2e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(metrics_1[name], ghost_metrics[name], rtol=1e-4, atol=1e-6, err_msg=name)
     for a, b in zip(params_1 + stats_1, ghost_params + ghost_stats):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=5e-3)
