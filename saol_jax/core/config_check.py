@@ -147,13 +147,15 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
 }
 
 
-def _field(config: ml_collections.ConfigDict, dotted: str):
-    """`config`'s value at 'a.b.c', or None when a recipe has no such field."""
+def field_value(config: ml_collections.ConfigDict | dict, dotted: str):
+    """`config`'s value at 'a.b.c' (a ConfigDict, or a run's config as a dict), or None when it has no
+    such field."""
     node = config
     for part in dotted.split("."):
-        if part not in node:
+        try:
+            node = node[part]
+        except (KeyError, TypeError):  # no such key, or a leaf where a section was expected
             return None
-        node = node[part]
     return node
 
 
@@ -168,11 +170,11 @@ def _interval(low: float, high: float, low_closed: bool, high_closed: bool) -> s
 def _field_problems(config: ml_collections.ConfigDict):
     """One message per enumerated field outside its choices and numeric field outside its range."""
     for name, choices in CHOICES.items():
-        value = _field(config, name)
+        value = field_value(config, name)
         if value is not None and value not in choices:
             yield f"{name}={value!r} is not one of {', '.join(choices)} (--config.{name}=NAME)"
     for name, (low, high, low_closed, high_closed) in RANGES.items():
-        value = _field(config, name)
+        value = field_value(config, name)
         for item in (value if isinstance(value, (tuple, list)) else (value,)):
             if item is None or isinstance(item, str):
                 continue

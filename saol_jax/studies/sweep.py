@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from saol_jax.core import paths
+from saol_jax.core import config_check, paths
 from saol_jax.studies import ablate, results
 
 
@@ -39,15 +39,6 @@ def settings(sweep_dir: str) -> list[dict]:
     return rows
 
 
-def _field(config: dict, key: str) -> object:
-    """The value of the dotted `key` in a run's config; None where the run's config has no such field."""
-    for part in key.split("."):
-        if not isinstance(config, dict) or part not in config:
-            return None
-        config = config[part]
-    return config
-
-
 def swept_values(rows: list[dict]) -> list[dict[str, object]]:
     """Per row, the value its runs had of every field any setting of its backbone overrode, read from
     the run's config (so a row states its schedule even where it kept the recipe's, whose default
@@ -55,7 +46,7 @@ def swept_values(rows: list[dict]) -> list[dict[str, object]]:
     swept: dict[str, set[str]] = {}
     for row in rows:
         swept.setdefault(row["backbone"], set()).update(row["overrides"])
-    return [{key: _field(row["config"], key) for key in sorted(swept[row["backbone"]])} for row in rows]
+    return [{key: config_check.field_value(row["config"], key) for key in sorted(swept[row["backbone"]])} for row in rows]
 
 
 def chosen(rows: list[dict]) -> dict[str, str]:
