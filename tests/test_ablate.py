@@ -332,3 +332,17 @@ def test_parallel_runs_report_each_failure_and_go_on(tiny_dataset, tmp_path, mon
     out = capsys.readouterr().out
     assert out.count("FAILED") == 2 and "no_such_dataset" in out
     assert "gap seed 0" in str(failed.value) and "gap seed 1" in str(failed.value)
+
+
+def test_parallel_runs_go_seed_by_seed(tiny_dataset, tmp_path, monkeypatch):
+    # Seed-major: a study stopped early keeps its seeds balanced, and each rung compiles once first.
+    started = []
+
+    def record(jobs, parallel):
+        started.extend(job.name for job in jobs)
+        raise parallel_runs.RunsFailedError("stopped")
+
+    monkeypatch.setattr(parallel_runs, "train_all", record)
+    with pytest.raises(parallel_runs.RunsFailedError):
+        ablate.run_ladder(smoke_config(tiny_dataset), str(tmp_path), seeds=2, rungs=("gap", "saol"), parallel=2)
+    assert started == ["gap seed 0", "saol seed 0", "gap seed 1", "saol seed 1"]

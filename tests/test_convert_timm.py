@@ -3,8 +3,10 @@ configurations of a PyTorch reference with timm's module names, and a checkpoint
 
 from __future__ import annotations
 
+import json
 import os
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -137,3 +139,24 @@ def test_against_timm_itself_where_installed():
     pytest.importorskip("timm")
     assert ctimm.check_against_timm("vit_tiny_patch16_224") < 1e-3
     assert ctimm.check_against_timm("convnext_tiny") < 1e-3
+
+
+def test_check_timm_writes_each_difference_and_the_versions(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(ctimm, "check_against_timm", lambda name: {"vit_tiny_patch16_224": 2e-6}.get(name, 3e-5))
+    out = tmp_path / "checks" / "timm_check.json"
+    ctimm.main(["--check_timm", "vit_tiny_patch16_224,convnext_tiny", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "vit_tiny_patch16_224: largest |logit difference| ours vs timm = 2e-06" in printed
+    assert "convnext_tiny: largest |logit difference| ours vs timm = 3e-05" in printed
+    payload = json.loads(out.read_text())
+    assert payload["max_abs_logit_difference"] == {"vit_tiny_patch16_224": 2e-6, "convnext_tiny": 3e-5}
+    assert payload["versions"]["jax"] == jax.__version__
+
+
+def test_check_timm_without_timm_says_so(monkeypatch):
+    def missing(name):
+        raise ModuleNotFoundError("No module named 'timm'")
+
+    monkeypatch.setattr(ctimm, "check_against_timm", missing)
+    with pytest.raises(SystemExit, match="--check_timm needs timm and torch"):
+        ctimm.main(["--check_timm", "convnext_tiny"])

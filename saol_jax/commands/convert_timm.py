@@ -27,14 +27,16 @@ linear weights [out, in] -> kernels [in, out], LayerNorm weight -> scale;
 ViTs trained with timm's average pooling (`fc_norm`) or registers, and
 other image sizes than 224 (another `pos_embed` grid), are not converted.
 
-`python -m saol_jax.commands.convert_timm --check_timm vit_tiny_patch16_224` (needs
-timm) builds timm's model with random weights, converts it and prints the
-largest logit difference (ours vs timm, eval mode).
+`python -m saol_jax.commands.convert_timm --check_timm vit_tiny_patch16_224[,convnext_tiny...]
+[--out FILE.json]` (needs timm) builds each timm model with random weights, converts it
+and prints the largest logit difference (ours vs timm, eval mode); `--out` also
+writes the differences and the versions to a JSON file.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -180,6 +182,39 @@ def check_against_timm(timm_name: str, *, seed: int = 0, batch: int = 2) -> floa
     return float(np.abs(ours - theirs).max())
 
 
+def check_timm_models(timm_names: list[str], out: str | None = None) -> dict[str, float]:
+    """check_against_timm for each name, a line each; with `out`, also a JSON file of the differences
+    and the versions that produced them (benchmarks/results/timm_check_*.json)."""
+    try:
+        diffs = {}
+        for name in timm_names:
+            diffs[name] = check_against_timm(name)
+            print(f"{name}: largest |logit difference| ours vs timm = {diffs[name]:.3g}")
+    except ImportError as error:
+        raise ConversionError(f"--check_timm needs timm and torch ({error})") from None
+    if out:
+        import importlib.metadata
+        import platform
+
+        import jax
+
+        def version(name: str) -> str | None:
+            try:
+                return importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                return None
+
+        versions = {name: version(name) for name in ("timm", "torch", "jax", "flax")}
+        payload = {"machine": {"cpu": platform.processor() or platform.machine(), "jax_backend": jax.default_backend()},
+                   "versions": versions, "inputs": "random weights (seed 0), 2 random 224x224 images, eval mode",
+                   "max_abs_logit_difference": diffs}
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2)
+        print(f"wrote {out}")
+    return diffs
+
+
 def _model_config(arch: str, *, pool: str | None = None):
     """`config.model` of `arch` with the GAP-FC head (and `pool` for a ViT)."""
     import ml_collections
@@ -198,22 +233,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--weights", help="timm state_dict: .safetensors or torch.save'd .pth/.pt")
     parser.add_argument("--arch", choices=tuple(ARCHS))
-    parser.add_argument("--out", help="output directory (becomes OUT/checkpoints/0)")
+    parser.add_argument("--out", help="output directory (becomes OUT/checkpoints/0); with --check_timm, "
+                                      "a JSON file of the differences")
     parser.add_argument("--num_classes", type=int, default=None,
                         help="classes of the written GAP-FC classifier: default the timm head's; "
                              "another number (or 0) writes the backbone only")
-    parser.add_argument("--check_timm", metavar="TIMM_NAME",
-                        help="instead of converting: compare with timm's model of this name (needs timm)")
+    parser.add_argument("--check_timm", metavar="TIMM_NAME[,TIMM_NAME...]",
+                        help="instead of converting: compare with timm's models of these names (needs timm)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("saol_jax").setLevel(logging.INFO)
     try:
         if args.check_timm:
-            try:
-                diff = check_against_timm(args.check_timm)
-            except ImportError as error:
-                raise ConversionError(f"--check_timm needs timm and torch ({error})") from None
-            print(f"{args.check_timm}: largest |logit difference| ours vs timm = {diff:.3g}")
+            check_timm_models(args.check_timm.split(","), args.out)
             return
         missing = [f"--{name}" for name in ("weights", "arch", "out") if getattr(args, name) is None]
         if missing:

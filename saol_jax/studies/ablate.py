@@ -367,10 +367,12 @@ def run_ladder(
         for rung in rungs:
             for seed in seed_values:
                 software(rung, seed)
+        # Seed by seed: the first runs compile each rung once for the others' cache, and a study
+        # stopped early has its seeds balanced across rungs.
         parallel_runs.train_all([
             parallel_runs.Job(f"{rung} seed {seed}", rung_config(base, rung, seed),
                               paths.join(workdir, rung, f"seed{seed}"))
-            for rung in rungs for seed in seed_values
+            for seed in seed_values for rung in rungs
         ], parallel)
     records = []
     for rung in rungs:
