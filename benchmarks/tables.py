@@ -92,20 +92,26 @@ def ss2_cost(result: dict) -> str:
 
 
 def backbone_ratio(results: Sequence[dict], names: Sequence[str]) -> str:
-    """One row per step_time file of GAP-FC against one SAOL + SS + SD rung: the backbone, the global
-    batch, the SS-2 form and SAOL's throughput over GAP-FC's by CPU time."""
+    """One row per step_time file of GAP-FC against one SAOL + SS + SD rung: the backbone, the device and
+    dtype, the global batch, the SS-2 form and SAOL's throughput over GAP-FC's by wall and by CPU time
+    (the wall ratio is what an accelerator's user gets; on a loaded CPU host the CPU time moves less)."""
     rows = []
     for result, name in zip(results, names):
         work = result["workload"]
         backbone = BACKBONE_NAMES.get(work["backbone"], work["backbone"])
         if ["pool", "token"] in work["backbone_kwargs"]:
             backbone += ", class-token head"
+        kind = result.get("device_kind", "cpu")
+        device = f"{result['devices']} CPU devices" if kind == "cpu" else f"{result['devices']} x {kind}"
         (rung, variant), = ((r, v) for r, v in result["variants"].items() if r != "gap")
         form = step_time.variant_form(rung, variant)
         shown = f"`{form}`" + (" (the default)" if form == BASE_LOSS["ss2_form"] else "")
-        rows.append([backbone, work["batch"], shown, f"{result['saol_over_gap_throughput_cpu_time']:.2f}",
+        wall = result.get("saol_over_gap_throughput")
+        rows.append([backbone, f"{device}, {work.get('dtype', 'float32')}", work["batch"], shown,
+                     "n/a" if wall is None else f"{wall:.2f}", f"{result['saol_over_gap_throughput_cpu_time']:.2f}",
                      f"`{SHOWN_ROOT}/{name}`"])
-    return format_table(["backbone", "batch", "SS-2 form", "throughput / GAP-FC (CPU time)", "result file"], rows)
+    return format_table(["backbone", "device", "batch", "SS-2 form", "throughput / GAP-FC (wall)",
+                         "throughput / GAP-FC (CPU time)", "result file"], rows)
 
 
 def torch_ratio_table(result: dict) -> str:
@@ -177,6 +183,14 @@ def accelerator_parts(results: Sequence[dict], names: Sequence[str]) -> str:
         for what, value in accelerator.headlines(part, payload, parts.get("step_time"))])
 
 
+def timm_check(result: dict) -> str:
+    """`convert_timm --check_timm --out`'s file: one row per timm model, the largest logit difference and the
+    versions that gave it."""
+    versions = ", ".join(f"{name} {version}" for name, version in result["versions"].items() if version)
+    return format_table(["timm model", "largest absolute logit difference, ours vs timm", "versions"], [
+        [f"`{name}`", f"{diff:.2e}", versions] for name, diff in result["max_abs_logit_difference"].items()])
+
+
 MEMORY_COLUMNS = {"footprint MiB": "footprint MiB", "arguments MiB": "arguments MiB", "temp MiB": "temp MiB",
                   "footprint / GAP-FC": "footprint / GAP-FC"}
 
@@ -192,6 +206,7 @@ KINDS: dict[str, Callable[[Sequence[dict], Sequence[str]], str]] = {
         h: h for h in ("k", "micro-batch/device", "ms/step", "CPU ms/step", "CPU vs k=1", "temp MiB/device",
                        "all-reduce per step", "all-reduce per micro-batch", "other collectives")}),
     "torch_ratio": lambda r, _: torch_ratio_table(r[0]),
+    "timm_check": lambda r, _: timm_check(r[0]),
     "torch_ratio_devices": torch_ratio_devices,
     "torch_ratio_variants": torch_ratio_variants,
     "memory": lambda r, _: columns(memory.table(r[0]["settings"]),
@@ -205,7 +220,7 @@ KINDS: dict[str, Callable[[Sequence[dict], Sequence[str]], str]] = {
         "img/s": "img/s (wall)", "img/s per core": "img/s per core (wall)", "img per CPU s": "img per CPU s"}),
 }
 SINGLE_FILE = {"step_time", "step_time_vs_gap", "ss2_cost", "head_cost", "scaling", "grad_accum", "torch_ratio",
-               "memory", "memory_backbones", "input_pipeline"}
+               "timm_check", "memory", "memory_backbones", "input_pipeline"}
 
 
 def render(kind: str, names: Sequence[str], root: str = RESULTS_DIR) -> str:

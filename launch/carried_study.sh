@@ -63,7 +63,7 @@ timeout -k 60 "$LEFT" "$PYTHON" -m saol_jax.studies.ablate "${ABLATE_ARGS[@]}" "
 RC=$?
 echo "== study ended with status $RC after $((SECONDS - START)) s"
 if ((RC != 0)); then
-  SEEDS="$("$PYTHON" -m saol_jax.studies.finished_seeds "$WORKDIR")"
+  SEEDS="$("$PYTHON" -m saol_jax.studies.finished "$WORKDIR")"
   echo "== reading back the first $SEEDS seed(s) of every rung"
   if ((SEEDS > 0)); then
     "$PYTHON" -m saol_jax.studies.ablate "${ABLATE_ARGS[@]}" "${GRAIN[@]}" --seeds "$SEEDS" --parallel 1

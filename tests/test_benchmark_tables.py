@@ -106,9 +106,16 @@ def test_a_file_from_before_the_ss2_forms_names_renorm_and_several_files_make_on
                                                   batch=4, backbone="vit_base_patch16",
                                                   backbone_kwargs=[["pool", "token"]]))
     assert "| SAOL+SS+SD (renorm) | 8 | 8 |" in tables.render("step_time", [old], str(tmp_path))
-    assert tables.render("backbone_ratio", [old, vit], str(tmp_path)).splitlines()[2:] == [
-        f"| resnet56 | 64 | {_shown('renorm')} | 0.90 | `benchmarks/results/old.json` |",
-        f"| ViT-B/16, class-token head | 4 | {_shown('paste')} | 0.80 | `benchmarks/results/vit.json` |",
+    gpu = _step_time({"gap": _variant(800.0, 5.0, ss2_form=None), "saol_ss_sd": _variant(1000.0, 4.0, ss2_form="renorm")},
+                     batch=128, backbone="vit_base_patch16", backbone_kwargs=[["pool", "token"]], dtype="bfloat16")
+    gpu.update(devices=1, device_kind="NVIDIA H100 80GB HBM3", saol_over_gap_throughput=0.97)
+    on_gpu = _write(tmp_path, "gpu.json", gpu)
+    assert tables.render("backbone_ratio", [old, vit, on_gpu], str(tmp_path)).splitlines()[2:] == [
+        f"| resnet56 | 8 CPU devices, float32 | 64 | {_shown('renorm')} | n/a | 0.90 | `benchmarks/results/old.json` |",
+        f"| ViT-B/16, class-token head | 8 CPU devices, float32 | 4 | {_shown('paste')} | n/a | 0.80 "
+        "| `benchmarks/results/vit.json` |",
+        f"| ViT-B/16, class-token head | 1 x NVIDIA H100 80GB HBM3, bfloat16 | 128 | {_shown('renorm')} | 0.97 | 0.80 "
+        "| `benchmarks/results/gpu.json` |",
     ]
 
 
@@ -147,3 +154,13 @@ def test_accelerator_parts_render_as_the_check_summarises_them(tmp_path):
     _write(tmp_path, "h200/other.json", step)
     with pytest.raises(tables.TableError, match="not parts of the accelerator check: other"):
         tables.render("accelerator", ["h200/other.json"], str(tmp_path))
+
+
+def test_the_timm_check_renders_one_row_a_model(tmp_path):
+    name = _write(tmp_path, "timm.json", {"versions": {"timm": "1.0.29", "torch": "2.11.0", "jax": "0.11.2", "flax": None},
+                                          "max_abs_logit_difference": {"vit_tiny_patch16_224": 1.01e-06,
+                                                                       "convnext_tiny": 1.9e-06}})
+    assert tables.render("timm_check", [name], str(tmp_path)).splitlines()[2:] == [
+        "| `vit_tiny_patch16_224` | 1.01e-06 | timm 1.0.29, torch 2.11.0, jax 0.11.2 |",
+        "| `convnext_tiny` | 1.90e-06 | timm 1.0.29, torch 2.11.0, jax 0.11.2 |",
+    ]
