@@ -14,6 +14,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ("launch/tpu_pod.sh", "launch/gpu_host.sh", "launch/slurm.sbatch")
+CHECKED = (*SCRIPTS, "launch/carried_study.sh")
 TRAIN = ["-m", "saol_jax.train"]
 
 
@@ -32,13 +33,13 @@ def commands(proc: subprocess.CompletedProcess) -> list[list[str]]:
     return [shlex.split(line) for line in proc.stdout.splitlines()]
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", CHECKED)
 def test_syntax(script):
     proc = subprocess.run(["bash", "-n", script], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", CHECKED)
 def test_shellcheck(script):
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
@@ -52,6 +53,15 @@ def test_help_documents_the_arguments(script):
     assert proc.returncode == 0, proc.stderr
     for word in ("Usage", "--config", "--workdir", "--dry-run", "DRY_RUN=1"):
         assert word in proc.stdout, word
+
+
+def test_carried_study_says_what_it_needs(tmp_path):
+    proc = run_script("launch/carried_study.sh")
+    assert proc.returncode == 2 and "launch/carried_study.sh CARRY_DIR OUT_DIR BUDGET_S" in proc.stdout
+    proc = run_script("launch/carried_study.sh", str(tmp_path), str(tmp_path / "out"), "60",
+                      "--config", "configs/target_fashion_mnist.py", "--workdir", str(tmp_path / "runs"))
+    assert proc.returncode == 2 and "error: name --workdir and --results" in proc.stdout
+    assert "error: name --workdir and --results" in (tmp_path / "out" / "study.log").read_text()
 
 
 # ------------------------------------------------------------------ tpu_pod.sh
