@@ -36,9 +36,11 @@ writes the differences and the versions to a JSON file.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import os
+import platform
 import re
 import sys
 from collections.abc import Mapping
@@ -182,6 +184,13 @@ def check_against_timm(timm_name: str, *, seed: int = 0, batch: int = 2) -> floa
     return float(np.abs(ours - theirs).max())
 
 
+def _installed_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def check_timm_models(timm_names: list[str], out: str | None = None) -> dict[str, float]:
     """check_against_timm for each name, a line each; with `out`, also a JSON file of the differences
     and the versions that produced them (benchmarks/results/timm_check_*.json)."""
@@ -193,18 +202,9 @@ def check_timm_models(timm_names: list[str], out: str | None = None) -> dict[str
     except ImportError as error:
         raise ConversionError(f"--check_timm needs timm and torch ({error})") from None
     if out:
-        import importlib.metadata
-        import platform
-
         import jax
 
-        def version(name: str) -> str | None:
-            try:
-                return importlib.metadata.version(name)
-            except importlib.metadata.PackageNotFoundError:
-                return None
-
-        versions = {name: version(name) for name in ("timm", "torch", "jax", "flax")}
+        versions = {name: _installed_version(name) for name in ("timm", "torch", "jax", "flax")}
         payload = {"machine": {"cpu": platform.processor() or platform.machine(), "jax_backend": jax.default_backend()},
                    "versions": versions, "inputs": "random weights (seed 0), 2 random 224x224 images, eval mode",
                    "max_abs_logit_difference": diffs}
