@@ -291,6 +291,15 @@ def test_real_write_failure_ends_in_one_line_within_the_bound(tiny_dataset, smal
 # ------------------------------------------------------------------ Ctrl-C is a pre-emption
 
 
+@pytest.fixture
+def sigint_from_a_terminal():
+    """Ctrl-C as a terminal delivers it, also where pytest itself runs in the background (which ignores
+    SIGINT, and the trainer then rightly leaves it ignored)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def _signalling_step(monkeypatch, at_call: int, times: int = 1) -> None:
     """The train step sends this process SIGINT `times` times during its `at_call`-th call."""
     real = trainer.make_train_step
@@ -311,6 +320,7 @@ def _signalling_step(monkeypatch, at_call: int, times: int = 1) -> None:
     monkeypatch.setattr(trainer, "make_train_step", make)
 
 
+@pytest.mark.usefixtures("sigint_from_a_terminal")
 def test_first_sigint_mid_step_saves_at_the_step_boundary(tiny_dataset, tmp_path, monkeypatch):
     _signalling_step(monkeypatch, at_call=3)
     workdir = str(tmp_path / "w")
@@ -321,6 +331,7 @@ def test_first_sigint_mid_step_saves_at_the_step_boundary(tiny_dataset, tmp_path
     assert signal.getsignal(signal.SIGINT) is before  # the handler is handed back
 
 
+@pytest.mark.usefixtures("sigint_from_a_terminal")
 def test_second_sigint_stops_at_once(tiny_dataset, tmp_path, monkeypatch):
     _signalling_step(monkeypatch, at_call=1, times=2)
     workdir = str(tmp_path / "w")
@@ -330,6 +341,7 @@ def test_second_sigint_stops_at_once(tiny_dataset, tmp_path, monkeypatch):
     assert not os.path.exists(os.path.join(workdir, "lock"))
 
 
+@pytest.mark.usefixtures("sigint_from_a_terminal")
 def test_sigint_during_a_save_completes_it(tiny_dataset, tmp_path, monkeypatch):
     real_save = checkpoint.Checkpointer.save
 
