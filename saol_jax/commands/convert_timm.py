@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import logging
 import os
 import platform
@@ -58,6 +57,7 @@ from saol_jax.commands.convert_torchvision import (
     strip_prefixes,
     write_checkpoint,
 )
+from saol_jax.core import paths
 from saol_jax.models.backbones import BACKBONES
 from saol_jax.models.convnext import ConvNeXt
 from saol_jax.models.vit import VisionTransformer
@@ -208,9 +208,7 @@ def check_timm_models(timm_names: list[str], out: str | None = None) -> dict[str
         payload = {"machine": {"cpu": platform.processor() or platform.machine(), "jax_backend": jax.default_backend()},
                    "versions": versions, "inputs": "random weights (seed 0), 2 random 224x224 images, eval mode",
                    "max_abs_logit_difference": diffs}
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2)
+        paths.write_json(out, payload)
         print(f"wrote {out}")
     return diffs
 
